@@ -1,0 +1,209 @@
+//! Keys and values of the dataplane's BPF maps.
+//!
+//! All `#[repr(C)]` with explicit padding fields, so the kernel and userspace agree on every
+//! byte (a stray padding byte in a hash key would make lookups miss at random).
+//! Addresses are kept in network byte order in a 16-byte field; IPv4 uses the first 4
+//! bytes and leaves the rest zero. Ports are host byte order.
+
+use bytemuck::{Pod, Zeroable};
+
+pub const FAMILY_V4: u8 = 4;
+pub const FAMILY_V6: u8 = 6;
+
+pub const PROTO_ICMP: u8 = 1;
+pub const PROTO_TCP: u8 = 6;
+pub const PROTO_UDP: u8 = 17;
+pub const PROTO_IPIP: u8 = 4;
+pub const PROTO_IPV6: u8 = 41;
+pub const PROTO_ICMPV6: u8 = 58;
+
+/// Map names as an operator sees them in `bpftool map list` (the kernel keeps 15 chars).
+pub const MAP_VIPS: &str = "LB_VIPS";
+pub const MAP_BACKENDS: &str = "LB_BACKENDS";
+pub const MAP_RINGS: &str = "LB_RINGS";
+pub const MAP_FLOWS: &str = "LB_FLOWS";
+pub const MAP_STATS: &str = "LB_STATS";
+pub const MAP_VIP_STATS: &str = "LB_VIP_STATS";
+pub const MAP_BACKEND_STATS: &str = "LB_BE_STATS";
+pub const MAP_CONFIG: &str = "LB_CONFIG";
+pub const MAP_RR: &str = "LB_RR";
+pub const MAP_CONNS: &str = "LB_CONNS";
+pub const MAP_TX_PORTS: &str = "LB_TX_PORTS";
+pub const MAP_DECAP_ADDRS: &str = "LB_DECAP_ADDRS";
+pub const MAP_DECAP_STATS: &str = "LB_DECAP_STATS";
+
+/// Capacities fixed at compile time. The flow table and the ring array are sized at load
+/// time instead (`EbpfLoader::set_max_entries`), since they dominate memory.
+pub const MAX_VIPS: u32 = 1024;
+pub const MAX_BACKENDS: u32 = 65536;
+pub const MAX_TX_PORTS: u32 = 64;
+pub const DEFAULT_FLOWS: u32 = 262_144;
+pub const DEFAULT_RING_SIZE: u32 = 65_537;
+pub const DEFAULT_RING_CAPACITY: u32 = 16 * DEFAULT_RING_SIZE;
+
+/// Backend id 0 never names a backend: an unfilled ring slot holds 0.
+pub const NO_BACKEND: u32 = 0;
+
+/// (address, port, protocol) of a VIP; port 0 is an all-port VIP.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Pod, Zeroable)]
+pub struct VipKey {
+    pub addr: [u8; 16],
+    pub port: u16,
+    pub proto: u8,
+    pub family: u8,
+}
+
+/// How a VIP picks a backend for a new flow. The ring's content depends on it (see
+/// lb-userspace's `ring` module): Maglev, random and least-connections share a Maglev ring;
+/// round-robin walks a smooth weighted sequence; source-hash indexes the Maglev ring with
+/// the client address only.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scheduler {
+    Maglev = 0,
+    RoundRobin = 1,
+    Random = 2,
+    LeastConn = 3,
+    SourceHash = 4,
+}
+
+impl Scheduler {
+    pub fn from_u8(v: u8) -> Option<Self> {
+        Some(match v {
+            0 => Self::Maglev,
+            1 => Self::RoundRobin,
+            2 => Self::Random,
+            3 => Self::LeastConn,
+            4 => Self::SourceHash,
+            _ => return None,
+        })
+    }
+}
+
+/// How a VIP's packets reach the backend.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Forward {
+    /// IP-in-IP (IPv4-in-IPv4, IPv6-in-IPv6, IPv4-in-IPv6): backends may be anywhere.
+    IpIp = 0,
+    /// Rewrite MACs only: backends share the segment and hold the VIP on loopback.
+    L2Dsr = 1,
+}
+
+/// With no usable backend, hand the packet to the kernel instead of dropping it.
+pub const VIP_F_NO_BACKEND_PASS: u8 = 1 << 0;
+/// A (address, 0, proto) entry that exists only to steer fragments to the VIP that owns
+/// them; ordinary packets never match it.
+pub const VIP_F_FRAGMENTS_ONLY: u8 = 1 << 1;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct VipMeta {
+    /// Index into the per-VIP counters and the round-robin cursor.
+    pub vip_id: u32,
+    /// This VIP's slots are `LB_RINGS[ring_offset .. ring_offset + ring_size]`.
+    pub ring_offset: u32,
+    pub ring_size: u32,
+    pub scheduler: u8,
+    pub forward: u8,
+    pub flags: u8,
+    pub _pad: u8,
+}
+
+/// The backend is failed: flows pinned to it are rescheduled. A draining backend is not
+/// marked down: it is only left out of the ring, so it keeps its established flows.
+pub const BACKEND_F_DOWN: u8 = 1 << 0;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct Backend {
+    pub addr: [u8; 16],
+    /// Next-hop MAC for L2 DSR.
+    pub mac: [u8; 6],
+    pub family: u8,
+    pub flags: u8,
+}
+
+/// One connection as the dataplane sees it (client to VIP).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct FlowKey {
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+    pub family: u8,
+    pub _pad: [u8; 2],
+}
+
+/// The flow was counted in `LB_CONNS` for least-connections and must be uncounted once.
+pub const FLOW_F_COUNTED: u32 = 1 << 0;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct FlowEntry {
+    pub backend_id: u32,
+    pub flags: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct VipStats {
+    pub packets: u64,
+    pub bytes: u64,
+    pub new_flows: u64,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct BackendStats {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// Skip `bpf_fib_lookup` and always use the gateway MAC (for hosts with a static next hop).
+pub const CFG_F_NO_FIB: u16 = 1 << 0;
+
+/// Node-wide settings, one entry in `LB_CONFIG`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct GlobalConfig {
+    /// Next hop when `bpf_fib_lookup` has no answer (all zero: drop instead).
+    pub gateway_mac: [u8; 6],
+    /// Largest IP packet the egress link carries; bigger DF packets after encapsulation
+    /// get ICMP fragmentation-needed / packet-too-big.
+    pub mtu: u16,
+    pub flags: u16,
+    /// IP-in-IP outer sources: `encap_src_v4` with its low `encap_v4_hash_bits` bits
+    /// taken from the flow hash, so that backends' NICs spread flows over receive queues.
+    pub encap_v4_hash_bits: u8,
+    pub encap_v6_hash_bits: u8,
+    pub encap_src_v4: [u8; 4],
+    pub encap_src_v6: [u8; 16],
+}
+
+/// Key of `LB_DECAP_ADDRS`: an outer destination the backend's decap program accepts.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct DecapAddr {
+    pub addr: [u8; 16],
+    pub family: u8,
+    pub _pad: [u8; 3],
+}
+
+#[cfg(feature = "user")]
+mod user {
+    use super::*;
+    // SAFETY: all of these are repr(C) with explicit padding and bytemuck::Pod.
+    unsafe impl aya::Pod for VipKey {}
+    unsafe impl aya::Pod for VipMeta {}
+    unsafe impl aya::Pod for Backend {}
+    unsafe impl aya::Pod for FlowKey {}
+    unsafe impl aya::Pod for FlowEntry {}
+    unsafe impl aya::Pod for VipStats {}
+    unsafe impl aya::Pod for BackendStats {}
+    unsafe impl aya::Pod for GlobalConfig {}
+    unsafe impl aya::Pod for DecapAddr {}
+}

@@ -1,0 +1,148 @@
+//! Which backend gets a packet: the connection table first, so established flows stay where
+//! they are when the ring changes; on a miss (or when the pinned backend is down) the VIP's
+//! scheduler picks from its ring and the choice is remembered.
+
+use core::intrinsics::{AtomicOrdering, atomic_xadd};
+
+use aya_ebpf::helpers::bpf_get_prandom_u32;
+use lb_common::{
+    BACKEND_F_DOWN, Backend, FLOW_F_COUNTED, FlowEntry, FlowKey, NO_BACKEND, Reason, Scheduler,
+    VipMeta, source_hash,
+};
+
+use crate::{
+    maps::{LB_BACKENDS, LB_CONNS, LB_FLOWS, LB_RINGS, LB_RR},
+    parse::{TCP_FIN, TCP_RST},
+    stats::count,
+};
+
+pub struct Choice {
+    pub id: u32,
+    pub backend: Backend,
+    pub new_flow: bool,
+}
+
+#[inline(always)]
+fn usable(id: u32) -> Option<Backend> {
+    if id == NO_BACKEND {
+        return None;
+    }
+    let be = LB_BACKENDS.get(id)?;
+    if be.flags & BACKEND_F_DOWN != 0 || be.family == 0 {
+        return None;
+    }
+    Some(*be)
+}
+
+#[inline(always)]
+fn slot(vip: &VipMeta, index: u32) -> u32 {
+    if vip.ring_size == 0 {
+        return NO_BACKEND;
+    }
+    let at = vip.ring_offset + index % vip.ring_size;
+    LB_RINGS.get(at).copied().unwrap_or(NO_BACKEND)
+}
+
+#[inline(always)]
+fn random() -> u32 {
+    // SAFETY: the helper has no preconditions.
+    unsafe { bpf_get_prandom_u32() }
+}
+
+#[inline(always)]
+fn conns(id: u32) -> u64 {
+    LB_CONNS.get(id).copied().unwrap_or(u64::MAX)
+}
+
+#[inline(always)]
+fn conns_add(id: u32, delta: u64) {
+    if let Some(p) = LB_CONNS.get_ptr_mut(id) {
+        // SAFETY: the map value is a u64 shared by all CPUs; only touched atomically.
+        unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(p, delta) };
+    }
+}
+
+/// The scheduler's pick for a new flow. `hash` is the flow hash.
+#[inline(always)]
+fn schedule(vip: &VipMeta, key: &FlowKey, hash: u32) -> u32 {
+    match Scheduler::from_u8(vip.scheduler) {
+        Some(Scheduler::RoundRobin) => {
+            let Some(cursor) = LB_RR.get_ptr_mut(vip.vip_id) else { return NO_BACKEND };
+            // SAFETY: per-CPU slot.
+            let at = unsafe {
+                let at = *cursor;
+                *cursor = at.wrapping_add(1) % vip.ring_size.max(1);
+                at
+            };
+            slot(vip, at)
+        }
+        Some(Scheduler::Random) => slot(vip, random()),
+        // Power of two choices over the weighted ring: two random draws, the backend with
+        // fewer open flows wins. Weights stay in effect through the ring's shares.
+        Some(Scheduler::LeastConn) => {
+            let a = slot(vip, random());
+            let b = slot(vip, random());
+            if conns(b) < conns(a) { b } else { a }
+        }
+        Some(Scheduler::SourceHash) => slot(vip, source_hash(key)),
+        _ => slot(vip, hash),
+    }
+}
+
+/// Fragments and ICMP errors must land where the rest of their flow does, so they never go
+/// through a stateful scheduler (round-robin cursor, random draws): the ring, hashed.
+#[inline(always)]
+fn stateless(vip: &VipMeta, key: &FlowKey, hash: u32) -> u32 {
+    if vip.scheduler == Scheduler::SourceHash as u8 {
+        slot(vip, source_hash(key))
+    } else {
+        slot(vip, hash)
+    }
+}
+
+/// Backend for a packet of a flow; `None` when the VIP has no usable backend.
+/// `remember` is false for fragments and ICMP errors, which must not create flows.
+#[inline(always)]
+pub fn choose(vip: &VipMeta, key: &FlowKey, hash: u32, tcp_flags: u8, remember: bool) -> Option<Choice> {
+    let mut rescheduled = false;
+    if remember {
+        if let Some(entry) = LB_FLOWS.get_ptr_mut(key) {
+            // SAFETY: the entry stays valid during this program run (RCU).
+            let id = unsafe { (*entry).backend_id };
+            if let Some(backend) = usable(id) {
+                count(Reason::FlowHit);
+                // SAFETY: as above.
+                unsafe {
+                    if tcp_flags & (TCP_FIN | TCP_RST) != 0 && (*entry).flags & FLOW_F_COUNTED != 0 {
+                        (*entry).flags &= !FLOW_F_COUNTED;
+                        conns_add(id, u64::MAX); // wrapping minus one
+                    }
+                }
+                return Some(Choice { id, backend, new_flow: false });
+            }
+            // SAFETY: as above.
+            if unsafe { (*entry).flags } & FLOW_F_COUNTED != 0 {
+                conns_add(id, u64::MAX);
+            }
+            rescheduled = true;
+        }
+    } else if let Some(entry) = LB_FLOWS.get_ptr(key) {
+        // SAFETY: as above.
+        let id = unsafe { (*entry).backend_id };
+        if let Some(backend) = usable(id) {
+            return Some(Choice { id, backend, new_flow: false });
+        }
+    }
+    let id = if remember { schedule(vip, key, hash) } else { stateless(vip, key, hash) };
+    let backend = usable(id)?;
+    if remember {
+        let counted = vip.scheduler == Scheduler::LeastConn as u8 && tcp_flags & (TCP_FIN | TCP_RST) == 0;
+        if counted {
+            conns_add(id, 1);
+        }
+        let entry = FlowEntry { backend_id: id, flags: if counted { FLOW_F_COUNTED } else { 0 } };
+        let _ = LB_FLOWS.insert(key, &entry, 0);
+        count(if rescheduled { Reason::FlowRescheduled } else { Reason::FlowNew });
+    }
+    Some(Choice { id, backend, new_flow: remember })
+}

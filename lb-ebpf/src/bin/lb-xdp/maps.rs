@@ -1,0 +1,53 @@
+//! The balancer's maps. Names are what `bpftool map list` shows an operator.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray},
+};
+use lb_common::{
+    Backend, BackendStats, DEFAULT_FLOWS, DEFAULT_RING_CAPACITY, FlowEntry, FlowKey, GlobalConfig,
+    MAX_BACKENDS, MAX_TX_PORTS, MAX_VIPS, VipKey, VipMeta, VipStats, reason::REASON_COUNT,
+};
+
+/// Per-CPU LRU lists (BPF_F_NO_COMMON_LRU) over one shared table: evictions never take a
+/// global lock, yet a flow that RSS moves to another CPU still finds its backend.
+const BPF_F_NO_COMMON_LRU: u32 = 1 << 1;
+
+#[map(name = "LB_VIPS")]
+pub static LB_VIPS: HashMap<VipKey, VipMeta> = HashMap::with_max_entries(MAX_VIPS * 2, 0);
+
+#[map(name = "LB_BACKENDS")]
+pub static LB_BACKENDS: Array<Backend> = Array::with_max_entries(MAX_BACKENDS, 0);
+
+/// Every VIP's slot table, one flat array (Katran's layout): a VIP owns a window of it.
+#[map(name = "LB_RINGS")]
+pub static LB_RINGS: Array<u32> = Array::with_max_entries(DEFAULT_RING_CAPACITY, 0);
+
+#[map(name = "LB_FLOWS")]
+pub static LB_FLOWS: LruHashMap<FlowKey, FlowEntry> =
+    LruHashMap::with_max_entries(DEFAULT_FLOWS, BPF_F_NO_COMMON_LRU);
+
+#[map(name = "LB_CONFIG")]
+pub static LB_CONFIG: Array<GlobalConfig> = Array::with_max_entries(1, 0);
+
+#[map(name = "LB_STATS")]
+pub static LB_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(REASON_COUNT, 0);
+
+#[map(name = "LB_VIP_STATS")]
+pub static LB_VIP_STATS: PerCpuArray<VipStats> = PerCpuArray::with_max_entries(MAX_VIPS, 0);
+
+#[map(name = "LB_BE_STATS")]
+pub static LB_BE_STATS: PerCpuArray<BackendStats> =
+    PerCpuArray::with_max_entries(MAX_BACKENDS, 0);
+
+/// Round-robin cursor per VIP, per CPU: no cross-CPU cache line bouncing.
+#[map(name = "LB_RR")]
+pub static LB_RR: PerCpuArray<u32> = PerCpuArray::with_max_entries(MAX_VIPS, 0);
+
+/// Open connections per backend for least-connections (shared, updated atomically).
+#[map(name = "LB_CONNS")]
+pub static LB_CONNS: Array<u64> = Array::with_max_entries(MAX_BACKENDS, 0);
+
+/// Egress NICs other than the ingress one, keyed by ifindex.
+#[map(name = "LB_TX_PORTS")]
+pub static LB_TX_PORTS: DevMapHash = DevMapHash::with_max_entries(MAX_TX_PORTS, 0);

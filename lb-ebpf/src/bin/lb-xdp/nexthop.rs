@@ -1,0 +1,80 @@
+//! Where the forwarded frame goes next: `bpf_fib_lookup` for the backend (or the outer
+//! destination), with the configured gateway MAC when the kernel has no answer.
+
+use aya_ebpf::{
+    EbpfContext,
+    bindings::{bpf_fib_lookup as FibParams, xdp_action},
+    helpers::generated::bpf_fib_lookup,
+    programs::XdpContext,
+};
+use lb_common::{Backend, CFG_F_NO_FIB, FAMILY_V4, GlobalConfig, Reason};
+use lb_ebpf::l2::L2;
+
+use crate::{maps::LB_TX_PORTS, stats::count};
+
+const AF_INET: u8 = 2;
+const AF_INET6: u8 = 10;
+const BPF_FIB_LKUP_RET_SUCCESS: i64 = 0;
+
+pub struct NextHop {
+    pub src_mac: [u8; 6],
+    pub dst_mac: [u8; 6],
+    /// 0: back out the ingress NIC (XDP_TX); otherwise the egress ifindex to redirect to.
+    pub redirect_ifindex: u32,
+}
+
+/// Toward backend `be`. Without a FIB answer the source MAC is the one the frame came in
+/// on: our own address on a one-arm balancer.
+#[inline(never)]
+pub fn resolve(ctx: &XdpContext, cfg: &GlobalConfig, be: &Backend, l2: &L2) -> Result<NextHop, Reason> {
+    let (family, dst) = (be.family, &be.addr);
+    if cfg.flags & CFG_F_NO_FIB == 0 {
+        // SAFETY: all-zero is a valid bpf_fib_lookup.
+        let mut p: FibParams = unsafe { core::mem::zeroed() };
+        let ingress = ctx.ingress_ifindex() as u32;
+        p.ifindex = ingress;
+        if family == FAMILY_V4 {
+            p.family = AF_INET;
+            p.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes([dst[0], dst[1], dst[2], dst[3]]);
+        } else {
+            p.family = AF_INET6;
+            // SAFETY: [u8; 16] and [u32; 4] have the same size; bytes keep network order.
+            p.__bindgen_anon_4.ipv6_dst = unsafe { core::mem::transmute::<[u8; 16], [u32; 4]>(*dst) };
+        }
+        // SAFETY: p is a properly sized bpf_fib_lookup on our stack.
+        let rc = unsafe {
+            bpf_fib_lookup(ctx.as_ptr(), &mut p, core::mem::size_of::<FibParams>() as i32, 0)
+        };
+        if rc == BPF_FIB_LKUP_RET_SUCCESS {
+            return Ok(NextHop {
+                src_mac: p.smac,
+                dst_mac: p.dmac,
+                redirect_ifindex: if p.ifindex == ingress { 0 } else { p.ifindex },
+            });
+        }
+    }
+    if cfg.gateway_mac == [0; 6] {
+        return Err(Reason::DropNoNexthop);
+    }
+    count(Reason::FibFallback);
+    Ok(NextHop { src_mac: l2.dst, dst_mac: cfg.gateway_mac, redirect_ifindex: 0 })
+}
+
+/// The XDP verdict that sends the rewritten frame toward `hop`.
+#[inline(always)]
+pub fn send(hop: &NextHop, tx_reason: Reason) -> u32 {
+    if hop.redirect_ifindex == 0 {
+        count(tx_reason);
+        return xdp_action::XDP_TX;
+    }
+    match LB_TX_PORTS.redirect(hop.redirect_ifindex, 0) {
+        Ok(action) => {
+            count(Reason::Redirect);
+            action
+        }
+        Err(_) => {
+            count(Reason::DropRedirect);
+            xdp_action::XDP_DROP
+        }
+    }
+}

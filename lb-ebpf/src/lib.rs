@@ -1,0 +1,12 @@
+//! Pieces shared by the XDP programs: packet access, checksums, L2 parsing.
+//!
+//! The programs themselves are the binaries (`lb-xdp` for the balancer, `lb-decap` for
+//! backends); maps are declared there so each object carries only its own maps.
+#![no_std]
+
+#[cfg(target_arch = "bpf")]
+pub mod csum;
+#[cfg(target_arch = "bpf")]
+pub mod l2;
+#[cfg(target_arch = "bpf")]
+pub mod ptr;

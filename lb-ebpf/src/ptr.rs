@@ -1,0 +1,52 @@
+//! Bounds-checked packet access: the one place where the verifier's demand for an explicit
+//! check before every packet access is met.
+
+use core::mem;
+
+use aya_ebpf::programs::XdpContext;
+
+/// Pointer to a `T` at `offset` from the start of the packet, if the packet holds it.
+#[inline(always)]
+pub fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Result<*const T, ()> {
+    let start = ctx.data();
+    let end = ctx.data_end();
+    if start + offset + mem::size_of::<T>() > end {
+        return Err(());
+    }
+    Ok((start + offset) as *const T)
+}
+
+#[inline(always)]
+pub fn ptr_at_mut<T>(ctx: &XdpContext, offset: usize) -> Result<*mut T, ()> {
+    Ok(ptr_at::<T>(ctx, offset)? as *mut T)
+}
+
+/// Copy of the `T` at `offset`.
+#[inline(always)]
+pub fn read<T: Copy>(ctx: &XdpContext, offset: usize) -> Result<T, ()> {
+    // SAFETY: ptr_at checked the bounds; T is plain bytes (alignment 1 or read unaligned).
+    Ok(unsafe { core::ptr::read_unaligned(ptr_at::<T>(ctx, offset)?) })
+}
+
+#[inline(always)]
+pub fn write<T: Copy>(ctx: &XdpContext, offset: usize, value: T) -> Result<(), ()> {
+    // SAFETY: as for read.
+    unsafe { core::ptr::write_unaligned(ptr_at_mut::<T>(ctx, offset)?, value) };
+    Ok(())
+}
+
+/// Grow (negative `delta`) or shrink the packet at its head. Every pointer taken before
+/// is invalid afterwards: callers re-derive offsets through `ptr_at`.
+#[inline(always)]
+pub fn adjust_head(ctx: &XdpContext, delta: i32) -> Result<(), ()> {
+    // SAFETY: the helper checks its arguments; ctx is the program's context.
+    let rc = unsafe { aya_ebpf::helpers::generated::bpf_xdp_adjust_head(ctx.ctx, delta) };
+    if rc == 0 { Ok(()) } else { Err(()) }
+}
+
+#[inline(always)]
+pub fn adjust_tail(ctx: &XdpContext, delta: i32) -> Result<(), ()> {
+    // SAFETY: as for adjust_head.
+    let rc = unsafe { aya_ebpf::helpers::generated::bpf_xdp_adjust_tail(ctx.ctx, delta) };
+    if rc == 0 { Ok(()) } else { Err(()) }
+}

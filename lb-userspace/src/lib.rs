@@ -1,0 +1,3 @@
+//! The control plane's library: loading the dataplane, building rings, writing maps.
+
+pub mod programs;
