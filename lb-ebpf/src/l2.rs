@@ -24,6 +24,12 @@ pub struct L2 {
     pub proto: u16,
 }
 
+impl L2 {
+    pub const fn new() -> Self {
+        L2 { dst: [0; 6], src: [0; 6], len: ETH_HLEN, tags: [[0; 4]; 2], proto: 0 }
+    }
+}
+
 pub enum L2Error {
     Truncated,
     TooManyTags,
@@ -34,16 +40,15 @@ fn is_vlan(proto: u16) -> bool {
     proto == ETH_P_8021Q || proto == ETH_P_8021AD
 }
 
+/// Parse into `l2` (an out-parameter so that callers can keep it off the stack).
 #[inline(always)]
-pub fn parse(ctx: &XdpContext) -> Result<L2, L2Error> {
+pub fn parse(ctx: &XdpContext, l2: &mut L2) -> Result<(), L2Error> {
     let hdr: [u8; 14] = read(ctx, 0).map_err(|_| L2Error::Truncated)?;
-    let mut l2 = L2 {
-        dst: [hdr[0], hdr[1], hdr[2], hdr[3], hdr[4], hdr[5]],
-        src: [hdr[6], hdr[7], hdr[8], hdr[9], hdr[10], hdr[11]],
-        len: ETH_HLEN,
-        tags: [[0; 4]; 2],
-        proto: u16::from_be_bytes([hdr[12], hdr[13]]),
-    };
+    l2.dst = [hdr[0], hdr[1], hdr[2], hdr[3], hdr[4], hdr[5]];
+    l2.src = [hdr[6], hdr[7], hdr[8], hdr[9], hdr[10], hdr[11]];
+    l2.len = ETH_HLEN;
+    l2.tags = [[0; 4]; 2];
+    l2.proto = u16::from_be_bytes([hdr[12], hdr[13]]);
     if is_vlan(l2.proto) {
         let tag: [u8; 6] = read(ctx, 12).map_err(|_| L2Error::Truncated)?;
         l2.tags[0] = [tag[0], tag[1], tag[2], tag[3]];
@@ -59,7 +64,7 @@ pub fn parse(ctx: &XdpContext) -> Result<L2, L2Error> {
             }
         }
     }
-    Ok(l2)
+    Ok(())
 }
 
 /// Write `l2` at the head of the packet with new MACs and innermost ethertype `proto`.

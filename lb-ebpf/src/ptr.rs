@@ -5,11 +5,39 @@ use core::mem;
 
 use aya_ebpf::programs::XdpContext;
 
+/// (data, data_end) of the packet. Volatile reads: in a function that is not inlined,
+/// LLVM would otherwise hoist the context loads into the caller and pass packet pointers
+/// as plain integers, which the verifier rejects ("pointer arithmetic with <<=").
+#[inline(always)]
+pub fn bounds(ctx: &XdpContext) -> (usize, usize) {
+    // SAFETY: ctx.ctx is the program's context pointer, valid for the whole run.
+    unsafe {
+        (
+            core::ptr::read_volatile(&(*ctx.ctx).data) as usize,
+            core::ptr::read_volatile(&(*ctx.ctx).data_end) as usize,
+        )
+    }
+}
+
+/// Length of the frame in bytes.
+#[inline(always)]
+pub fn frame_len(ctx: &XdpContext) -> usize {
+    let (start, end) = bounds(ctx);
+    end - start
+}
+
+/// Offsets past this are refused outright. The check also gives the verifier an upper
+/// bound for offsets that went through memory (the per-CPU scratch slot), which it
+/// otherwise treats as unbounded.
+pub const MAX_OFFSET: usize = 0x3fff;
+
 /// Pointer to a `T` at `offset` from the start of the packet, if the packet holds it.
 #[inline(always)]
 pub fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Result<*const T, ()> {
-    let start = ctx.data();
-    let end = ctx.data_end();
+    if offset > MAX_OFFSET {
+        return Err(());
+    }
+    let (start, end) = bounds(ctx);
     if start + offset + mem::size_of::<T>() > end {
         return Err(());
     }

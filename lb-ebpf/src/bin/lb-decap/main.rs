@@ -55,7 +55,8 @@ fn ours(addr: [u8; 16], family: u8) -> bool {
 
 #[inline(always)]
 fn try_decap(ctx: &XdpContext) -> Result<(), Reason> {
-    let l2 = l2::parse(ctx).map_err(|_| Reason::PassMalformed)?;
+    let mut l2 = l2::L2::new();
+    l2::parse(ctx, &mut l2).map_err(|_| Reason::PassMalformed)?;
     let (outer_len, inner_proto) = match l2.proto {
         ETH_P_IP => {
             let h: [u8; 20] = read(ctx, l2.len).map_err(|_| Reason::PassMalformed)?;

@@ -16,6 +16,15 @@ use crate::{
     stats::count,
 };
 
+/// The flow to place (bundled: a BPF call takes at most five arguments).
+pub struct Flow<'a> {
+    pub key: &'a FlowKey,
+    pub hash: u32,
+    pub tcp_flags: u8,
+    /// False for fragments and ICMP errors, which must not create flows.
+    pub remember: bool,
+}
+
 pub struct Choice {
     pub id: u32,
     pub backend: Backend,
@@ -101,9 +110,10 @@ fn stateless(vip: &VipMeta, key: &FlowKey, hash: u32) -> u32 {
 }
 
 /// Backend for a packet of a flow; `None` when the VIP has no usable backend.
-/// `remember` is false for fragments and ICMP errors, which must not create flows.
-#[inline(always)]
-pub fn choose(vip: &VipMeta, key: &FlowKey, hash: u32, tcp_flags: u8, remember: bool) -> Option<Choice> {
+/// Not inlined: its temporaries do not add to the forwarding path's stack.
+#[inline(never)]
+pub fn choose(vip: &VipMeta, flow: &Flow) -> Option<Choice> {
+    let (key, hash, tcp_flags, remember) = (flow.key, flow.hash, flow.tcp_flags, flow.remember);
     let mut rescheduled = false;
     if remember {
         if let Some(entry) = LB_FLOWS.get_ptr_mut(key) {

@@ -13,15 +13,31 @@ use crate::{Packet, icmp, nexthop, stats::count};
 
 const TTL: u8 = 64;
 
+/// Send `pkt` to backend `be`. The stages are called one after another from here rather
+/// than nested, so the BPF stack holds at most one of their frames at a time.
 #[inline(always)]
-pub fn forward(ctx: &XdpContext, cfg: &GlobalConfig, pkt: &Packet, be: &Backend) -> Result<u32, Reason> {
+pub fn forward(ctx: &XdpContext, cfg: &GlobalConfig, pkt: &mut Packet, be: &Backend) -> Result<u32, Reason> {
     if pkt.forward == Forward::L2Dsr as u8 {
         let l2 = &pkt.l2;
         l2::write(ctx, l2, &be.mac, &l2.dst, l2.proto).map_err(|_| Reason::DropMalformed)?;
         count(Reason::TxL2Dsr);
         return Ok(xdp_action::XDP_TX);
     }
-    ipip(ctx, cfg, pkt, be)
+    let outer_v4 = be.family == FAMILY_V4;
+    if outer_v4 && pkt.l3.key.family != FAMILY_V4 {
+        // IPv6 in IPv4 is refused by config validation; a stale map must not emit it.
+        return Err(Reason::DropNoBackend);
+    }
+    let overhead: usize = if outer_v4 { 20 } else { 40 };
+    if pkt.check_mtu && cfg.mtu != 0 && pkt.l3.ip_len + overhead > cfg.mtu as usize {
+        if pkt.l3.dont_fragment {
+            return icmp::too_big(ctx, pkt, cfg.mtu - overhead as u16);
+        }
+        count(Reason::OverMtuForwarded);
+    }
+    nexthop::resolve(ctx, cfg, be, pkt)?;
+    ipip(ctx, cfg, pkt, be)?;
+    Ok(nexthop::send(&pkt.hop, Reason::TxIpip))
 }
 
 /// Low `bits` bits of `base` replaced by the flow hash: one outer source per flow bucket,
@@ -32,26 +48,17 @@ fn spread(base: u32, bits: u8, hash: u32) -> u32 {
     (base & !mask) | (hash & mask)
 }
 
+/// Prepend the outer header (and the L2 header, moved to the new head; MACs are set by
+/// the caller's next hop).
 #[inline(never)]
-fn ipip(ctx: &XdpContext, cfg: &GlobalConfig, pkt: &Packet, be: &Backend) -> Result<u32, Reason> {
+fn ipip(ctx: &XdpContext, cfg: &GlobalConfig, pkt: &Packet, be: &Backend) -> Result<(), Reason> {
     let (l2, l3, hash) = (&pkt.l2, &pkt.l3, pkt.hash);
     let inner_v4 = l3.key.family == FAMILY_V4;
     let outer_v4 = be.family == FAMILY_V4;
-    if outer_v4 && !inner_v4 {
-        // IPv6 in IPv4 is refused by config validation; a stale map must not emit it.
-        return Err(Reason::DropNoBackend);
-    }
     let overhead: usize = if outer_v4 { 20 } else { 40 };
-    if pkt.check_mtu && cfg.mtu != 0 && l3.ip_len + overhead > cfg.mtu as usize {
-        if l3.dont_fragment {
-            return icmp::too_big(ctx, pkt, cfg.mtu - overhead as u16);
-        }
-        count(Reason::OverMtuForwarded);
-    }
-    let hop = nexthop::resolve(ctx, cfg, be, l2)?;
     adjust_head(ctx, -(overhead as i32)).map_err(|_| Reason::DropAdjustFailed)?;
     let ethertype = if outer_v4 { ETH_P_IP } else { ETH_P_IPV6 };
-    l2::write(ctx, l2, &hop.dst_mac, &hop.src_mac, ethertype).map_err(|_| Reason::DropAdjustFailed)?;
+    l2::write(ctx, l2, &pkt.hop.dst_mac, &pkt.hop.src_mac, ethertype).map_err(|_| Reason::DropAdjustFailed)?;
     let inner_proto = if inner_v4 { PROTO_IPIP } else { PROTO_IPV6 };
     let res = if outer_v4 {
         let total = ((l3.ip_len + 20) as u16).to_be_bytes();
@@ -86,6 +93,5 @@ fn ipip(ctx: &XdpContext, cfg: &GlobalConfig, pkt: &Packet, be: &Backend) -> Res
             .and_then(|_| write(ctx, l2.len + 8, src))
             .and_then(|_| write(ctx, l2.len + 24, be.addr))
     };
-    res.map_err(|_| Reason::DropAdjustFailed)?;
-    Ok(nexthop::send(&hop, Reason::TxIpip))
+    res.map_err(|_| Reason::DropAdjustFailed)
 }

@@ -29,7 +29,7 @@ const ICMPV6_PKT_TOOBIG: u8 = 2;
 #[inline(never)]
 pub fn too_big(ctx: &XdpContext, pkt: &Packet, mtu: u16) -> Result<u32, Reason> {
     let (l2, l3) = (&pkt.l2, &pkt.l3);
-    let frame = ctx.data_end() - ctx.data();
+    let frame = lb_ebpf::ptr::frame_len(ctx);
     let keep = l2.len + QUOTE;
     if frame < keep {
         return Err(Reason::DropMalformed);

@@ -25,7 +25,15 @@ use lb_common::{
 };
 use lb_ebpf::l2::{self, ETH_P_IP, ETH_P_IPV6, L2, L2Error};
 
-use crate::{maps::LB_CONFIG, parse::L3, stats::count};
+use bytemuck::Zeroable;
+use lb_common::FlowKey;
+
+use crate::{
+    flow::Flow,
+    maps::{LB_CONFIG, LB_SCRATCH},
+    parse::L3,
+    stats::count,
+};
 
 #[xdp]
 pub fn lb_xdp(ctx: XdpContext) -> u32 {
@@ -42,67 +50,78 @@ pub fn lb_xdp(ctx: XdpContext) -> u32 {
 pub struct Packet {
     pub l2: L2,
     pub l3: L3,
+    /// For an ICMP error: the client-to-VIP flow it quotes.
+    pub quoted: FlowKey,
     /// Flow hash of the client-to-VIP flow (for ICMP errors: of the quoted flow).
     pub hash: u32,
     /// The VIP's `Forward` mode.
     pub forward: u8,
     /// Answer DF packets too big for the encapsulation with ICMP (not for ICMP errors).
     pub check_mtu: bool,
+    pub hop: nexthop::NextHop,
+    pub fib: nexthop::Fib,
 }
 
 #[inline(always)]
 fn try_lb_xdp(ctx: &XdpContext) -> Result<u32, Reason> {
-    let l2 = l2::parse(ctx).map_err(|e| match e {
+    let pkt = LB_SCRATCH.get_ptr_mut(0).ok_or(Reason::DropAdjustFailed)?;
+    // SAFETY: this CPU's scratch slot; nothing else runs on this CPU until we return.
+    let pkt = unsafe { &mut *pkt };
+    l2::parse(ctx, &mut pkt.l2).map_err(|e| match e {
         L2Error::Truncated => Reason::PassMalformed,
         L2Error::TooManyTags => Reason::PassVlanDepth,
     })?;
-    let mut pkt = Packet { l2, l3: L3::new(), hash: 0, forward: 0, check_mtu: true };
+    pkt.l3.key = FlowKey::zeroed();
+    pkt.l3.tcp_flags = 0;
+    pkt.hash = 0;
+    pkt.check_mtu = true;
     match pkt.l2.proto {
         ETH_P_IP => parse::ipv4(ctx, pkt.l2.len, &mut pkt.l3)?,
         ETH_P_IPV6 => parse::ipv6(ctx, pkt.l2.len, &mut pkt.l3)?,
         _ => return Err(Reason::PassNotIp),
     }
+    // An ICMP error is placed by the flow it quotes; everything else by its own.
     let l3 = &pkt.l3;
     let icmp = if l3.key.family == FAMILY_V4 { PROTO_ICMP } else { PROTO_ICMPV6 };
-    if l3.key.proto == icmp && !l3.fragment {
-        return icmp_error(ctx, &mut pkt);
+    let icmp_error = l3.key.proto == icmp && !l3.fragment;
+    if icmp_error {
+        pkt.quoted = FlowKey::zeroed();
+        icmp::error_flow(ctx, &pkt.l3, &mut pkt.quoted).ok_or(Reason::PassIcmpLocal)?;
     }
-    let vip = vip::lookup(&l3.key, l3.fragment).ok_or(Reason::PassNotVip)?;
+    let l3 = &pkt.l3;
+    let key = if icmp_error { &pkt.quoted } else { &l3.key };
+    let fragment = l3.fragment && !icmp_error;
+    let vip = vip::lookup(key, fragment)
+        .ok_or(if icmp_error { Reason::PassIcmpLocal } else { Reason::PassNotVip })?;
     if l3.bad_len {
         return Err(Reason::DropMalformed);
     }
-    if l3.fragment {
+    let cfg = LB_CONFIG.get(0).ok_or(Reason::DropNoNexthop)?;
+    pkt.hash = flow_hash(key);
+    pkt.forward = vip.forward;
+    pkt.check_mtu = !icmp_error;
+    let flow = Flow {
+        key,
+        hash: pkt.hash,
+        tcp_flags: if icmp_error { 0 } else { l3.tcp_flags },
+        remember: !fragment && !icmp_error,
+    };
+    let choice = flow::choose(&vip, &flow).ok_or_else(|| no_backend(&vip))?;
+    if fragment {
         count(Reason::Fragment);
     }
-    let cfg = LB_CONFIG.get(0).ok_or(Reason::DropNoNexthop)?;
-    pkt.hash = flow_hash(&l3.key);
-    pkt.forward = vip.forward;
-    let choice = flow::choose(&vip, &l3.key, pkt.hash, l3.tcp_flags, !l3.fragment)
-        .ok_or_else(|| no_backend(&vip))?;
-    let bytes = (ctx.data_end() - ctx.data()) as u64;
+    if icmp_error {
+        count(Reason::IcmpErrorSteered);
+    }
+    let bytes = lb_ebpf::ptr::frame_len(ctx) as u64;
     stats::vip(vip.vip_id, bytes, choice.new_flow);
     stats::backend(choice.id, bytes);
-    forward::forward(ctx, cfg, &pkt, &choice.backend)
+    forward::forward(ctx, cfg, pkt, &choice.backend)
 }
 
 #[inline(always)]
 fn no_backend(vip: &VipMeta) -> Reason {
     if vip.flags & VIP_F_NO_BACKEND_PASS != 0 { Reason::PassNoBackend } else { Reason::DropNoBackend }
-}
-
-/// An ICMP error quoting a VIP flow goes to that flow's backend; other ICMP is the host's.
-#[inline(never)]
-fn icmp_error(ctx: &XdpContext, pkt: &mut Packet) -> Result<u32, Reason> {
-    let mut key = L3::new().key;
-    icmp::error_flow(ctx, &pkt.l3, &mut key).ok_or(Reason::PassIcmpLocal)?;
-    let vip = vip::lookup(&key, false).ok_or(Reason::PassIcmpLocal)?;
-    let cfg = LB_CONFIG.get(0).ok_or(Reason::DropNoNexthop)?;
-    pkt.hash = flow_hash(&key);
-    pkt.forward = vip.forward;
-    pkt.check_mtu = false;
-    let choice = flow::choose(&vip, &key, pkt.hash, 0, false).ok_or_else(|| no_backend(&vip))?;
-    count(Reason::IcmpErrorSteered);
-    forward::forward(ctx, cfg, pkt, &choice.backend)
 }
 
 #[cfg(not(test))]

@@ -4,6 +4,7 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray},
 };
+use crate::Packet;
 use lb_common::{
     Backend, BackendStats, DEFAULT_FLOWS, DEFAULT_RING_CAPACITY, FlowEntry, FlowKey, GlobalConfig,
     MAX_BACKENDS, MAX_TX_PORTS, MAX_VIPS, VipKey, VipMeta, VipStats, reason::REASON_COUNT,
@@ -47,6 +48,11 @@ pub static LB_RR: PerCpuArray<u32> = PerCpuArray::with_max_entries(MAX_VIPS, 0);
 /// Open connections per backend for least-connections (shared, updated atomically).
 #[map(name = "LB_CONNS")]
 pub static LB_CONNS: Array<u64> = Array::with_max_entries(MAX_BACKENDS, 0);
+
+/// The packet being processed, per CPU: keeps the parse results off the 512-byte stack
+/// (XDP runs to completion on a CPU, so one slot per CPU is never shared).
+#[map(name = "LB_SCRATCH")]
+pub static LB_SCRATCH: PerCpuArray<Packet> = PerCpuArray::with_max_entries(1, 0);
 
 /// Egress NICs other than the ingress one, keyed by ifindex.
 #[map(name = "LB_TX_PORTS")]

@@ -61,7 +61,7 @@ pub fn ipv4(ctx: &XdpContext, off: usize, l3: &mut L3) -> Result<(), Reason> {
     l3.key.dst[..4].copy_from_slice(&h.dst_addr);
     l3.key.proto = h.proto;
     l3.ip_len = u16::from_be_bytes(h.tot_len) as usize;
-    let frame = ctx.data_end() - ctx.data();
+    let frame = lb_ebpf::ptr::frame_len(ctx);
     let frag = u16::from_be_bytes(h.frags);
     l3.l4 = off + ihl;
     l3.bad_len = l3.ip_len < ihl || off + l3.ip_len > frame;
@@ -84,7 +84,7 @@ pub fn ipv6(ctx: &XdpContext, off: usize, l3: &mut L3) -> Result<(), Reason> {
     l3.key.src = h.src_addr;
     l3.key.dst = h.dst_addr;
     let ip_len = 40 + u16::from_be_bytes(h.payload_len) as usize;
-    let frame = ctx.data_end() - ctx.data();
+    let frame = lb_ebpf::ptr::frame_len(ctx);
     let tos = ((h.vcf[0] & 0x0f) << 4) | (h.vcf[1] >> 4);
     let mut next = h.next_hdr;
     let mut l4 = off + 40;

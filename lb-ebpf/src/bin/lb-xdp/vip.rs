@@ -6,7 +6,8 @@ use lb_common::{FlowKey, VIP_F_FRAGMENTS_ONLY, VipKey, VipMeta};
 
 use crate::maps::LB_VIPS;
 
-#[inline(always)]
+/// Not inlined: its temporaries do not add to the forwarding path's stack.
+#[inline(never)]
 pub fn lookup(key: &FlowKey, fragment: bool) -> Option<VipMeta> {
     let mut vk = VipKey { addr: key.dst, port: key.dport, proto: key.proto, family: key.family };
     if !fragment && vk.port != 0 {

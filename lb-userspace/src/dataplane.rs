@@ -1,0 +1,212 @@
+//! The loaded XDP balancer and typed access to its maps.
+//!
+//! Everything the control plane writes into the kernel goes through here, so the daemon,
+//! the tests and the benchmarks share one definition of how a VIP, a backend or a ring is
+//! laid out in the maps.
+
+use std::path::Path;
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, HashMap, MapData, PerCpuArray, PerCpuValues},
+    programs::{Xdp, XdpMode, xdp::XdpLinkId},
+    util::nr_cpus,
+};
+use lb_common::{
+    Backend, BackendStats, GlobalConfig, MAP_BACKEND_STATS, MAP_BACKENDS, MAP_CONFIG, MAP_FLOWS,
+    MAP_RINGS, MAP_STATS, MAP_VIP_STATS, MAP_VIPS, Reason, VipKey, VipMeta, VipStats,
+};
+use thiserror::Error;
+
+use crate::programs::LB_XDP;
+
+pub const PROGRAM: &str = "lb_xdp";
+
+#[derive(Debug, Error)]
+pub enum DataplaneError {
+    #[error(
+        "loading the XDP program failed: {0}; check that you are root (CAP_BPF, CAP_NET_ADMIN) and that the kernel has BPF and BTF"
+    )]
+    Load(#[from] aya::EbpfError),
+    #[error("program {0} not found in the embedded object: rebuild lb-userspace")]
+    MissingProgram(&'static str),
+    #[error("map {0} not found in the embedded object: rebuild lb-userspace")]
+    MissingMap(&'static str),
+    #[error("map {map}: {source}")]
+    Map { map: &'static str, source: aya::maps::MapError },
+    #[error("XDP program: {0}")]
+    Program(#[from] aya::programs::ProgramError),
+    #[error("ring window {offset}+{len} is past LB_RINGS' capacity {capacity}: raise ring_capacity")]
+    RingCapacity { offset: u32, len: usize, capacity: u32 },
+}
+
+fn map_err(map: &'static str) -> impl FnOnce(aya::maps::MapError) -> DataplaneError {
+    move |source| DataplaneError::Map { map, source }
+}
+
+/// Sizes fixed when the program is loaded.
+#[derive(Clone, Copy, Debug)]
+pub struct LoadOptions {
+    /// Connection table entries (shared by all CPUs, per-CPU LRU lists).
+    pub flows: u32,
+    /// Total slots of all VIPs' rings.
+    pub ring_capacity: u32,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions { flows: lb_common::DEFAULT_FLOWS, ring_capacity: lb_common::DEFAULT_RING_CAPACITY }
+    }
+}
+
+pub struct Dataplane {
+    ebpf: Ebpf,
+    ring_capacity: u32,
+}
+
+impl Dataplane {
+    /// Load (but do not attach) the balancer, with maps pinned under `pin_dir` if given.
+    pub fn load(opts: LoadOptions, pin_dir: Option<&Path>) -> Result<Self, DataplaneError> {
+        let mut loader = EbpfLoader::new();
+        loader.map_max_entries(MAP_FLOWS, opts.flows).map_max_entries(MAP_RINGS, opts.ring_capacity);
+        if let Some(dir) = pin_dir {
+            loader.default_map_pin_directory(dir);
+        }
+        let mut ebpf = loader.load(LB_XDP)?;
+        let prog: &mut Xdp = ebpf
+            .program_mut(PROGRAM)
+            .ok_or(DataplaneError::MissingProgram(PROGRAM))?
+            .try_into()?;
+        prog.load()?;
+        Ok(Dataplane { ebpf, ring_capacity: opts.ring_capacity })
+    }
+
+    pub fn program(&self) -> Result<&Xdp, DataplaneError> {
+        Ok(self.ebpf.program(PROGRAM).ok_or(DataplaneError::MissingProgram(PROGRAM))?.try_into()?)
+    }
+
+    pub fn attach(&mut self, iface: &str, mode: XdpMode) -> Result<XdpLinkId, DataplaneError> {
+        let prog: &mut Xdp = self
+            .ebpf
+            .program_mut(PROGRAM)
+            .ok_or(DataplaneError::MissingProgram(PROGRAM))?
+            .try_into()?;
+        Ok(prog.attach(iface, mode)?)
+    }
+
+    fn array<V: aya::Pod>(&mut self, name: &'static str) -> Result<Array<&mut MapData, V>, DataplaneError> {
+        let map = self.ebpf.map_mut(name).ok_or(DataplaneError::MissingMap(name))?;
+        Array::try_from(map).map_err(map_err(name))
+    }
+
+    fn per_cpu<V: aya::Pod>(&self, name: &'static str) -> Result<PerCpuArray<&MapData, V>, DataplaneError> {
+        let map = self.ebpf.map(name).ok_or(DataplaneError::MissingMap(name))?;
+        PerCpuArray::try_from(map).map_err(map_err(name))
+    }
+
+    fn vips(&mut self) -> Result<HashMap<&mut MapData, VipKey, VipMeta>, DataplaneError> {
+        let map = self.ebpf.map_mut(MAP_VIPS).ok_or(DataplaneError::MissingMap(MAP_VIPS))?;
+        HashMap::try_from(map).map_err(map_err(MAP_VIPS))
+    }
+
+    pub fn set_config(&mut self, cfg: &GlobalConfig) -> Result<(), DataplaneError> {
+        self.array::<GlobalConfig>(MAP_CONFIG)?.set(0, cfg, 0).map_err(map_err(MAP_CONFIG))
+    }
+
+    pub fn set_vip(&mut self, key: &VipKey, meta: &VipMeta) -> Result<(), DataplaneError> {
+        self.vips()?.insert(key, meta, 0).map_err(map_err(MAP_VIPS))
+    }
+
+    pub fn remove_vip(&mut self, key: &VipKey) -> Result<(), DataplaneError> {
+        self.vips()?.remove(key).map_err(map_err(MAP_VIPS))
+    }
+
+    pub fn vip_entries(&mut self) -> Result<Vec<(VipKey, VipMeta)>, DataplaneError> {
+        self.vips()?.iter().map(|r| r.map_err(map_err(MAP_VIPS))).collect()
+    }
+
+    pub fn set_backend(&mut self, id: u32, backend: &Backend) -> Result<(), DataplaneError> {
+        self.array::<Backend>(MAP_BACKENDS)?.set(id, backend, 0).map_err(map_err(MAP_BACKENDS))
+    }
+
+    pub fn backend(&mut self, id: u32) -> Result<Backend, DataplaneError> {
+        self.array(MAP_BACKENDS)?.get(&id, 0).map_err(map_err(MAP_BACKENDS))
+    }
+
+    fn check_window(&self, offset: u32, len: usize) -> Result<(), DataplaneError> {
+        if offset as u64 + len as u64 > self.ring_capacity as u64 {
+            return Err(DataplaneError::RingCapacity { offset, len, capacity: self.ring_capacity });
+        }
+        Ok(())
+    }
+
+    /// Write a whole ring window. Returns the number of slots written.
+    pub fn write_ring(&mut self, offset: u32, slots: &[u32]) -> Result<usize, DataplaneError> {
+        self.check_window(offset, slots.len())?;
+        let mut rings = self.array::<u32>(MAP_RINGS)?;
+        for (i, s) in slots.iter().enumerate() {
+            rings.set(offset + i as u32, s, 0).map_err(map_err(MAP_RINGS))?;
+        }
+        Ok(slots.len())
+    }
+
+    /// Write only the slots where `new` differs from `old` (same window): a one-backend
+    /// change to a Maglev ring touches about 1/N of it. Returns the number written.
+    pub fn update_ring(&mut self, offset: u32, old: &[u32], new: &[u32]) -> Result<usize, DataplaneError> {
+        self.check_window(offset, new.len())?;
+        let mut rings = self.array::<u32>(MAP_RINGS)?;
+        let mut written = 0;
+        for (i, s) in new.iter().enumerate() {
+            if old.get(i) != Some(s) {
+                rings.set(offset + i as u32, s, 0).map_err(map_err(MAP_RINGS))?;
+                written += 1;
+            }
+        }
+        Ok(written)
+    }
+
+    pub fn read_ring(&mut self, offset: u32, len: usize) -> Result<Vec<u32>, DataplaneError> {
+        self.check_window(offset, len)?;
+        let rings = self.array::<u32>(MAP_RINGS)?;
+        (0..len as u32).map(|i| rings.get(&(offset + i), 0).map_err(map_err(MAP_RINGS))).collect()
+    }
+
+    /// Every reason counter, summed over CPUs.
+    pub fn reasons(&self) -> Result<Vec<(Reason, u64)>, DataplaneError> {
+        let stats = self.per_cpu::<u64>(MAP_STATS)?;
+        Reason::ALL
+            .iter()
+            .map(|r| {
+                let v: PerCpuValues<u64> = stats.get(&(*r as u32), 0).map_err(map_err(MAP_STATS))?;
+                Ok((*r, v.iter().sum()))
+            })
+            .collect()
+    }
+
+    pub fn reason(&self, reason: Reason) -> Result<u64, DataplaneError> {
+        let stats = self.per_cpu::<u64>(MAP_STATS)?;
+        let v = stats.get(&(reason as u32), 0).map_err(map_err(MAP_STATS))?;
+        Ok(v.iter().sum())
+    }
+
+    pub fn vip_stats(&self, vip_id: u32) -> Result<VipStats, DataplaneError> {
+        let v = self.per_cpu::<VipStats>(MAP_VIP_STATS)?.get(&vip_id, 0).map_err(map_err(MAP_VIP_STATS))?;
+        Ok(v.iter().fold(VipStats::default(), |a, s| VipStats {
+            packets: a.packets + s.packets,
+            bytes: a.bytes + s.bytes,
+            new_flows: a.new_flows + s.new_flows,
+        }))
+    }
+
+    pub fn backend_stats(&self, id: u32) -> Result<BackendStats, DataplaneError> {
+        let v = self.per_cpu::<BackendStats>(MAP_BACKEND_STATS)?.get(&id, 0).map_err(map_err(MAP_BACKEND_STATS))?;
+        Ok(v.iter().fold(BackendStats::default(), |a, s| BackendStats {
+            packets: a.packets + s.packets,
+            bytes: a.bytes + s.bytes,
+        }))
+    }
+
+    pub fn cpus() -> usize {
+        nr_cpus().unwrap_or(1)
+    }
+}
