@@ -13,7 +13,7 @@ use aya::{
     util::nr_cpus,
 };
 use lb_common::{
-    Backend, BackendStats, GlobalConfig, MAP_BACKEND_STATS, MAP_BACKENDS, MAP_CONFIG, MAP_FLOWS,
+    Backend, BackendStats, GlobalConfig, MAP_BACKEND_STATS, MAP_BACKENDS, MAP_CONFIG, MAP_CONNS, MAP_FLOWS,
     MAP_RINGS, MAP_STATS, MAP_VIP_STATS, MAP_VIPS, Reason, VipKey, VipMeta, VipStats,
 };
 use thiserror::Error;
@@ -169,6 +169,11 @@ impl Dataplane {
         self.check_window(offset, len)?;
         let rings = self.array::<u32>(MAP_RINGS)?;
         (0..len as u32).map(|i| rings.get(&(offset + i), 0).map_err(map_err(MAP_RINGS))).collect()
+    }
+
+    /// Open flows counted for least-connections.
+    pub fn connections(&mut self, id: u32) -> Result<u64, DataplaneError> {
+        self.array::<u64>(MAP_CONNS)?.get(&id, 0).map_err(map_err(MAP_CONNS))
     }
 
     /// Every reason counter, summed over CPUs.
