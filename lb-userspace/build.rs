@@ -8,7 +8,9 @@ fn main() -> anyhow::Result<()> {
         .parent()
         .context("lb-userspace has no parent directory")?
         .join("lb-ebpf");
-    let root = root.to_str().ok_or_else(|| anyhow!("non-UTF-8 path {}", root.display()))?;
+    let root = root
+        .to_str()
+        .ok_or_else(|| anyhow!("non-UTF-8 path {}", root.display()))?;
     aya_build::build_ebpf(
         [Package { name: "lb-ebpf", root_dir: root, ..Default::default() }],
         aya_build::Toolchain::default(),

@@ -15,7 +15,10 @@ const SEED: u32 = 0x4c42_5846; // "LBXF"
 #[inline(always)]
 fn mix(h: u32, word: u32) -> u32 {
     let k = word.wrapping_mul(C1).rotate_left(15).wrapping_mul(C2);
-    (h ^ k).rotate_left(13).wrapping_mul(5).wrapping_add(0xe654_6b64)
+    (h ^ k)
+        .rotate_left(13)
+        .wrapping_mul(5)
+        .wrapping_add(0xe654_6b64)
 }
 
 #[inline(always)]
@@ -32,8 +35,14 @@ fn finish(mut h: u32, len: u32) -> u32 {
 fn mix_addr(mut h: u32, addr: &[u8; 16]) -> u32 {
     h = mix(h, u32::from_le_bytes([addr[0], addr[1], addr[2], addr[3]]));
     h = mix(h, u32::from_le_bytes([addr[4], addr[5], addr[6], addr[7]]));
-    h = mix(h, u32::from_le_bytes([addr[8], addr[9], addr[10], addr[11]]));
-    mix(h, u32::from_le_bytes([addr[12], addr[13], addr[14], addr[15]]))
+    h = mix(
+        h,
+        u32::from_le_bytes([addr[8], addr[9], addr[10], addr[11]]),
+    );
+    mix(
+        h,
+        u32::from_le_bytes([addr[12], addr[13], addr[14], addr[15]]),
+    )
 }
 
 /// Hash of the whole 5-tuple (with the address family): the Maglev, random and
@@ -87,7 +96,10 @@ mod tests {
             buckets[(flow_hash(&key(p)) % 16) as usize] += 1;
         }
         for b in buckets {
-            assert!((900..1100).contains(&b), "bucket {b} far from 1000: {buckets:?}");
+            assert!(
+                (900..1100).contains(&b),
+                "bucket {b} far from 1000: {buckets:?}"
+            );
         }
     }
 }

@@ -26,7 +26,13 @@ pub struct L2 {
 
 impl L2 {
     pub const fn new() -> Self {
-        L2 { dst: [0; 6], src: [0; 6], len: ETH_HLEN, tags: [[0; 4]; 2], proto: 0 }
+        L2 {
+            dst: [0; 6],
+            src: [0; 6],
+            len: ETH_HLEN,
+            tags: [[0; 4]; 2],
+            proto: 0,
+        }
     }
 }
 
@@ -70,7 +76,13 @@ pub fn parse(ctx: &XdpContext, l2: &mut L2) -> Result<(), L2Error> {
 /// Write `l2` at the head of the packet with new MACs and innermost ethertype `proto`.
 /// The tags are written as found, so the frame stays in its VLAN.
 #[inline(always)]
-pub fn write(ctx: &XdpContext, l2: &L2, dst: &[u8; 6], src: &[u8; 6], proto: u16) -> Result<(), ()> {
+pub fn write(
+    ctx: &XdpContext,
+    l2: &L2,
+    dst: &[u8; 6],
+    src: &[u8; 6],
+    proto: u16,
+) -> Result<(), ()> {
     use crate::ptr::write as put;
     put(ctx, 0, *dst)?;
     put(ctx, 6, *src)?;

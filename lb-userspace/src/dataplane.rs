@@ -13,8 +13,8 @@ use aya::{
     util::nr_cpus,
 };
 use lb_common::{
-    Backend, BackendStats, GlobalConfig, MAP_BACKEND_STATS, MAP_BACKENDS, MAP_CONFIG, MAP_CONNS, MAP_FLOWS,
-    MAP_RINGS, MAP_STATS, MAP_VIP_STATS, MAP_VIPS, Reason, VipKey, VipMeta, VipStats,
+    Backend, BackendStats, GlobalConfig, MAP_BACKEND_STATS, MAP_BACKENDS, MAP_CONFIG, MAP_CONNS,
+    MAP_FLOWS, MAP_RINGS, MAP_STATS, MAP_VIP_STATS, MAP_VIPS, Reason, VipKey, VipMeta, VipStats,
 };
 use thiserror::Error;
 
@@ -33,11 +33,20 @@ pub enum DataplaneError {
     #[error("map {0} not found in the embedded object: rebuild lb-userspace")]
     MissingMap(&'static str),
     #[error("map {map}: {source}")]
-    Map { map: &'static str, source: aya::maps::MapError },
+    Map {
+        map: &'static str,
+        source: aya::maps::MapError,
+    },
     #[error("XDP program: {0}")]
     Program(#[from] aya::programs::ProgramError),
-    #[error("ring window {offset}+{len} is past LB_RINGS' capacity {capacity}: raise ring_capacity")]
-    RingCapacity { offset: u32, len: usize, capacity: u32 },
+    #[error(
+        "ring window {offset}+{len} is past LB_RINGS' capacity {capacity}: raise ring_capacity"
+    )]
+    RingCapacity {
+        offset: u32,
+        len: usize,
+        capacity: u32,
+    },
 }
 
 fn map_err(map: &'static str) -> impl FnOnce(aya::maps::MapError) -> DataplaneError {
@@ -55,7 +64,10 @@ pub struct LoadOptions {
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        LoadOptions { flows: lb_common::DEFAULT_FLOWS, ring_capacity: lb_common::DEFAULT_RING_CAPACITY }
+        LoadOptions {
+            flows: lb_common::DEFAULT_FLOWS,
+            ring_capacity: lb_common::DEFAULT_RING_CAPACITY,
+        }
     }
 }
 
@@ -68,7 +80,9 @@ impl Dataplane {
     /// Load (but do not attach) the balancer, with maps pinned under `pin_dir` if given.
     pub fn load(opts: LoadOptions, pin_dir: Option<&Path>) -> Result<Self, DataplaneError> {
         let mut loader = EbpfLoader::new();
-        loader.map_max_entries(MAP_FLOWS, opts.flows).map_max_entries(MAP_RINGS, opts.ring_capacity);
+        loader
+            .map_max_entries(MAP_FLOWS, opts.flows)
+            .map_max_entries(MAP_RINGS, opts.ring_capacity);
         if let Some(dir) = pin_dir {
             loader.default_map_pin_directory(dir);
         }
@@ -78,11 +92,18 @@ impl Dataplane {
             .ok_or(DataplaneError::MissingProgram(PROGRAM))?
             .try_into()?;
         prog.load()?;
-        Ok(Dataplane { ebpf, ring_capacity: opts.ring_capacity })
+        Ok(Dataplane {
+            ebpf,
+            ring_capacity: opts.ring_capacity,
+        })
     }
 
     pub fn program(&self) -> Result<&Xdp, DataplaneError> {
-        Ok(self.ebpf.program(PROGRAM).ok_or(DataplaneError::MissingProgram(PROGRAM))?.try_into()?)
+        Ok(self
+            .ebpf
+            .program(PROGRAM)
+            .ok_or(DataplaneError::MissingProgram(PROGRAM))?
+            .try_into()?)
     }
 
     pub fn attach(&mut self, iface: &str, mode: XdpMode) -> Result<XdpLinkId, DataplaneError> {
@@ -94,23 +115,40 @@ impl Dataplane {
         Ok(prog.attach(iface, mode)?)
     }
 
-    fn array<V: aya::Pod>(&mut self, name: &'static str) -> Result<Array<&mut MapData, V>, DataplaneError> {
-        let map = self.ebpf.map_mut(name).ok_or(DataplaneError::MissingMap(name))?;
+    fn array<V: aya::Pod>(
+        &mut self,
+        name: &'static str,
+    ) -> Result<Array<&mut MapData, V>, DataplaneError> {
+        let map = self
+            .ebpf
+            .map_mut(name)
+            .ok_or(DataplaneError::MissingMap(name))?;
         Array::try_from(map).map_err(map_err(name))
     }
 
-    fn per_cpu<V: aya::Pod>(&self, name: &'static str) -> Result<PerCpuArray<&MapData, V>, DataplaneError> {
-        let map = self.ebpf.map(name).ok_or(DataplaneError::MissingMap(name))?;
+    fn per_cpu<V: aya::Pod>(
+        &self,
+        name: &'static str,
+    ) -> Result<PerCpuArray<&MapData, V>, DataplaneError> {
+        let map = self
+            .ebpf
+            .map(name)
+            .ok_or(DataplaneError::MissingMap(name))?;
         PerCpuArray::try_from(map).map_err(map_err(name))
     }
 
     fn vips(&mut self) -> Result<HashMap<&mut MapData, VipKey, VipMeta>, DataplaneError> {
-        let map = self.ebpf.map_mut(MAP_VIPS).ok_or(DataplaneError::MissingMap(MAP_VIPS))?;
+        let map = self
+            .ebpf
+            .map_mut(MAP_VIPS)
+            .ok_or(DataplaneError::MissingMap(MAP_VIPS))?;
         HashMap::try_from(map).map_err(map_err(MAP_VIPS))
     }
 
     pub fn set_config(&mut self, cfg: &GlobalConfig) -> Result<(), DataplaneError> {
-        self.array::<GlobalConfig>(MAP_CONFIG)?.set(0, cfg, 0).map_err(map_err(MAP_CONFIG))
+        self.array::<GlobalConfig>(MAP_CONFIG)?
+            .set(0, cfg, 0)
+            .map_err(map_err(MAP_CONFIG))
     }
 
     pub fn set_vip(&mut self, key: &VipKey, meta: &VipMeta) -> Result<(), DataplaneError> {
@@ -122,20 +160,31 @@ impl Dataplane {
     }
 
     pub fn vip_entries(&mut self) -> Result<Vec<(VipKey, VipMeta)>, DataplaneError> {
-        self.vips()?.iter().map(|r| r.map_err(map_err(MAP_VIPS))).collect()
+        self.vips()?
+            .iter()
+            .map(|r| r.map_err(map_err(MAP_VIPS)))
+            .collect()
     }
 
     pub fn set_backend(&mut self, id: u32, backend: &Backend) -> Result<(), DataplaneError> {
-        self.array::<Backend>(MAP_BACKENDS)?.set(id, backend, 0).map_err(map_err(MAP_BACKENDS))
+        self.array::<Backend>(MAP_BACKENDS)?
+            .set(id, backend, 0)
+            .map_err(map_err(MAP_BACKENDS))
     }
 
     pub fn backend(&mut self, id: u32) -> Result<Backend, DataplaneError> {
-        self.array(MAP_BACKENDS)?.get(&id, 0).map_err(map_err(MAP_BACKENDS))
+        self.array(MAP_BACKENDS)?
+            .get(&id, 0)
+            .map_err(map_err(MAP_BACKENDS))
     }
 
     fn check_window(&self, offset: u32, len: usize) -> Result<(), DataplaneError> {
         if offset as u64 + len as u64 > self.ring_capacity as u64 {
-            return Err(DataplaneError::RingCapacity { offset, len, capacity: self.ring_capacity });
+            return Err(DataplaneError::RingCapacity {
+                offset,
+                len,
+                capacity: self.ring_capacity,
+            });
         }
         Ok(())
     }
@@ -145,20 +194,29 @@ impl Dataplane {
         self.check_window(offset, slots.len())?;
         let mut rings = self.array::<u32>(MAP_RINGS)?;
         for (i, s) in slots.iter().enumerate() {
-            rings.set(offset + i as u32, s, 0).map_err(map_err(MAP_RINGS))?;
+            rings
+                .set(offset + i as u32, s, 0)
+                .map_err(map_err(MAP_RINGS))?;
         }
         Ok(slots.len())
     }
 
     /// Write only the slots where `new` differs from `old` (same window): a one-backend
     /// change to a Maglev ring touches about 1/N of it. Returns the number written.
-    pub fn update_ring(&mut self, offset: u32, old: &[u32], new: &[u32]) -> Result<usize, DataplaneError> {
+    pub fn update_ring(
+        &mut self,
+        offset: u32,
+        old: &[u32],
+        new: &[u32],
+    ) -> Result<usize, DataplaneError> {
         self.check_window(offset, new.len())?;
         let mut rings = self.array::<u32>(MAP_RINGS)?;
         let mut written = 0;
         for (i, s) in new.iter().enumerate() {
             if old.get(i) != Some(s) {
-                rings.set(offset + i as u32, s, 0).map_err(map_err(MAP_RINGS))?;
+                rings
+                    .set(offset + i as u32, s, 0)
+                    .map_err(map_err(MAP_RINGS))?;
                 written += 1;
             }
         }
@@ -168,12 +226,16 @@ impl Dataplane {
     pub fn read_ring(&mut self, offset: u32, len: usize) -> Result<Vec<u32>, DataplaneError> {
         self.check_window(offset, len)?;
         let rings = self.array::<u32>(MAP_RINGS)?;
-        (0..len as u32).map(|i| rings.get(&(offset + i), 0).map_err(map_err(MAP_RINGS))).collect()
+        (0..len as u32)
+            .map(|i| rings.get(&(offset + i), 0).map_err(map_err(MAP_RINGS)))
+            .collect()
     }
 
     /// Open flows counted for least-connections.
     pub fn connections(&mut self, id: u32) -> Result<u64, DataplaneError> {
-        self.array::<u64>(MAP_CONNS)?.get(&id, 0).map_err(map_err(MAP_CONNS))
+        self.array::<u64>(MAP_CONNS)?
+            .get(&id, 0)
+            .map_err(map_err(MAP_CONNS))
     }
 
     /// Every reason counter, summed over CPUs.
@@ -182,7 +244,8 @@ impl Dataplane {
         Reason::ALL
             .iter()
             .map(|r| {
-                let v: PerCpuValues<u64> = stats.get(&(*r as u32), 0).map_err(map_err(MAP_STATS))?;
+                let v: PerCpuValues<u64> =
+                    stats.get(&(*r as u32), 0).map_err(map_err(MAP_STATS))?;
                 Ok((*r, v.iter().sum()))
             })
             .collect()
@@ -195,7 +258,10 @@ impl Dataplane {
     }
 
     pub fn vip_stats(&self, vip_id: u32) -> Result<VipStats, DataplaneError> {
-        let v = self.per_cpu::<VipStats>(MAP_VIP_STATS)?.get(&vip_id, 0).map_err(map_err(MAP_VIP_STATS))?;
+        let v = self
+            .per_cpu::<VipStats>(MAP_VIP_STATS)?
+            .get(&vip_id, 0)
+            .map_err(map_err(MAP_VIP_STATS))?;
         Ok(v.iter().fold(VipStats::default(), |a, s| VipStats {
             packets: a.packets + s.packets,
             bytes: a.bytes + s.bytes,
@@ -204,7 +270,10 @@ impl Dataplane {
     }
 
     pub fn backend_stats(&self, id: u32) -> Result<BackendStats, DataplaneError> {
-        let v = self.per_cpu::<BackendStats>(MAP_BACKEND_STATS)?.get(&id, 0).map_err(map_err(MAP_BACKEND_STATS))?;
+        let v = self
+            .per_cpu::<BackendStats>(MAP_BACKEND_STATS)?
+            .get(&id, 0)
+            .map_err(map_err(MAP_BACKEND_STATS))?;
         Ok(v.iter().fold(BackendStats::default(), |a, s| BackendStats {
             packets: a.packets + s.packets,
             bytes: a.bytes + s.bytes,

@@ -25,7 +25,9 @@ pub struct RingMember {
 pub enum RingError {
     #[error("ring size {0} is not a prime: choose a prime such as 65537 or 655373")]
     NotPrime(u32),
-    #[error("ring size {size} is too small for {backends} backends: use at least 100 slots per backend")]
+    #[error(
+        "ring size {size} is too small for {backends} backends: use at least 100 slots per backend"
+    )]
     TooSmall { size: u32, backends: usize },
     #[error("two backends share the identity {0:?}: each backend needs a distinct address")]
     DuplicateIdentity(Vec<u8>),
@@ -38,7 +40,7 @@ pub fn is_prime(n: u32) -> bool {
     let n = n as u64;
     let mut d = 2u64;
     while d * d <= n {
-        if n % d == 0 {
+        if n.is_multiple_of(d) {
             return false;
         }
         d += 1;
@@ -77,7 +79,10 @@ pub fn maglev(members: &[RingMember], size: u32) -> Result<Vec<u32>, RingError> 
         return Ok(vec![lb_common::NO_BACKEND; size as usize]);
     }
     if (size as usize) < live.len() * 100 {
-        return Err(RingError::TooSmall { size, backends: live.len() });
+        return Err(RingError::TooSmall {
+            size,
+            backends: live.len(),
+        });
     }
     if let Some(w) = live.windows(2).find(|w| w[0].identity == w[1].identity) {
         return Err(RingError::DuplicateIdentity(w[0].identity.clone()));
@@ -134,7 +139,10 @@ pub fn round_robin(members: &[RingMember], max_len: u32) -> Vec<u32> {
     let mut weights: Vec<u64> = live.iter().map(|m| m.weight as u64 / g).collect();
     let total: u64 = weights.iter().sum();
     if total > max_len as u64 {
-        weights = weights.iter().map(|w| (w * max_len as u64 / total).max(1)).collect();
+        weights = weights
+            .iter()
+            .map(|w| (w * max_len as u64 / total).max(1))
+            .collect();
     }
     let total: i64 = weights.iter().map(|w| *w as i64).sum();
     let mut current = vec![0i64; live.len()];
@@ -143,7 +151,9 @@ pub fn round_robin(members: &[RingMember], max_len: u32) -> Vec<u32> {
         for (c, w) in current.iter_mut().zip(&weights) {
             *c += *w as i64;
         }
-        let best = (0..live.len()).max_by_key(|&i| (current[i], std::cmp::Reverse(i))).unwrap_or(0);
+        let best = (0..live.len())
+            .max_by_key(|&i| (current[i], std::cmp::Reverse(i)))
+            .unwrap_or(0);
         current[best] -= total;
         seq.push(live[best].id);
     }
@@ -160,7 +170,11 @@ mod tests {
 
     fn members(n: u32) -> Vec<RingMember> {
         (1..=n)
-            .map(|i| RingMember { id: i, identity: format!("198.18.1.{i}").into_bytes(), weight: 1 })
+            .map(|i| RingMember {
+                id: i,
+                identity: format!("198.18.1.{i}").into_bytes(),
+                weight: 1,
+            })
             .collect()
     }
 
@@ -171,7 +185,13 @@ mod tests {
     #[test]
     fn rejects_bad_sizes() {
         assert_eq!(maglev(&members(3), 65536), Err(RingError::NotPrime(65536)));
-        assert_eq!(maglev(&members(10), 997), Err(RingError::TooSmall { size: 997, backends: 10 }));
+        assert_eq!(
+            maglev(&members(10), 997),
+            Err(RingError::TooSmall {
+                size: 997,
+                backends: 10
+            })
+        );
     }
 
     #[test]
@@ -200,7 +220,10 @@ mod tests {
             let got = share(&t, b.id);
             worst = worst.max(((got - want) / want).abs());
         }
-        println!("maglev weighted: worst relative deviation from weight share {:.4}%", worst * 100.0);
+        println!(
+            "maglev weighted: worst relative deviation from weight share {:.4}%",
+            worst * 100.0
+        );
         assert!(worst < 0.01, "worst relative deviation {worst}");
     }
 
@@ -220,7 +243,10 @@ mod tests {
             }
         }
         let frac = others_moved as f64 / (before.len() - own) as f64;
-        println!("maglev: removing 1 of {n} backends moved its {own} slots plus {:.3}% of the others", frac * 100.0);
+        println!(
+            "maglev: removing 1 of {n} backends moved its {own} slots plus {:.3}% of the others",
+            frac * 100.0
+        );
         assert!(after.iter().all(|&s| s != 1));
         assert!(frac < 0.03, "{frac}");
     }
@@ -230,7 +256,10 @@ mod tests {
         let mut m = members(7);
         let a = maglev(&m, 65537).unwrap();
         m.reverse();
-        assert!(a == maglev(&m, 65537).unwrap(), "table depends on list order");
+        assert!(
+            a == maglev(&m, 65537).unwrap(),
+            "table depends on list order"
+        );
     }
 
     #[test]

@@ -35,7 +35,12 @@ pub fn addr16(ip: IpAddr) -> ([u8; 16], u8) {
 
 pub fn vip_key(ip: &str, port: u16, proto: u8) -> VipKey {
     let (addr, family) = addr16(ip.parse().expect("test address"));
-    VipKey { addr, port, proto, family }
+    VipKey {
+        addr,
+        port,
+        proto,
+        family,
+    }
 }
 
 /// A VIP as the tests configure it.
@@ -55,20 +60,26 @@ impl Harness {
     /// Loaded, not attached; FIB lookups off so outputs are deterministic (the FIB path is
     /// exercised by the namespace tests).
     pub fn new() -> Self {
-        let mut dp = Dataplane::load(LoadOptions { flows: 65_536, ring_capacity: 8 * RING }, None)
-            .expect("load lb_xdp (needs root)");
-        let mut cfg = GlobalConfig {
-            gateway_mac: GATEWAY_MAC,
-            mtu: 1500,
-            flags: CFG_F_NO_FIB,
-            encap_v4_hash_bits: 8,
-            encap_v6_hash_bits: 16,
-            ..GlobalConfig::default()
+        let dp = Dataplane::load(
+            LoadOptions {
+                flows: 65_536,
+                ring_capacity: 8 * RING,
+            },
+            None,
+        )
+        .expect("load lb_xdp (needs root)");
+        Self::with(dp, |_| {})
+    }
+
+    /// Wrap a loaded dataplane, with the test configuration adjusted by `f`.
+    pub fn with(dp: Dataplane, f: impl FnOnce(&mut GlobalConfig)) -> Self {
+        let mut h = Harness {
+            dp,
+            next_offset: 0,
+            next_vip_id: 1,
         };
-        cfg.encap_src_v4 = [198, 18, 255, 0];
-        cfg.encap_src_v6 = "2001:db8:ff::".parse::<std::net::Ipv6Addr>().unwrap().octets();
-        dp.set_config(&cfg).unwrap();
-        Harness { dp, next_offset: 0, next_vip_id: 1 }
+        h.set_config(f);
+        h
     }
 
     pub fn set_config(&mut self, f: impl FnOnce(&mut GlobalConfig)) {
@@ -79,7 +90,10 @@ impl Harness {
             encap_v4_hash_bits: 8,
             encap_v6_hash_bits: 16,
             encap_src_v4: [198, 18, 255, 0],
-            encap_src_v6: "2001:db8:ff::".parse::<std::net::Ipv6Addr>().unwrap().octets(),
+            encap_src_v6: "2001:db8:ff::"
+                .parse::<std::net::Ipv6Addr>()
+                .unwrap()
+                .octets(),
         };
         f(&mut cfg);
         self.dp.set_config(&cfg).unwrap();
@@ -87,7 +101,17 @@ impl Harness {
 
     pub fn backend(&mut self, id: u32, ip: &str, mac: [u8; 6]) {
         let (addr, family) = addr16(ip.parse().unwrap());
-        self.dp.set_backend(id, &Backend { addr, mac, family, flags: 0 }).unwrap();
+        self.dp
+            .set_backend(
+                id,
+                &Backend {
+                    addr,
+                    mac,
+                    family,
+                    flags: 0,
+                },
+            )
+            .unwrap();
     }
 
     pub fn set_backend_flags(&mut self, id: u32, flags: u8) {
@@ -107,7 +131,11 @@ impl Harness {
     ) -> TestVip {
         let members: Vec<RingMember> = backends
             .iter()
-            .map(|(id, ident, w)| RingMember { id: *id, identity: ident.as_bytes().to_vec(), weight: *w })
+            .map(|(id, ident, w)| RingMember {
+                id: *id,
+                identity: ident.as_bytes().to_vec(),
+                weight: *w,
+            })
             .collect();
         let ring = match scheduler {
             Scheduler::RoundRobin => round_robin(&members, RING),
@@ -134,7 +162,11 @@ impl Harness {
         let mut out = vec![0u8; pkt.len() + 256];
         let prog = self.dp.program().unwrap();
         let res = prog
-            .test_run(TestRunOptions { data_in: Some(pkt), data_out: Some(&mut out), ..Default::default() })
+            .test_run(TestRunOptions {
+                data_in: Some(pkt),
+                data_out: Some(&mut out),
+                ..Default::default()
+            })
             .expect("BPF_PROG_TEST_RUN");
         out.truncate(res.data_size_out as usize);
         (res.return_value, out)

@@ -1,5 +1,8 @@
 //! Shared harness for the kernel tests: the real XDP program run with BPF_PROG_TEST_RUN,
-//! packet builders, and an independent checker (etherparse) for what comes out.
+//! packet builders, an independent checker (etherparse) for what comes out, and test hosts
+//! in network namespaces.
 
 pub mod harness;
+pub mod netns;
 pub mod packets;
+pub mod topology;

@@ -14,7 +14,11 @@ pub const TCP_ACK: u8 = 0x10;
 /// RFC 1071 sum (for building inputs only; outputs are checked by etherparse).
 pub fn inet_sum(data: &[u8], mut sum: u32) -> u32 {
     for c in data.chunks(2) {
-        let w = if c.len() == 2 { u16::from_be_bytes([c[0], c[1]]) } else { u16::from_be_bytes([c[0], 0]) };
+        let w = if c.len() == 2 {
+            u16::from_be_bytes([c[0], c[1]])
+        } else {
+            u16::from_be_bytes([c[0], 0])
+        };
         sum += w as u32;
     }
     sum
@@ -43,10 +47,20 @@ fn pseudo_sum(src: IpAddr, dst: IpAddr, proto: u8, len: usize) -> u32 {
 /// What goes above IP.
 #[derive(Clone, Debug)]
 pub enum L4 {
-    Tcp { sport: u16, dport: u16, flags: u8 },
-    Udp { sport: u16, dport: u16 },
+    Tcp {
+        sport: u16,
+        dport: u16,
+        flags: u8,
+    },
+    Udp {
+        sport: u16,
+        dport: u16,
+    },
     /// Raw bytes with the given protocol number (ICMP built by the caller, or anything).
-    Raw { proto: u8, bytes: Vec<u8> },
+    Raw {
+        proto: u8,
+        bytes: Vec<u8>,
+    },
 }
 
 impl L4 {
@@ -61,7 +75,11 @@ impl L4 {
     /// The segment with a valid checksum for (src, dst).
     pub fn bytes(&self, src: IpAddr, dst: IpAddr, payload: &[u8]) -> Vec<u8> {
         match self {
-            L4::Tcp { sport, dport, flags } => {
+            L4::Tcp {
+                sport,
+                dport,
+                flags,
+            } => {
                 let mut t = Vec::with_capacity(20 + payload.len());
                 t.extend_from_slice(&sport.to_be_bytes());
                 t.extend_from_slice(&dport.to_be_bytes());
@@ -138,7 +156,15 @@ impl Frame {
     }
 
     pub fn tcp(src: &str, sport: u16, dst: &str, dport: u16, flags: u8) -> Self {
-        Frame::new(src, dst, L4::Tcp { sport, dport, flags })
+        Frame::new(
+            src,
+            dst,
+            L4::Tcp {
+                sport,
+                dport,
+                flags,
+            },
+        )
     }
 
     pub fn udp(src: &str, sport: u16, dst: &str, dport: u16) -> Self {
@@ -151,10 +177,15 @@ impl Frame {
         match (self.src, self.dst) {
             (IpAddr::V4(s), IpAddr::V4(d)) => {
                 let ihl = 20 + self.ipv4_options.len();
-                assert!(ihl % 4 == 0 && ihl <= 60, "IPv4 options must pad to 4 bytes");
+                assert!(
+                    ihl.is_multiple_of(4) && ihl <= 60,
+                    "IPv4 options must pad to 4 bytes"
+                );
                 let total = (ihl + seg.len()) as u16;
                 let (mf, off) = self.fragment.unwrap_or((false, 0));
-                let frag = (if self.dont_fragment { 0x4000 } else { 0 }) | (if mf { 0x2000 } else { 0 }) | off;
+                let frag = (if self.dont_fragment { 0x4000 } else { 0 })
+                    | (if mf { 0x2000 } else { 0 })
+                    | off;
                 let mut h = vec![0x40 | (ihl / 4) as u8, self.tos];
                 h.extend_from_slice(&total.to_be_bytes());
                 h.extend_from_slice(&[0x12, 0x34]);
@@ -170,10 +201,18 @@ impl Frame {
             }
             (IpAddr::V6(s), IpAddr::V6(d)) => {
                 let mut ext = Vec::new();
-                let first = self.ipv6_ext.first().map(|e| e.0).unwrap_or(self.l4.proto());
+                let first = self
+                    .ipv6_ext
+                    .first()
+                    .map(|e| e.0)
+                    .unwrap_or(self.l4.proto());
                 for (i, (_, bytes)) in self.ipv6_ext.iter().enumerate() {
                     let mut b = bytes.clone();
-                    b[0] = self.ipv6_ext.get(i + 1).map(|e| e.0).unwrap_or(self.l4.proto());
+                    b[0] = self
+                        .ipv6_ext
+                        .get(i + 1)
+                        .map(|e| e.0)
+                        .unwrap_or(self.l4.proto());
                     ext.extend_from_slice(&b);
                 }
                 let plen = (ext.len() + seg.len()) as u16;
@@ -221,15 +260,31 @@ pub struct Checked {
 
 fn check_transport(t: &Option<TransportSlice>, net: &NetSlice) -> Result<(), String> {
     let (src4, dst4, src6, dst6) = match net {
-        NetSlice::Ipv4(s) => (s.header().source(), s.header().destination(), [0; 16], [0; 16]),
-        NetSlice::Ipv6(s) => ([0; 4], [0; 4], s.header().source(), s.header().destination()),
+        NetSlice::Ipv4(s) => (
+            s.header().source(),
+            s.header().destination(),
+            [0; 16],
+            [0; 16],
+        ),
+        NetSlice::Ipv6(s) => (
+            [0; 4],
+            [0; 4],
+            s.header().source(),
+            s.header().destination(),
+        ),
     };
     let v4 = matches!(net, NetSlice::Ipv4(_));
     match t {
         Some(TransportSlice::Tcp(tcp)) => {
-            let want = if v4 { tcp.calc_checksum_ipv4(src4, dst4) } else { tcp.calc_checksum_ipv6(src6, dst6) }
-                .map_err(|e| e.to_string())?;
-            (want == tcp.checksum()).then_some(()).ok_or(format!("TCP checksum {:#x} != {want:#x}", tcp.checksum()))
+            let want = if v4 {
+                tcp.calc_checksum_ipv4(src4, dst4)
+            } else {
+                tcp.calc_checksum_ipv6(src6, dst6)
+            }
+            .map_err(|e| e.to_string())?;
+            (want == tcp.checksum())
+                .then_some(())
+                .ok_or(format!("TCP checksum {:#x} != {want:#x}", tcp.checksum()))
         }
         Some(TransportSlice::Udp(udp)) => {
             let h = udp.to_header();
@@ -238,12 +293,16 @@ fn check_transport(t: &Option<TransportSlice>, net: &NetSlice) -> Result<(), Str
                 NetSlice::Ipv6(s) => h.calc_checksum_ipv6(&s.header().to_header(), udp.payload()),
             }
             .map_err(|e| e.to_string())?;
-            (want == udp.checksum()).then_some(()).ok_or(format!("UDP checksum {:#x} != {want:#x}", udp.checksum()))
+            (want == udp.checksum())
+                .then_some(())
+                .ok_or(format!("UDP checksum {:#x} != {want:#x}", udp.checksum()))
         }
         Some(TransportSlice::Icmpv4(icmp)) => {
             let h = icmp.header();
             let want = h.icmp_type.calc_checksum(icmp.payload());
-            (want == h.checksum).then_some(()).ok_or(format!("ICMP checksum {:#x} != {want:#x}", h.checksum))
+            (want == h.checksum)
+                .then_some(())
+                .ok_or(format!("ICMP checksum {:#x} != {want:#x}", h.checksum))
         }
         Some(TransportSlice::Icmpv6(icmp)) => icmp
             .is_checksum_valid(src6, dst6)
@@ -258,7 +317,10 @@ fn check_net(net: &NetSlice) -> Result<(IpAddr, IpAddr, Vec<u8>, u8), String> {
         NetSlice::Ipv4(s) => {
             let h = s.header().to_header();
             if h.calc_header_checksum() != h.header_checksum {
-                return Err(format!("IPv4 header checksum {:#x} wrong", h.header_checksum));
+                return Err(format!(
+                    "IPv4 header checksum {:#x} wrong",
+                    h.header_checksum
+                ));
             }
             Ok((
                 IpAddr::V4(h.source.into()),

@@ -12,8 +12,23 @@ fn templates() -> Vec<Vec<u8>> {
     let mut t = Vec::new();
     let vip4 = "198.18.100.1";
     let vip6 = "2001:db8:100::1";
-    for (src, dst) in [("198.18.0.1", vip4), ("198.18.0.1", "198.18.9.9"), ("2001:db8::1", vip6), ("2001:db8::1", "2001:db8::9")] {
-        for l4 in [L4::Tcp { sport: 1234, dport: 80, flags: TCP_SYN }, L4::Udp { sport: 1234, dport: 53 }] {
+    for (src, dst) in [
+        ("198.18.0.1", vip4),
+        ("198.18.0.1", "198.18.9.9"),
+        ("2001:db8::1", vip6),
+        ("2001:db8::1", "2001:db8::9"),
+    ] {
+        for l4 in [
+            L4::Tcp {
+                sport: 1234,
+                dport: 80,
+                flags: TCP_SYN,
+            },
+            L4::Udp {
+                sport: 1234,
+                dport: 53,
+            },
+        ] {
             let mut f = Frame::new(src, dst, l4);
             t.push(f.bytes());
             f.vlans = vec![(0x8100, 10)];
@@ -22,7 +37,10 @@ fn templates() -> Vec<Vec<u8>> {
             t.push(f.bytes());
             f.vlans = vec![];
             if src.contains(':') {
-                f.ipv6_ext = vec![(0, vec![0, 0, 1, 4, 0, 0, 0, 0]), (44, vec![0, 0, 0, 1, 0, 0, 0, 7])];
+                f.ipv6_ext = vec![
+                    (0, vec![0, 0, 1, 4, 0, 0, 0, 0]),
+                    (44, vec![0, 0, 0, 1, 0, 0, 0, 7]),
+                ];
             } else {
                 f.ipv4_options = vec![1, 1, 1, 0];
                 f.fragment = Some((true, 0));
@@ -37,7 +55,14 @@ fn templates() -> Vec<Vec<u8>> {
     let reply = Frame::tcp(vip4, 80, "198.18.0.1", 1234, TCP_ACK).ip_packet();
     let mut icmp = vec![3, 4, 0, 0, 0, 0, 5, 0];
     icmp.extend_from_slice(&reply[..28]);
-    let mut e = Frame::new("198.18.50.1", vip4, L4::Raw { proto: 1, bytes: icmp });
+    let mut e = Frame::new(
+        "198.18.50.1",
+        vip4,
+        L4::Raw {
+            proto: 1,
+            bytes: icmp,
+        },
+    );
     e.payload = vec![];
     t.push(e.bytes());
     let mut arp = vec![0xff; 6];
@@ -100,15 +125,58 @@ fn a_million_hostile_frames() {
     let mut h = Harness::new();
     for id in 1..=3u32 {
         h.backend(id, &format!("198.18.1.{id}"), [2, 0, 0, 0, 1, id as u8]);
-        h.backend(10 + id, &format!("2001:db8:1::{id}"), [2, 0, 0, 0, 1, 10 + id as u8]);
+        h.backend(
+            10 + id,
+            &format!("2001:db8:1::{id}"),
+            [2, 0, 0, 0, 1, 10 + id as u8],
+        );
     }
-    let set4 = [(1, "198.18.1.1", 1), (2, "198.18.1.2", 1), (3, "198.18.1.3", 1)];
-    let set6 = [(11, "2001:db8:1::1", 1), (12, "2001:db8:1::2", 1), (13, "2001:db8:1::3", 1)];
-    let v = h.vip(vip_key("198.18.100.1", 80, PROTO_TCP), Scheduler::Maglev, Forward::IpIp, 0, &set4);
-    h.dp.set_vip(&vip_key("198.18.100.1", 0, PROTO_TCP), &VipMeta { flags: VIP_F_FRAGMENTS_ONLY, ..v.meta }).unwrap();
-    h.vip(vip_key("198.18.100.1", 53, PROTO_UDP), Scheduler::LeastConn, Forward::L2Dsr, 0, &set4);
-    h.vip(vip_key("2001:db8:100::1", 80, PROTO_TCP), Scheduler::RoundRobin, Forward::IpIp, 0, &set6);
-    h.vip(vip_key("2001:db8:100::1", 53, PROTO_UDP), Scheduler::Random, Forward::IpIp, 0, &set6);
+    let set4 = [
+        (1, "198.18.1.1", 1),
+        (2, "198.18.1.2", 1),
+        (3, "198.18.1.3", 1),
+    ];
+    let set6 = [
+        (11, "2001:db8:1::1", 1),
+        (12, "2001:db8:1::2", 1),
+        (13, "2001:db8:1::3", 1),
+    ];
+    let v = h.vip(
+        vip_key("198.18.100.1", 80, PROTO_TCP),
+        Scheduler::Maglev,
+        Forward::IpIp,
+        0,
+        &set4,
+    );
+    h.dp.set_vip(
+        &vip_key("198.18.100.1", 0, PROTO_TCP),
+        &VipMeta {
+            flags: VIP_F_FRAGMENTS_ONLY,
+            ..v.meta
+        },
+    )
+    .unwrap();
+    h.vip(
+        vip_key("198.18.100.1", 53, PROTO_UDP),
+        Scheduler::LeastConn,
+        Forward::L2Dsr,
+        0,
+        &set4,
+    );
+    h.vip(
+        vip_key("2001:db8:100::1", 80, PROTO_TCP),
+        Scheduler::RoundRobin,
+        Forward::IpIp,
+        0,
+        &set6,
+    );
+    h.vip(
+        vip_key("2001:db8:100::1", 53, PROTO_UDP),
+        Scheduler::Random,
+        Forward::IpIp,
+        0,
+        &set6,
+    );
 
     let templates = templates();
     let mut rng = SmallRng::seed_from_u64(0xbad_f00d);
@@ -117,26 +185,34 @@ fn a_million_hostile_frames() {
         let mut f = templates.choose(&mut rng).unwrap().clone();
         mutate(&mut rng, &mut f);
         let (action, out) = h.run(&f);
-        assert!((1..=4).contains(&action), "frame {i} got action {action}: {f:02x?}");
+        assert!(
+            (1..=4).contains(&action),
+            "frame {i} got action {action}: {f:02x?}"
+        );
         if action == XDP_PASS {
             assert_eq!(out, f, "frame {i} passed but changed");
         }
         actions[action as usize] += 1;
     }
-    let fates: u64 = h
-        .dp
-        .reasons()
-        .unwrap()
-        .iter()
-        .filter(|(r, _)| is_fate(*r))
-        .map(|(_, n)| n)
-        .sum();
+    let fates: u64 =
+        h.dp.reasons()
+            .unwrap()
+            .iter()
+            .filter(|(r, _)| is_fate(*r))
+            .map(|(_, n)| n)
+            .sum();
     println!(
         "robustness: {PACKETS} frames: drop {} pass {} tx {} redirect {}; aborted 0",
         actions[1], actions[2], actions[3], actions[4]
     );
-    assert_eq!(fates, PACKETS as u64, "every frame's fate is counted exactly once");
-    assert!(actions[3] > 10_000 && actions[2] > 10_000 && actions[1] > 1_000, "{actions:?}");
+    assert_eq!(
+        fates, PACKETS as u64,
+        "every frame's fate is counted exactly once"
+    );
+    assert!(
+        actions[3] > 10_000 && actions[2] > 10_000 && actions[1] > 1_000,
+        "{actions:?}"
+    );
 }
 
 /// Reasons that end a packet's path (the others annotate it).

@@ -29,17 +29,31 @@ fn backends(h: &mut Harness) {
 }
 
 fn v4_set() -> Vec<(u32, &'static str, u32)> {
-    vec![(1, "198.18.1.1", 1), (2, "198.18.1.2", 1), (3, "198.18.1.3", 1)]
+    vec![
+        (1, "198.18.1.1", 1),
+        (2, "198.18.1.2", 1),
+        (3, "198.18.1.3", 1),
+    ]
 }
 
 fn v6_set() -> Vec<(u32, &'static str, u32)> {
-    vec![(11, "2001:db8:1::1", 1), (12, "2001:db8:1::2", 1), (13, "2001:db8:1::3", 1)]
+    vec![
+        (11, "2001:db8:1::1", 1),
+        (12, "2001:db8:1::2", 1),
+        (13, "2001:db8:1::3", 1),
+    ]
 }
 
 fn setup(scheduler: Scheduler, forward: Forward) -> (Harness, TestVip) {
     let mut h = Harness::new();
     backends(&mut h);
-    let v = h.vip(vip_key(VIP4, 80, PROTO_TCP), scheduler, forward, 0, &v4_set());
+    let v = h.vip(
+        vip_key(VIP4, 80, PROTO_TCP),
+        scheduler,
+        forward,
+        0,
+        &v4_set(),
+    );
     (h, v)
 }
 
@@ -70,7 +84,15 @@ fn flow_key(f: &Frame) -> lb_common::FlowKey {
         L4::Tcp { sport, dport, .. } | L4::Udp { sport, dport } => (sport, dport),
         L4::Raw { .. } => (0, 0),
     };
-    lb_common::FlowKey { src, dst, sport, dport, proto: f.l4.proto(), family, _pad: [0; 2] }
+    lb_common::FlowKey {
+        src,
+        dst,
+        sport,
+        dport,
+        proto: f.l4.proto(),
+        family,
+        _pad: [0; 2],
+    }
 }
 
 #[test]
@@ -82,11 +104,18 @@ fn ipv4_tcp_is_encapsulated_to_the_predicted_backend() {
     assert_eq!(action, XDP_TX);
     let c = check_frame(&out).unwrap();
     assert_eq!(c.dst_mac, GATEWAY_MAC, "no FIB: the gateway MAC");
-    assert_eq!(c.src_mac, LB_MAC, "source MAC is the one the frame came in on");
+    assert_eq!(
+        c.src_mac, LB_MAC,
+        "source MAC is the one the frame came in on"
+    );
     assert_eq!(c.ip_proto, 4, "IPv4-in-IPv4");
     assert_eq!(c.outer_dst, predicted(&mut h, &v, &f));
     match c.outer_src {
-        IpAddr::V4(a) => assert_eq!(a.octets()[..3], [198, 18, 255], "outer source from the configured /24"),
+        IpAddr::V4(a) => assert_eq!(
+            a.octets()[..3],
+            [198, 18, 255],
+            "outer source from the configured /24"
+        ),
         other => panic!("outer source {other}"),
     }
     assert_eq!(c.ip_payload, f.ip_packet(), "inner packet byte-identical");
@@ -99,7 +128,10 @@ fn ipv4_tcp_is_encapsulated_to_the_predicted_backend() {
     assert_eq!(h.dp.reason(Reason::TxIpip).unwrap(), 1);
     assert_eq!(h.dp.reason(Reason::FlowNew).unwrap(), 1);
     let s = h.dp.vip_stats(v.meta.vip_id).unwrap();
-    assert_eq!((s.packets, s.bytes, s.new_flows), (1, input.len() as u64, 1));
+    assert_eq!(
+        (s.packets, s.bytes, s.new_flows),
+        (1, input.len() as u64, 1)
+    );
 }
 
 #[test]
@@ -113,21 +145,33 @@ fn outer_source_spreads_flows_and_is_stable_per_flow() {
         assert_eq!(a, b, "same flow, same outer source");
         sources.insert(a);
     }
-    assert!(sources.len() > 32, "64 flows used only {} outer sources", sources.len());
+    assert!(
+        sources.len() > 32,
+        "64 flows used only {} outer sources",
+        sources.len()
+    );
 }
 
 #[test]
 fn ipv6_in_ipv6() {
     let mut h = Harness::new();
     backends(&mut h);
-    let v = h.vip(vip_key(VIP6, 443, PROTO_TCP), Scheduler::Maglev, Forward::IpIp, 0, &v6_set());
+    let v = h.vip(
+        vip_key(VIP6, 443, PROTO_TCP),
+        Scheduler::Maglev,
+        Forward::IpIp,
+        0,
+        &v6_set(),
+    );
     let f = Frame::tcp(CLIENT6, 50000, VIP6, 443, TCP_SYN | TCP_ACK);
     let (action, out) = h.run(&f.bytes());
     assert_eq!(action, XDP_TX);
     let c = check_frame(&out).unwrap();
     assert_eq!(c.ip_proto, 41);
     assert_eq!(c.outer_dst, predicted(&mut h, &v, &f));
-    assert!(matches!(c.outer_src, IpAddr::V6(a) if a.segments()[..6] == [0x2001, 0xdb8, 0xff, 0, 0, 0]));
+    assert!(
+        matches!(c.outer_src, IpAddr::V6(a) if a.segments()[..6] == [0x2001, 0xdb8, 0xff, 0, 0, 0])
+    );
     assert_eq!(c.ip_payload, f.ip_packet());
     check_ip(&c.ip_payload).unwrap();
     assert_eq!(&out[12..14], &[0x86, 0xdd]);
@@ -138,7 +182,13 @@ fn ipv6_in_ipv6() {
 fn ipv4_in_ipv6_toward_an_ipv6_backend() {
     let mut h = Harness::new();
     backends(&mut h);
-    let v = h.vip(vip_key(VIP4, 80, PROTO_TCP), Scheduler::Maglev, Forward::IpIp, 0, &v6_set());
+    let v = h.vip(
+        vip_key(VIP4, 80, PROTO_TCP),
+        Scheduler::Maglev,
+        Forward::IpIp,
+        0,
+        &v6_set(),
+    );
     let f = Frame::tcp(CLIENT4, 40001, VIP4, 80, TCP_SYN);
     let (action, out) = h.run(&f.bytes());
     assert_eq!(action, XDP_TX);
@@ -153,7 +203,13 @@ fn ipv4_in_ipv6_toward_an_ipv6_backend() {
 fn ipv6_vip_toward_ipv4_backend_is_dropped_not_sent() {
     let mut h = Harness::new();
     backends(&mut h);
-    h.vip(vip_key(VIP6, 443, PROTO_TCP), Scheduler::Maglev, Forward::IpIp, 0, &v4_set());
+    h.vip(
+        vip_key(VIP6, 443, PROTO_TCP),
+        Scheduler::Maglev,
+        Forward::IpIp,
+        0,
+        &v4_set(),
+    );
     let (action, _) = h.run(&Frame::tcp(CLIENT6, 50000, VIP6, 443, TCP_SYN).bytes());
     assert_eq!(action, XDP_DROP);
     assert_eq!(h.dp.reason(Reason::DropNoBackend).unwrap(), 1);
@@ -163,7 +219,13 @@ fn ipv6_vip_toward_ipv4_backend_is_dropped_not_sent() {
 fn udp_v4() {
     let mut h = Harness::new();
     backends(&mut h);
-    let v = h.vip(vip_key(VIP4, 53, PROTO_UDP), Scheduler::Maglev, Forward::IpIp, 0, &v4_set());
+    let v = h.vip(
+        vip_key(VIP4, 53, PROTO_UDP),
+        Scheduler::Maglev,
+        Forward::IpIp,
+        0,
+        &v4_set(),
+    );
     let f = Frame::udp(CLIENT4, 5353, VIP4, 53);
     let (action, out) = h.run(&f.bytes());
     assert_eq!(action, XDP_TX);
@@ -188,14 +250,22 @@ fn vlan_tags_are_kept() {
         let c = check_frame(&out).unwrap();
         assert_eq!(c.vlans, vlans.len());
         let tags = 4 * vlans.len();
-        assert_eq!(&out[12..12 + tags], &input[12..12 + tags], "tags as they came");
+        assert_eq!(
+            &out[12..12 + tags],
+            &input[12..12 + tags],
+            "tags as they came"
+        );
         assert_eq!(c.outer_dst, predicted(&mut h, &v, &f));
         assert_eq!(c.ip_payload, f.ip_packet());
     }
     let mut f = Frame::tcp(CLIENT4, 40002, VIP4, 80, TCP_SYN);
     f.vlans = vec![(0x88a8, 1), (0x8100, 2), (0x8100, 3)];
     let input = f.bytes();
-    assert_eq!(h.run(&input), (XDP_PASS, input.clone()), "three tags: passed untouched");
+    assert_eq!(
+        h.run(&input),
+        (XDP_PASS, input.clone()),
+        "three tags: passed untouched"
+    );
     assert_eq!(h.dp.reason(Reason::PassVlanDepth).unwrap(), 1);
 }
 
@@ -224,7 +294,13 @@ fn ext(len8: usize) -> Vec<u8> {
 fn ipv6_extension_headers_are_walked() {
     let mut h = Harness::new();
     backends(&mut h);
-    let v = h.vip(vip_key(VIP6, 443, PROTO_TCP), Scheduler::Maglev, Forward::IpIp, 0, &v6_set());
+    let v = h.vip(
+        vip_key(VIP6, 443, PROTO_TCP),
+        Scheduler::Maglev,
+        Forward::IpIp,
+        0,
+        &v6_set(),
+    );
     let mut f = Frame::tcp(CLIENT6, 50001, VIP6, 443, TCP_SYN);
     f.ipv6_ext = vec![(0, ext(1)), (60, ext(2))]; // hop-by-hop, destination options
     let (action, out) = h.run(&f.bytes());
@@ -233,7 +309,13 @@ fn ipv6_extension_headers_are_walked() {
     assert_eq!(c.outer_dst, predicted(&mut h, &v, &f));
     assert_eq!(c.ip_payload, f.ip_packet());
     // More than we walk: passed untouched, counted.
-    f.ipv6_ext = vec![(0, ext(1)), (60, ext(1)), (60, ext(1)), (60, ext(1)), (60, ext(1))];
+    f.ipv6_ext = vec![
+        (0, ext(1)),
+        (60, ext(1)),
+        (60, ext(1)),
+        (60, ext(1)),
+        (60, ext(1)),
+    ];
     let input = f.bytes();
     assert_eq!(h.run(&input), (XDP_PASS, input.clone()));
     assert_eq!(h.dp.reason(Reason::PassExtHeaders).unwrap(), 1);
@@ -245,13 +327,33 @@ fn ipv6_extension_headers_are_walked() {
 fn fragments_of_a_datagram_share_a_backend() {
     let mut h = Harness::new();
     backends(&mut h);
-    let v = h.vip(vip_key(VIP4, 53, PROTO_UDP), Scheduler::Maglev, Forward::IpIp, 0, &v4_set());
+    let v = h.vip(
+        vip_key(VIP4, 53, PROTO_UDP),
+        Scheduler::Maglev,
+        Forward::IpIp,
+        0,
+        &v4_set(),
+    );
     // The fragments-only alias userspace installs for a port VIP's address.
-    h.dp.set_vip(&vip_key(VIP4, 0, PROTO_UDP), &lb_common::VipMeta { flags: VIP_F_FRAGMENTS_ONLY, ..v.meta }).unwrap();
+    h.dp.set_vip(
+        &vip_key(VIP4, 0, PROTO_UDP),
+        &lb_common::VipMeta {
+            flags: VIP_F_FRAGMENTS_ONLY,
+            ..v.meta
+        },
+    )
+    .unwrap();
     let mut first = Frame::udp(CLIENT4, 5353, VIP4, 53);
     first.payload = vec![7; 64];
     first.fragment = Some((true, 0));
-    let mut rest = Frame::new(CLIENT4, VIP4, L4::Raw { proto: PROTO_UDP, bytes: vec![9; 40] });
+    let mut rest = Frame::new(
+        CLIENT4,
+        VIP4,
+        L4::Raw {
+            proto: PROTO_UDP,
+            bytes: vec![9; 40],
+        },
+    );
     rest.fragment = Some((false, 9));
     let mut l3 = flow_key(&first);
     (l3.sport, l3.dport) = (0, 0);
@@ -265,7 +367,11 @@ fn fragments_of_a_datagram_share_a_backend() {
         assert_eq!(c.ip_payload, f.ip_packet());
     }
     assert_eq!(h.dp.reason(Reason::Fragment).unwrap(), 2);
-    assert_eq!(h.dp.reason(Reason::FlowNew).unwrap(), 0, "fragments create no flows");
+    assert_eq!(
+        h.dp.reason(Reason::FlowNew).unwrap(),
+        0,
+        "fragments create no flows"
+    );
     // The alias never matches unfragmented traffic to other ports.
     let other = Frame::udp(CLIENT4, 5353, VIP4, 54).bytes();
     assert_eq!(h.run(&other), (XDP_PASS, other.clone()));
@@ -275,8 +381,21 @@ fn fragments_of_a_datagram_share_a_backend() {
 fn ipv6_fragments_share_a_backend() {
     let mut h = Harness::new();
     backends(&mut h);
-    let v = h.vip(vip_key(VIP6, 53, PROTO_UDP), Scheduler::Maglev, Forward::IpIp, 0, &v6_set());
-    h.dp.set_vip(&vip_key(VIP6, 0, PROTO_UDP), &lb_common::VipMeta { flags: VIP_F_FRAGMENTS_ONLY, ..v.meta }).unwrap();
+    let v = h.vip(
+        vip_key(VIP6, 53, PROTO_UDP),
+        Scheduler::Maglev,
+        Forward::IpIp,
+        0,
+        &v6_set(),
+    );
+    h.dp.set_vip(
+        &vip_key(VIP6, 0, PROTO_UDP),
+        &lb_common::VipMeta {
+            flags: VIP_F_FRAGMENTS_ONLY,
+            ..v.meta
+        },
+    )
+    .unwrap();
     let frag_hdr = |off: u16, more: bool| {
         let v = (off << 3) | more as u16;
         let b = v.to_be_bytes();
@@ -284,7 +403,14 @@ fn ipv6_fragments_share_a_backend() {
     };
     let mut first = Frame::udp(CLIENT6, 5353, VIP6, 53);
     first.ipv6_ext = vec![(44, frag_hdr(0, true))];
-    let mut rest = Frame::new(CLIENT6, VIP6, L4::Raw { proto: PROTO_UDP, bytes: vec![1; 32] });
+    let mut rest = Frame::new(
+        CLIENT6,
+        VIP6,
+        L4::Raw {
+            proto: PROTO_UDP,
+            bytes: vec![1; 32],
+        },
+    );
     rest.ipv6_ext = vec![(44, frag_hdr(8, false))];
     let mut l3 = flow_key(&first);
     (l3.sport, l3.dport) = (0, 0);
@@ -313,9 +439,21 @@ fn df_packet_too_big_for_the_tunnel_gets_icmp_frag_needed() {
     assert_eq!(c.outer_dst, CLIENT4.parse::<IpAddr>().unwrap());
     assert_eq!(c.ip_proto, 1);
     let icmp = &c.ip_payload;
-    assert_eq!((icmp[0], icmp[1]), (3, 4), "destination unreachable, fragmentation needed");
-    assert_eq!(u16::from_be_bytes([icmp[6], icmp[7]]), 1480, "MTU minus the 20-byte outer header");
-    assert_eq!(&icmp[8..8 + 64], &input[14..14 + 64], "quotes the offending packet");
+    assert_eq!(
+        (icmp[0], icmp[1]),
+        (3, 4),
+        "destination unreachable, fragmentation needed"
+    );
+    assert_eq!(
+        u16::from_be_bytes([icmp[6], icmp[7]]),
+        1480,
+        "MTU minus the 20-byte outer header"
+    );
+    assert_eq!(
+        &icmp[8..8 + 64],
+        &input[14..14 + 64],
+        "quotes the offending packet"
+    );
     assert_eq!(h.dp.reason(Reason::TxIcmpTooBig).unwrap(), 1);
     // Without DF it is forwarded as it is and counted.
     f.dont_fragment = false;
@@ -329,7 +467,13 @@ fn df_packet_too_big_for_the_tunnel_gets_icmp_frag_needed() {
 fn ipv6_too_big_gets_packet_too_big() {
     let mut h = Harness::new();
     backends(&mut h);
-    h.vip(vip_key(VIP6, 443, PROTO_TCP), Scheduler::Maglev, Forward::IpIp, 0, &v6_set());
+    h.vip(
+        vip_key(VIP6, 443, PROTO_TCP),
+        Scheduler::Maglev,
+        Forward::IpIp,
+        0,
+        &v6_set(),
+    );
     let mut f = Frame::tcp(CLIENT6, 50002, VIP6, 443, TCP_ACK);
     f.payload = vec![0xcd; 1500 - 60];
     let input = f.bytes();
@@ -340,7 +484,10 @@ fn ipv6_too_big_gets_packet_too_big() {
     assert_eq!(c.outer_dst, CLIENT6.parse::<IpAddr>().unwrap());
     let icmp = &c.ip_payload;
     assert_eq!(icmp[0], 2, "packet too big");
-    assert_eq!(u32::from_be_bytes([icmp[4], icmp[5], icmp[6], icmp[7]]), 1460);
+    assert_eq!(
+        u32::from_be_bytes([icmp[4], icmp[5], icmp[6], icmp[7]]),
+        1460
+    );
     assert_eq!(&icmp[8..8 + 64], &input[14..14 + 64]);
 }
 
@@ -359,7 +506,14 @@ fn icmp_error_about_a_vip_flow_goes_to_its_backend() {
     icmp.extend_from_slice(&reply[..28]);
     let c = fold(inet_sum(&icmp, 0));
     icmp[2..4].copy_from_slice(&c.to_be_bytes());
-    let err = Frame::new("198.18.50.1", VIP4, L4::Raw { proto: 1, bytes: icmp });
+    let err = Frame::new(
+        "198.18.50.1",
+        VIP4,
+        L4::Raw {
+            proto: 1,
+            bytes: icmp,
+        },
+    );
     let mut err = err;
     err.payload = vec![];
     let (action, out) = h.run(&err.bytes());
@@ -369,7 +523,14 @@ fn icmp_error_about_a_vip_flow_goes_to_its_backend() {
     assert_eq!(c.ip_payload, err.ip_packet());
     assert_eq!(h.dp.reason(Reason::IcmpErrorSteered).unwrap(), 1);
     // An echo request to the VIP address is the host's business.
-    let mut echo = Frame::new(CLIENT4, VIP4, L4::Raw { proto: 1, bytes: vec![8, 0, 0xf7, 0xff, 0, 0, 0, 0] });
+    let mut echo = Frame::new(
+        CLIENT4,
+        VIP4,
+        L4::Raw {
+            proto: 1,
+            bytes: vec![8, 0, 0xf7, 0xff, 0, 0, 0, 0],
+        },
+    );
     echo.payload = vec![];
     let input = echo.bytes();
     assert_eq!(h.run(&input), (XDP_PASS, input.clone()));
@@ -380,7 +541,13 @@ fn icmp_error_about_a_vip_flow_goes_to_its_backend() {
 fn icmpv6_error_about_a_vip_flow_goes_to_its_backend() {
     let mut h = Harness::new();
     backends(&mut h);
-    let v = h.vip(vip_key(VIP6, 443, PROTO_TCP), Scheduler::Maglev, Forward::IpIp, 0, &v6_set());
+    let v = h.vip(
+        vip_key(VIP6, 443, PROTO_TCP),
+        Scheduler::Maglev,
+        Forward::IpIp,
+        0,
+        &v6_set(),
+    );
     let flow = Frame::tcp(CLIENT6, 50003, VIP6, 443, TCP_SYN);
     let owner = predicted(&mut h, &v, &flow);
     let reply = Frame::tcp(VIP6, 443, CLIENT6, 50003, TCP_SYN | TCP_ACK).ip_packet();
@@ -388,12 +555,31 @@ fn icmpv6_error_about_a_vip_flow_goes_to_its_backend() {
     icmp.extend_from_slice(&reply[..48]);
     let router: IpAddr = "2001:db8:50::1".parse().unwrap();
     let vip: IpAddr = VIP6.parse().unwrap();
-    let mut sum = inet_sum(&match router { IpAddr::V6(a) => a.octets(), _ => unreachable!() }, 0);
-    sum = inet_sum(&match vip { IpAddr::V6(a) => a.octets(), _ => unreachable!() }, sum);
+    let mut sum = inet_sum(
+        &match router {
+            IpAddr::V6(a) => a.octets(),
+            _ => unreachable!(),
+        },
+        0,
+    );
+    sum = inet_sum(
+        &match vip {
+            IpAddr::V6(a) => a.octets(),
+            _ => unreachable!(),
+        },
+        sum,
+    );
     sum += icmp.len() as u32 + 58;
     let c = fold(inet_sum(&icmp, sum));
     icmp[2..4].copy_from_slice(&c.to_be_bytes());
-    let mut err = Frame::new("2001:db8:50::1", VIP6, L4::Raw { proto: 58, bytes: icmp });
+    let mut err = Frame::new(
+        "2001:db8:50::1",
+        VIP6,
+        L4::Raw {
+            proto: 58,
+            bytes: icmp,
+        },
+    );
     err.payload = vec![];
     let (action, out) = h.run(&err.bytes());
     assert_eq!(action, XDP_TX);
@@ -459,18 +645,31 @@ fn l2_dsr_rewrites_macs_only() {
 #[test]
 fn connection_table_pins_flows_until_their_backend_is_down() {
     let (mut h, v) = setup(Scheduler::Maglev, Forward::IpIp);
-    let flows: Vec<Frame> = (0..200u16).map(|p| Frame::tcp(CLIENT4, 20000 + p, VIP4, 80, TCP_SYN)).collect();
-    let before: Vec<IpAddr> = flows.iter().map(|f| outer_dst(&h.run(&f.bytes()).1)).collect();
+    let flows: Vec<Frame> = (0..200u16)
+        .map(|p| Frame::tcp(CLIENT4, 20000 + p, VIP4, 80, TCP_SYN))
+        .collect();
+    let before: Vec<IpAddr> = flows
+        .iter()
+        .map(|f| outer_dst(&h.run(&f.bytes()).1))
+        .collect();
     // Replace the ring by one where backend 3 owns every slot (a big reshuffle).
     let all3 = vec![3u32; v.ring.len()];
     h.dp.write_ring(v.meta.ring_offset, &all3).unwrap();
     for (f, b) in flows.iter().zip(&before) {
         let mut ack = f.clone();
         ack.l4 = match ack.l4 {
-            L4::Tcp { sport, dport, .. } => L4::Tcp { sport, dport, flags: TCP_ACK },
+            L4::Tcp { sport, dport, .. } => L4::Tcp {
+                sport,
+                dport,
+                flags: TCP_ACK,
+            },
             other => other,
         };
-        assert_eq!(&outer_dst(&h.run(&ack.bytes()).1), b, "established flow moved");
+        assert_eq!(
+            &outer_dst(&h.run(&ack.bytes()).1),
+            b,
+            "established flow moved"
+        );
     }
     // Backend 1 fails: its flows go to the ring's choice (3); others stay.
     h.set_backend_flags(1, BACKEND_F_DOWN);
@@ -502,21 +701,38 @@ fn drained_backend_keeps_established_flows() {
     assert!(!established.is_empty());
     let drained = lb_userspace::ring::maglev(
         &[
-            lb_userspace::ring::RingMember { id: 1, identity: b"198.18.1.1".to_vec(), weight: 1 },
-            lb_userspace::ring::RingMember { id: 3, identity: b"198.18.1.3".to_vec(), weight: 1 },
+            lb_userspace::ring::RingMember {
+                id: 1,
+                identity: b"198.18.1.1".to_vec(),
+                weight: 1,
+            },
+            lb_userspace::ring::RingMember {
+                id: 3,
+                identity: b"198.18.1.3".to_vec(),
+                weight: 1,
+            },
         ],
         RING,
     )
     .unwrap();
-    let written = h.dp.update_ring(v.meta.ring_offset, &v.ring, &drained).unwrap();
+    let written =
+        h.dp.update_ring(v.meta.ring_offset, &v.ring, &drained)
+            .unwrap();
     let owned_by_2 = v.ring.iter().filter(|&&s| s == 2).count();
-    assert!(written >= owned_by_2 && written < owned_by_2 * 3 / 2, "wrote {written} slots for {owned_by_2} of backend 2");
+    assert!(
+        written >= owned_by_2 && written < owned_by_2 * 3 / 2,
+        "wrote {written} slots for {owned_by_2} of backend 2"
+    );
     for f in &established {
         assert_eq!(outer_dst(&h.run(&f.bytes()).1), b2);
     }
     for p in 0..300u16 {
         let f = Frame::tcp(CLIENT4, 60000 + p, VIP4, 80, TCP_SYN);
-        assert_ne!(outer_dst(&h.run(&f.bytes()).1), b2, "new flow to a draining backend");
+        assert_ne!(
+            outer_dst(&h.run(&f.bytes()).1),
+            b2,
+            "new flow to a draining backend"
+        );
     }
 }
 
@@ -524,8 +740,20 @@ fn drained_backend_keeps_established_flows() {
 fn vip_without_backends_drops_or_passes_as_configured() {
     let mut h = Harness::new();
     backends(&mut h);
-    h.vip(vip_key(VIP4, 80, PROTO_TCP), Scheduler::Maglev, Forward::IpIp, 0, &[]);
-    h.vip(vip_key(VIP4, 8080, PROTO_TCP), Scheduler::Maglev, Forward::IpIp, VIP_F_NO_BACKEND_PASS, &[]);
+    h.vip(
+        vip_key(VIP4, 80, PROTO_TCP),
+        Scheduler::Maglev,
+        Forward::IpIp,
+        0,
+        &[],
+    );
+    h.vip(
+        vip_key(VIP4, 8080, PROTO_TCP),
+        Scheduler::Maglev,
+        Forward::IpIp,
+        VIP_F_NO_BACKEND_PASS,
+        &[],
+    );
     let a = Frame::tcp(CLIENT4, 1000, VIP4, 80, TCP_SYN).bytes();
     let b = Frame::tcp(CLIENT4, 1000, VIP4, 8080, TCP_SYN).bytes();
     assert_eq!(h.run(&a).0, XDP_DROP);
@@ -538,7 +766,13 @@ fn vip_without_backends_drops_or_passes_as_configured() {
 fn all_port_vip_matches_any_port() {
     let mut h = Harness::new();
     backends(&mut h);
-    let v = h.vip(vip_key(VIP4, 0, PROTO_TCP), Scheduler::Maglev, Forward::IpIp, 0, &v4_set());
+    let v = h.vip(
+        vip_key(VIP4, 0, PROTO_TCP),
+        Scheduler::Maglev,
+        Forward::IpIp,
+        0,
+        &v4_set(),
+    );
     for port in [1u16, 80, 443, 65535] {
         let f = Frame::tcp(CLIENT4, 3333, VIP4, port, TCP_SYN);
         let (action, out) = h.run(&f.bytes());
@@ -552,7 +786,10 @@ fn pin_to_cpu0() {
     unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
         libc::CPU_SET(0, &mut set);
-        assert_eq!(libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set), 0);
+        assert_eq!(
+            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set),
+            0
+        );
     }
 }
 
@@ -566,12 +803,27 @@ fn round_robin_follows_the_weighted_sequence() {
         Scheduler::RoundRobin,
         Forward::IpIp,
         0,
-        &[(1, "198.18.1.1", 5), (2, "198.18.1.2", 1), (3, "198.18.1.3", 1)],
+        &[
+            (1, "198.18.1.1", 5),
+            (2, "198.18.1.2", 1),
+            (3, "198.18.1.3", 1),
+        ],
     );
     assert_eq!(v.ring, vec![1, 1, 2, 1, 3, 1, 1]);
-    let got: Vec<IpAddr> =
-        (0..14u16).map(|p| outer_dst(&h.run(&Frame::tcp(CLIENT4, 7000 + p, VIP4, 80, TCP_SYN).bytes()).1)).collect();
-    let want: Vec<IpAddr> = v.ring.iter().chain(&v.ring).map(|id| backend_addr(&mut h, *id)).collect();
+    let got: Vec<IpAddr> = (0..14u16)
+        .map(|p| {
+            outer_dst(
+                &h.run(&Frame::tcp(CLIENT4, 7000 + p, VIP4, 80, TCP_SYN).bytes())
+                    .1,
+            )
+        })
+        .collect();
+    let want: Vec<IpAddr> = v
+        .ring
+        .iter()
+        .chain(&v.ring)
+        .map(|id| backend_addr(&mut h, *id))
+        .collect();
     assert_eq!(got, want);
 }
 
@@ -580,7 +832,12 @@ fn random_spreads_new_flows() {
     let (mut h, _) = setup(Scheduler::Random, Forward::IpIp);
     let mut counts = std::collections::HashMap::new();
     for p in 0..3000u16 {
-        *counts.entry(outer_dst(&h.run(&Frame::tcp(CLIENT4, 1 + p, VIP4, 80, TCP_SYN).bytes()).1)).or_insert(0) += 1;
+        *counts
+            .entry(outer_dst(
+                &h.run(&Frame::tcp(CLIENT4, 1 + p, VIP4, 80, TCP_SYN).bytes())
+                    .1,
+            ))
+            .or_insert(0) += 1;
     }
     for id in 1..=3 {
         let n = counts.get(&backend_addr(&mut h, id)).copied().unwrap_or(0);
@@ -591,10 +848,14 @@ fn random_spreads_new_flows() {
 #[test]
 fn least_connections_balances_open_flows_and_counts_closes() {
     let (mut h, _) = setup(Scheduler::LeastConn, Forward::IpIp);
-    let flows: Vec<Frame> = (0..600u16).map(|p| Frame::tcp(CLIENT4, 1 + p, VIP4, 80, TCP_SYN)).collect();
+    let flows: Vec<Frame> = (0..600u16)
+        .map(|p| Frame::tcp(CLIENT4, 1 + p, VIP4, 80, TCP_SYN))
+        .collect();
     let mut counts = std::collections::HashMap::new();
     for f in &flows {
-        *counts.entry(outer_dst(&h.run(&f.bytes()).1)).or_insert(0u64) += 1;
+        *counts
+            .entry(outer_dst(&h.run(&f.bytes()).1))
+            .or_insert(0u64) += 1;
     }
     let conns: Vec<u64> = (1..=3).map(|id| h.dp.connections(id).unwrap()).collect();
     assert_eq!(conns.iter().sum::<u64>(), 600);
@@ -604,7 +865,11 @@ fn least_connections_balances_open_flows_and_counts_closes() {
     for f in flows.iter().take(100) {
         let mut fin = f.clone();
         fin.l4 = match fin.l4 {
-            L4::Tcp { sport, dport, .. } => L4::Tcp { sport, dport, flags: TCP_FIN | TCP_ACK },
+            L4::Tcp { sport, dport, .. } => L4::Tcp {
+                sport,
+                dport,
+                flags: TCP_FIN | TCP_ACK,
+            },
             other => other,
         };
         h.run(&fin.bytes());
@@ -641,7 +906,10 @@ fn per_backend_counters_move() {
     }
     for id in 1..=3 {
         let s = h.dp.backend_stats(id).unwrap();
-        let want = sent.get(&backend_addr(&mut h, id)).copied().unwrap_or((0, 0));
+        let want = sent
+            .get(&backend_addr(&mut h, id))
+            .copied()
+            .unwrap_or((0, 0));
         assert_eq!((s.packets, s.bytes), want, "backend {id}");
     }
 }

@@ -51,7 +51,8 @@ fn quote(s: &OsStr) -> String {
 
 /// Runs `cmd` with inherited stdio and returns its exit status.
 pub fn status(cmd: &mut Command) -> Result<ExitStatus> {
-    cmd.status().with_context(|| format!("could not start `{}`", show(cmd)))
+    cmd.status()
+        .with_context(|| format!("could not start `{}`", show(cmd)))
 }
 
 /// Runs `cmd` with inherited stdio and fails unless it exits successfully.
@@ -72,6 +73,8 @@ pub fn output(cmd: &mut Command) -> Result<String> {
         .with_context(|| format!("could not start `{}`", show(cmd)))?;
     if !out.status.success() {
         let err = String::from_utf8_lossy(&out.stderr);
+        // Tools run with RUST_BACKTRACE set (rustup) append a backtrace: not useful here.
+        let err = err.split("Stack backtrace:").next().unwrap_or_default();
         bail!("`{}` failed ({}): {}", show(cmd), out.status, err.trim());
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
@@ -110,6 +113,14 @@ pub enum Stream {
 /// other stream and stdin are inherited.
 pub fn tee(cmd: &mut Command, stream: Stream) -> Result<(ExitStatus, String)> {
     match stream {
+        Stream::Stdout => tee_into(cmd, stream, &mut io::stdout()),
+        Stream::Stderr => tee_into(cmd, stream, &mut io::stderr()),
+    }
+}
+
+/// `tee`, copying to `to`.
+fn tee_into(cmd: &mut Command, stream: Stream, to: &mut dyn Write) -> Result<(ExitStatus, String)> {
+    match stream {
         Stream::Stdout => cmd.stdout(Stdio::piped()),
         Stream::Stderr => cmd.stderr(Stdio::piped()),
     };
@@ -119,10 +130,6 @@ pub fn tee(cmd: &mut Command, stream: Stream) -> Result<(ExitStatus, String)> {
     let mut from: Box<dyn Read> = match stream {
         Stream::Stdout => Box::new(child.stdout.take().expect("stdout is piped")),
         Stream::Stderr => Box::new(child.stderr.take().expect("stderr is piped")),
-    };
-    let mut to: Box<dyn Write> = match stream {
-        Stream::Stdout => Box::new(io::stdout()),
-        Stream::Stderr => Box::new(io::stderr()),
     };
     let mut kept = Vec::new();
     let mut buf = [0u8; 8192];
@@ -156,13 +163,16 @@ mod tests {
 
     #[test]
     fn tee_keeps_what_it_copies() {
-        let (st, out) = tee(
+        let mut copy = Vec::new();
+        let (st, out) = tee_into(
             Command::new("sh").args(["-c", "printf 'a\\nb'; exit 3"]),
             Stream::Stdout,
+            &mut copy,
         )
         .unwrap();
         assert_eq!(st.code(), Some(3));
         assert_eq!(out, "a\nb");
+        assert_eq!(copy, b"a\nb");
     }
 
     #[test]

@@ -1,1 +1,157 @@
-fn main() {}
+//! Project tasks: `cargo xtask setup | test | demo | bench` (the alias is in .cargo/config.toml).
+
+mod cmd;
+mod setup;
+mod testrun;
+
+use std::process::ExitCode;
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Parser, Subcommand};
+
+use crate::setup::SetupArgs;
+
+#[derive(Parser)]
+#[command(
+    name = "cargo xtask",
+    about = "Build, test and demo tasks for the XDP load balancer"
+)]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what this machine lacks: nightly rust-src, bpf-linker built against the
+    /// nightly's LLVM, and the Debian packages the tests use (idempotent).
+    Setup(SetupArgs),
+    /// Run setup, then the whole test suite (needs root: the tests load BPF programs and
+    /// create network namespaces). Arguments after `--` go to `cargo test`.
+    Test {
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Run setup, then the demo (`lbd demo`). Arguments after `--` go to `lbd demo`.
+    Demo {
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Benchmarks (not implemented yet).
+    Bench,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let r = match cli.task {
+        Task::Setup(a) => setup::run(&a).map(|()| 0),
+        Task::Test { args } => testrun::run(&args),
+        Task::Demo { args } => demo(&args).map(|()| 0),
+        Task::Bench => {
+            println!("benchmarks are not implemented yet (see issue 6)");
+            Ok(0)
+        }
+    };
+    match r {
+        Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
+        Err(e) => {
+            eprintln!("xtask: error: {e}");
+            for cause in e.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+const DEMO_PACKAGE: &str = "lb-userspace";
+const DEMO_BIN: &str = "lbd";
+
+/// A thin launcher: `cargo run --release -p lb-userspace --bin lbd -- demo`.
+fn demo(extra: &[String]) -> Result<()> {
+    setup::run(&SetupArgs::default())?;
+    if !has_bin(DEMO_PACKAGE, DEMO_BIN)? {
+        bail!(
+            "{DEMO_PACKAGE} has no `{DEMO_BIN}` binary yet, so there is no demo to run \
+             (it will be `cargo run --release -p {DEMO_PACKAGE} --bin {DEMO_BIN} -- demo`)"
+        );
+    }
+    let mut build = cmd::cargo();
+    build.args(["build", "--release", "-p", DEMO_PACKAGE, "--bin", DEMO_BIN]);
+    println!("[demo] building: {}", cmd::show(&build));
+    let st = cmd::status(&mut build)?;
+    if !st.success() {
+        bail!(
+            "building `{DEMO_BIN}` failed ({st}); cargo's errors are above. If the eBPF \
+             programs failed to build (rust-src, bpf-linker), run `cargo xtask setup`"
+        );
+    }
+    let mut run = cmd::cargo();
+    run.args([
+        "run",
+        "--release",
+        "--quiet",
+        "-p",
+        DEMO_PACKAGE,
+        "--bin",
+        DEMO_BIN,
+        "--",
+        "demo",
+    ])
+    .args(extra);
+    println!("[demo] running: {}", cmd::show(&run));
+    let st = cmd::status(&mut run)?;
+    if !st.success() {
+        bail!("the demo failed ({st})");
+    }
+    Ok(())
+}
+
+/// Whether `package` in this workspace has a binary target called `bin`.
+fn has_bin(package: &str, bin: &str) -> Result<bool> {
+    let out = cmd::output(cmd::cargo().args(["metadata", "--format-version", "1", "--no-deps"]))?;
+    let meta: serde_json::Value =
+        serde_json::from_str(&out).context("parsing `cargo metadata` output")?;
+    let packages = meta["packages"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or(&[]);
+    Ok(packages
+        .iter()
+        .filter(|p| p["name"] == package)
+        .flat_map(|p| p["targets"].as_array().map(Vec::as_slice).unwrap_or(&[]))
+        .any(|t| {
+            t["name"] == bin
+                && t["kind"]
+                    .as_array()
+                    .is_some_and(|k| k.iter().any(|k| k == "bin"))
+        }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passes_everything_after_the_double_dash() {
+        let cli = Cli::try_parse_from(["xtask", "test", "--", "ipv4", "--", "--nocapture"]);
+        match cli.unwrap().task {
+            Task::Test { args } => assert_eq!(args, ["ipv4", "--", "--nocapture"]),
+            _ => panic!("not the test task"),
+        }
+        match Cli::try_parse_from(["xtask", "setup", "--dry-run"])
+            .unwrap()
+            .task
+        {
+            Task::Setup(a) => assert!(a.dry_run && !a.rebuild_bpf_linker),
+            _ => panic!("not the setup task"),
+        }
+    }
+
+    #[test]
+    fn finds_binary_targets_with_cargo_metadata() {
+        assert!(has_bin("xtask", "xtask").unwrap());
+        assert!(!has_bin("xtask", "no-such-bin").unwrap());
+        assert!(!has_bin("no-such-package", "xtask").unwrap());
+    }
+}

@@ -48,7 +48,11 @@ pub fn lb_decap(ctx: XdpContext) -> u32 {
 
 #[inline(always)]
 fn ours(addr: [u8; 16], family: u8) -> bool {
-    let key = DecapAddr { addr, family, _pad: [0; 3] };
+    let key = DecapAddr {
+        addr,
+        family,
+        _pad: [0; 3],
+    };
     // SAFETY: presence check only.
     unsafe { LB_DECAP_ADDRS.get(&key) }.is_some()
 }
@@ -63,7 +67,11 @@ fn try_decap(ctx: &XdpContext) -> Result<(), Reason> {
             let ihl = ((h[0] & 0x0f) as usize) * 4;
             let mut dst = [0u8; 16];
             dst[..4].copy_from_slice(&h[16..20]);
-            if h[0] >> 4 != 4 || ihl < 20 || !matches!(h[9], PROTO_IPIP | PROTO_IPV6) || !ours(dst, FAMILY_V4) {
+            if h[0] >> 4 != 4
+                || ihl < 20
+                || !matches!(h[9], PROTO_IPIP | PROTO_IPV6)
+                || !ours(dst, FAMILY_V4)
+            {
                 return Err(Reason::PassNotVip);
             }
             (ihl, h[9])
@@ -82,7 +90,11 @@ fn try_decap(ctx: &XdpContext) -> Result<(), Reason> {
     // The inner header must be there before we commit to stripping.
     read::<[u8; 20]>(ctx, l2.len + outer_len).map_err(|_| Reason::PassMalformed)?;
     adjust_head(ctx, outer_len as i32).map_err(|_| Reason::DropAdjustFailed)?;
-    let ethertype = if inner_proto == PROTO_IPIP { ETH_P_IP } else { ETH_P_IPV6 };
+    let ethertype = if inner_proto == PROTO_IPIP {
+        ETH_P_IP
+    } else {
+        ETH_P_IPV6
+    };
     l2::write(ctx, &l2, &l2.dst, &l2.src, ethertype).map_err(|_| Reason::DropAdjustFailed)
 }
 

@@ -76,7 +76,9 @@ fn conns_add(id: u32, delta: u64) {
 fn schedule(vip: &VipMeta, key: &FlowKey, hash: u32) -> u32 {
     match Scheduler::from_u8(vip.scheduler) {
         Some(Scheduler::RoundRobin) => {
-            let Some(cursor) = LB_RR.get_ptr_mut(vip.vip_id) else { return NO_BACKEND };
+            let Some(cursor) = LB_RR.get_ptr_mut(vip.vip_id) else {
+                return NO_BACKEND;
+            };
             // SAFETY: per-CPU slot.
             let at = unsafe {
                 let at = *cursor;
@@ -123,12 +125,17 @@ pub fn choose(vip: &VipMeta, flow: &Flow) -> Option<Choice> {
                 count(Reason::FlowHit);
                 // SAFETY: as above.
                 unsafe {
-                    if tcp_flags & (TCP_FIN | TCP_RST) != 0 && (*entry).flags & FLOW_F_COUNTED != 0 {
+                    if tcp_flags & (TCP_FIN | TCP_RST) != 0 && (*entry).flags & FLOW_F_COUNTED != 0
+                    {
                         (*entry).flags &= !FLOW_F_COUNTED;
                         conns_add(id, u64::MAX); // wrapping minus one
                     }
                 }
-                return Some(Choice { id, backend, new_flow: false });
+                return Some(Choice {
+                    id,
+                    backend,
+                    new_flow: false,
+                });
             }
             // SAFETY: as above.
             if unsafe { (*entry).flags } & FLOW_F_COUNTED != 0 {
@@ -140,19 +147,39 @@ pub fn choose(vip: &VipMeta, flow: &Flow) -> Option<Choice> {
         // SAFETY: as above.
         let id = unsafe { (*entry).backend_id };
         if let Some(backend) = usable(id) {
-            return Some(Choice { id, backend, new_flow: false });
+            return Some(Choice {
+                id,
+                backend,
+                new_flow: false,
+            });
         }
     }
-    let id = if remember { schedule(vip, key, hash) } else { stateless(vip, key, hash) };
+    let id = if remember {
+        schedule(vip, key, hash)
+    } else {
+        stateless(vip, key, hash)
+    };
     let backend = usable(id)?;
     if remember {
-        let counted = vip.scheduler == Scheduler::LeastConn as u8 && tcp_flags & (TCP_FIN | TCP_RST) == 0;
+        let counted =
+            vip.scheduler == Scheduler::LeastConn as u8 && tcp_flags & (TCP_FIN | TCP_RST) == 0;
         if counted {
             conns_add(id, 1);
         }
-        let entry = FlowEntry { backend_id: id, flags: if counted { FLOW_F_COUNTED } else { 0 } };
+        let entry = FlowEntry {
+            backend_id: id,
+            flags: if counted { FLOW_F_COUNTED } else { 0 },
+        };
         let _ = LB_FLOWS.insert(key, &entry, 0);
-        count(if rescheduled { Reason::FlowRescheduled } else { Reason::FlowNew });
+        count(if rescheduled {
+            Reason::FlowRescheduled
+        } else {
+            Reason::FlowNew
+        });
     }
-    Some(Choice { id, backend, new_flow: remember })
+    Some(Choice {
+        id,
+        backend,
+        new_flow: remember,
+    })
 }

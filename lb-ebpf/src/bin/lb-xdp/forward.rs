@@ -16,7 +16,12 @@ const TTL: u8 = 64;
 /// Send `pkt` to backend `be`. The stages are called one after another from here rather
 /// than nested, so the BPF stack holds at most one of their frames at a time.
 #[inline(always)]
-pub fn forward(ctx: &XdpContext, cfg: &GlobalConfig, pkt: &mut Packet, be: &Backend) -> Result<u32, Reason> {
+pub fn forward(
+    ctx: &XdpContext,
+    cfg: &GlobalConfig,
+    pkt: &mut Packet,
+    be: &Backend,
+) -> Result<u32, Reason> {
     if pkt.forward == Forward::L2Dsr as u8 {
         let l2 = &pkt.l2;
         l2::write(ctx, l2, &be.mac, &l2.dst, l2.proto).map_err(|_| Reason::DropMalformed)?;
@@ -44,7 +49,11 @@ pub fn forward(ctx: &XdpContext, cfg: &GlobalConfig, pkt: &mut Packet, be: &Back
 /// so the backend's NIC (RSS over the outer header) spreads flows over its queues.
 #[inline(always)]
 fn spread(base: u32, bits: u8, hash: u32) -> u32 {
-    let mask = if bits >= 32 { u32::MAX } else { (1u32 << bits) - 1 };
+    let mask = if bits >= 32 {
+        u32::MAX
+    } else {
+        (1u32 << bits) - 1
+    };
     (base & !mask) | (hash & mask)
 }
 
@@ -58,15 +67,39 @@ fn ipip(ctx: &XdpContext, cfg: &GlobalConfig, pkt: &Packet, be: &Backend) -> Res
     let overhead: usize = if outer_v4 { 20 } else { 40 };
     adjust_head(ctx, -(overhead as i32)).map_err(|_| Reason::DropAdjustFailed)?;
     let ethertype = if outer_v4 { ETH_P_IP } else { ETH_P_IPV6 };
-    l2::write(ctx, l2, &pkt.hop.dst_mac, &pkt.hop.src_mac, ethertype).map_err(|_| Reason::DropAdjustFailed)?;
+    l2::write(ctx, l2, &pkt.hop.dst_mac, &pkt.hop.src_mac, ethertype)
+        .map_err(|_| Reason::DropAdjustFailed)?;
     let inner_proto = if inner_v4 { PROTO_IPIP } else { PROTO_IPV6 };
     let res = if outer_v4 {
         let total = ((l3.ip_len + 20) as u16).to_be_bytes();
-        let src = spread(u32::from_be_bytes(cfg.encap_src_v4), cfg.encap_v4_hash_bits, hash).to_be_bytes();
+        let src = spread(
+            u32::from_be_bytes(cfg.encap_src_v4),
+            cfg.encap_v4_hash_bits,
+            hash,
+        )
+        .to_be_bytes();
         let df = if l3.dont_fragment { 0x40 } else { 0 };
         let mut h: [u8; 20] = [
-            0x45, l3.tos, total[0], total[1], 0, 0, df, 0, TTL, inner_proto, 0, 0, src[0], src[1],
-            src[2], src[3], be.addr[0], be.addr[1], be.addr[2], be.addr[3],
+            0x45,
+            l3.tos,
+            total[0],
+            total[1],
+            0,
+            0,
+            df,
+            0,
+            TTL,
+            inner_proto,
+            0,
+            0,
+            src[0],
+            src[1],
+            src[2],
+            src[3],
+            be.addr[0],
+            be.addr[1],
+            be.addr[2],
+            be.addr[3],
         ];
         let c = csum::ipv4_header(&h).to_be_bytes();
         h[10] = c[0];

@@ -10,12 +10,10 @@
 use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
 use lb_common::{FAMILY_V4, FlowKey, PROTO_TCP, PROTO_UDP, Reason};
 use lb_ebpf::{
-    csum,
-    l2,
+    csum, l2,
     ptr::{adjust_head, adjust_tail, ptr_at, read, write},
 };
-use network_types::ip::{Ipv4Hdr, Ipv6Hdr
-};
+use network_types::ip::{Ipv4Hdr, Ipv6Hdr};
 
 use crate::{Packet, parse::L3, stats::count};
 
@@ -39,7 +37,11 @@ pub fn too_big(ctx: &XdpContext, pkt: &Packet, mtu: u16) -> Result<u32, Reason> 
     let grow: usize = if v4 { 28 } else { 48 };
     adjust_head(ctx, -(grow as i32)).map_err(|_| Reason::DropAdjustFailed)?;
     l2::write(ctx, l2, &l2.src, &l2.dst, l2.proto).map_err(|_| Reason::DropAdjustFailed)?;
-    let res = if v4 { frag_needed_v4(ctx, pkt, mtu) } else { packet_too_big_v6(ctx, pkt, mtu) };
+    let res = if v4 {
+        frag_needed_v4(ctx, pkt, mtu)
+    } else {
+        packet_too_big_v6(ctx, pkt, mtu)
+    };
     res.map_err(|_| Reason::DropAdjustFailed)?;
     count(Reason::TxIcmpTooBig);
     Ok(xdp_action::XDP_TX)

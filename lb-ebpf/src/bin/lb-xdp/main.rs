@@ -41,7 +41,11 @@ pub fn lb_xdp(ctx: XdpContext) -> u32 {
         Ok(action) => action,
         Err(reason) => {
             count(reason);
-            if reason.drops() { xdp_action::XDP_DROP } else { xdp_action::XDP_PASS }
+            if reason.drops() {
+                xdp_action::XDP_DROP
+            } else {
+                xdp_action::XDP_PASS
+            }
         }
     }
 }
@@ -82,7 +86,11 @@ fn try_lb_xdp(ctx: &XdpContext) -> Result<u32, Reason> {
     }
     // An ICMP error is placed by the flow it quotes; everything else by its own.
     let l3 = &pkt.l3;
-    let icmp = if l3.key.family == FAMILY_V4 { PROTO_ICMP } else { PROTO_ICMPV6 };
+    let icmp = if l3.key.family == FAMILY_V4 {
+        PROTO_ICMP
+    } else {
+        PROTO_ICMPV6
+    };
     let icmp_error = l3.key.proto == icmp && !l3.fragment;
     if icmp_error {
         pkt.quoted = FlowKey::zeroed();
@@ -91,8 +99,11 @@ fn try_lb_xdp(ctx: &XdpContext) -> Result<u32, Reason> {
     let l3 = &pkt.l3;
     let key = if icmp_error { &pkt.quoted } else { &l3.key };
     let fragment = l3.fragment && !icmp_error;
-    let vip = vip::lookup(key, fragment)
-        .ok_or(if icmp_error { Reason::PassIcmpLocal } else { Reason::PassNotVip })?;
+    let vip = vip::lookup(key, fragment).ok_or(if icmp_error {
+        Reason::PassIcmpLocal
+    } else {
+        Reason::PassNotVip
+    })?;
     if l3.bad_len {
         return Err(Reason::DropMalformed);
     }
@@ -121,7 +132,11 @@ fn try_lb_xdp(ctx: &XdpContext) -> Result<u32, Reason> {
 
 #[inline(always)]
 fn no_backend(vip: &VipMeta) -> Reason {
-    if vip.flags & VIP_F_NO_BACKEND_PASS != 0 { Reason::PassNoBackend } else { Reason::DropNoBackend }
+    if vip.flags & VIP_F_NO_BACKEND_PASS != 0 {
+        Reason::PassNoBackend
+    } else {
+        Reason::DropNoBackend
+    }
 }
 
 #[cfg(not(test))]

@@ -1,10 +1,10 @@
 //! The balancer's maps. Names are what `bpftool map list` shows an operator.
 
+use crate::Packet;
 use aya_ebpf::{
     macros::map,
     maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray},
 };
-use crate::Packet;
 use lb_common::{
     Backend, BackendStats, DEFAULT_FLOWS, DEFAULT_RING_CAPACITY, FlowEntry, FlowKey, GlobalConfig,
     MAX_BACKENDS, MAX_TX_PORTS, MAX_VIPS, VipKey, VipMeta, VipStats, reason::REASON_COUNT,
@@ -38,8 +38,7 @@ pub static LB_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(REASON_COU
 pub static LB_VIP_STATS: PerCpuArray<VipStats> = PerCpuArray::with_max_entries(MAX_VIPS, 0);
 
 #[map(name = "LB_BE_STATS")]
-pub static LB_BE_STATS: PerCpuArray<BackendStats> =
-    PerCpuArray::with_max_entries(MAX_BACKENDS, 0);
+pub static LB_BE_STATS: PerCpuArray<BackendStats> = PerCpuArray::with_max_entries(MAX_BACKENDS, 0);
 
 /// Round-robin cursor per VIP, per CPU: no cross-CPU cache line bouncing.
 #[map(name = "LB_RR")]

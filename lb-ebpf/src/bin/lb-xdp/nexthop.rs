@@ -28,7 +28,12 @@ pub struct NextHop {
 /// Next hop toward backend `be`, into `pkt.hop`. Without a FIB answer the source MAC is
 /// the one the frame came in on: our own address on a one-arm balancer.
 #[inline(never)]
-pub fn resolve(ctx: &XdpContext, cfg: &GlobalConfig, be: &Backend, pkt: &mut Packet) -> Result<(), Reason> {
+pub fn resolve(
+    ctx: &XdpContext,
+    cfg: &GlobalConfig,
+    be: &Backend,
+    pkt: &mut Packet,
+) -> Result<(), Reason> {
     if cfg.flags & CFG_F_NO_FIB == 0 {
         // The parameters live in the per-CPU scratch slot: 64 bytes the stack cannot spare.
         let p = &mut pkt.fib;
@@ -38,14 +43,17 @@ pub fn resolve(ctx: &XdpContext, cfg: &GlobalConfig, be: &Backend, pkt: &mut Pac
         p.ifindex = ingress;
         if be.family == FAMILY_V4 {
             p.family = AF_INET;
-            p.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes([be.addr[0], be.addr[1], be.addr[2], be.addr[3]]);
+            p.__bindgen_anon_4.ipv4_dst =
+                u32::from_ne_bytes([be.addr[0], be.addr[1], be.addr[2], be.addr[3]]);
         } else {
             p.family = AF_INET6;
             // SAFETY: [u8; 16] and [u32; 4] have the same size; bytes keep network order.
-            p.__bindgen_anon_4.ipv6_dst = unsafe { core::mem::transmute::<[u8; 16], [u32; 4]>(be.addr) };
+            p.__bindgen_anon_4.ipv6_dst =
+                unsafe { core::mem::transmute::<[u8; 16], [u32; 4]>(be.addr) };
         }
         // SAFETY: p points to a bpf_fib_lookup of the size we pass.
-        let rc = unsafe { bpf_fib_lookup(ctx.as_ptr(), p, core::mem::size_of::<FibParams>() as i32, 0) };
+        let rc =
+            unsafe { bpf_fib_lookup(ctx.as_ptr(), p, core::mem::size_of::<FibParams>() as i32, 0) };
         if rc == BPF_FIB_LKUP_RET_SUCCESS {
             pkt.hop = NextHop {
                 src_mac: p.smac,
@@ -59,7 +67,11 @@ pub fn resolve(ctx: &XdpContext, cfg: &GlobalConfig, be: &Backend, pkt: &mut Pac
         return Err(Reason::DropNoNexthop);
     }
     count(Reason::FibFallback);
-    pkt.hop = NextHop { src_mac: pkt.l2.dst, dst_mac: cfg.gateway_mac, redirect_ifindex: 0 };
+    pkt.hop = NextHop {
+        src_mac: pkt.l2.dst,
+        dst_mac: cfg.gateway_mac,
+        redirect_ifindex: 0,
+    };
     Ok(())
 }
 

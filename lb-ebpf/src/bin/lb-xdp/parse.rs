@@ -33,7 +33,15 @@ pub struct L3 {
 impl L3 {
     pub const fn new() -> Self {
         L3 {
-            key: FlowKey { src: [0; 16], dst: [0; 16], sport: 0, dport: 0, proto: 0, family: 0, _pad: [0; 2] },
+            key: FlowKey {
+                src: [0; 16],
+                dst: [0; 16],
+                sport: 0,
+                dport: 0,
+                proto: 0,
+                family: 0,
+                _pad: [0; 2],
+            },
             l4: 0,
             ip_len: 0,
             bad_len: false,

@@ -9,7 +9,12 @@ use crate::maps::LB_VIPS;
 /// Not inlined: its temporaries do not add to the forwarding path's stack.
 #[inline(never)]
 pub fn lookup(key: &FlowKey, fragment: bool) -> Option<VipMeta> {
-    let mut vk = VipKey { addr: key.dst, port: key.dport, proto: key.proto, family: key.family };
+    let mut vk = VipKey {
+        addr: key.dst,
+        port: key.dport,
+        proto: key.proto,
+        family: key.family,
+    };
     if !fragment && vk.port != 0 {
         // SAFETY: values are plain data copied out at once.
         if let Some(meta) = unsafe { LB_VIPS.get(&vk) } {

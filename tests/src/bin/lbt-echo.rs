@@ -1,0 +1,131 @@
+//! A small server and client for the namespace tests.
+//!
+//! `lbt-echo serve NAME [--tcp ADDR]... [--udp ADDR]...`: answers every line (TCP) or
+//! datagram (UDP) with `NAME\n`; TCP connections stay open until the peer closes, so tests
+//! can hold long-lived connections.
+//! `lbt-echo client (--tcp|--udp) ADDR COUNT`: COUNT requests, each a new connection or a new
+//! socket; prints `NAME COUNT` per backend that answered and `failed N`.
+
+use std::{
+    collections::BTreeMap,
+    io::{BufRead, BufReader, Write},
+    net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
+    time::Duration,
+};
+
+fn serve(name: String, args: &[String]) {
+    let mut threads = Vec::new();
+    for pair in args.chunks(2) {
+        let addr: SocketAddr = pair[1].parse().expect("address");
+        let name = name.clone();
+        match pair[0].as_str() {
+            "--tcp" => {
+                let l = TcpListener::bind(addr).unwrap_or_else(|e| panic!("bind {addr}: {e}"));
+                threads.push(std::thread::spawn(move || {
+                    for s in l.incoming().flatten() {
+                        let name = name.clone();
+                        std::thread::spawn(move || {
+                            let mut w = s.try_clone().unwrap();
+                            for line in BufReader::new(s).lines() {
+                                if line.is_err()
+                                    || w.write_all(format!("{name}\n").as_bytes()).is_err()
+                                {
+                                    break;
+                                }
+                            }
+                        });
+                    }
+                }));
+            }
+            "--udp" => {
+                let s = UdpSocket::bind(addr).unwrap_or_else(|e| panic!("bind {addr}: {e}"));
+                threads.push(std::thread::spawn(move || {
+                    let mut buf = [0u8; 2048];
+                    while let Ok((_, peer)) = s.recv_from(&mut buf) {
+                        let _ = s.send_to(format!("{name}\n").as_bytes(), peer);
+                    }
+                }));
+            }
+            other => panic!("unknown option {other}"),
+        }
+    }
+    println!("ready");
+    std::io::stdout().flush().unwrap();
+    for t in threads {
+        let _ = t.join();
+    }
+}
+
+fn tcp_once(addr: SocketAddr) -> Option<String> {
+    let t = std::time::Instant::now();
+    let s = TcpStream::connect_timeout(&addr, Duration::from_secs(3))
+        .map_err(|e| eprintln!("connect {addr}: {e} after {:?}", t.elapsed()))
+        .ok()?;
+    let local = s.local_addr().ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
+    (&s).write_all(b"hi\n").ok()?;
+    let mut line = String::new();
+    BufReader::new(&s)
+        .read_line(&mut line)
+        .map_err(|e| eprintln!("read {local} -> {addr}: {e} after {:?}", t.elapsed()))
+        .ok()?;
+    Some(line.trim().to_string()).filter(|l| !l.is_empty())
+}
+
+fn udp_once(addr: SocketAddr) -> Option<String> {
+    let bind: SocketAddr = if addr.is_ipv4() {
+        "0.0.0.0:0"
+    } else {
+        "[::]:0"
+    }
+    .parse()
+    .unwrap();
+    let s = UdpSocket::bind(bind).ok()?;
+    s.connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_millis(700))).ok()?;
+    let mut buf = [0u8; 256];
+    for _ in 0..3 {
+        s.send(b"hi").ok()?;
+        if let Ok(n) = s.recv(&mut buf) {
+            return Some(String::from_utf8_lossy(&buf[..n]).trim().to_string());
+        }
+    }
+    None
+}
+
+fn client(kind: &str, addr: &str, count: u32) {
+    let addr: SocketAddr = addr.parse().expect("address");
+    let mut seen: BTreeMap<String, u32> = BTreeMap::new();
+    let mut failed = 0;
+    for _ in 0..count {
+        let r = if kind == "--tcp" {
+            tcp_once(addr)
+        } else {
+            udp_once(addr)
+        };
+        match r {
+            Some(name) => *seen.entry(name).or_default() += 1,
+            None => failed += 1,
+        }
+    }
+    for (name, n) in seen {
+        println!("{name} {n}");
+    }
+    println!("failed {failed}");
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("serve") if args.len() >= 2 => serve(args[1].clone(), &args[2..]),
+        Some("client") if args.len() == 4 => {
+            client(&args[1], &args[2], args[3].parse().expect("count"))
+        }
+        _ => {
+            eprintln!(
+                "usage: lbt-echo serve NAME [--tcp ADDR]... [--udp ADDR]... | lbt-echo client (--tcp|--udp) ADDR COUNT"
+            );
+            std::process::exit(2);
+        }
+    }
+}

@@ -1,0 +1,237 @@
+//! A client, a balancer and backends in network namespaces on one bridge:
+//!
+//! ```text
+//!  client 198.18.0.1 ──┐
+//!  lb     198.18.0.10 ─┤ br0 (namespace "sw")
+//!  b1..bN 198.18.0.2N ─┘      VIPs 198.18.100.1, 2001:db8:100::1 routed via the lb
+//! ```
+//! The balancer's XDP program runs in native mode on its veth; backends hold the VIPs on
+//! loopback, run `lbt-echo`, and (for IP-in-IP) strip the tunnel with `lb_decap`.
+
+use std::{
+    io::{BufRead, BufReader},
+    process::Child,
+};
+
+use aya::programs::XdpMode;
+use lb_common::Forward;
+use lb_userspace::{
+    dataplane::{Dataplane, LoadOptions},
+    decap::Decap,
+};
+
+use crate::{
+    harness::{Harness, RING},
+    netns::{Netns, sh, sweep_stale},
+};
+
+pub const VIP4: &str = "198.18.100.1";
+pub const VIP6: &str = "2001:db8:100::1";
+
+pub struct Host {
+    pub ns: Netns,
+    pub v4: String,
+    pub v6: String,
+    pub mac: [u8; 6],
+}
+
+fn mac_str(m: &[u8; 6]) -> String {
+    m.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+pub struct Topology {
+    servers: Vec<Child>,
+    decaps: Vec<Decap>,
+    echo: &'static str,
+    /// The balancer, attached to the lb's eth0.
+    pub lb: Harness,
+    pub client: Host,
+    pub lb_host: Host,
+    pub backends: Vec<Host>,
+    _sw: Netns,
+}
+
+impl Topology {
+    /// `forward` decides whether backends get the decap program (IP-in-IP) or not (L2 DSR).
+    /// `echo` is the path of the `lbt-echo` binary (`env!("CARGO_BIN_EXE_lbt-echo")` in the
+    /// test, which only integration tests can see).
+    pub fn new(backends: usize, forward: Forward, echo: &'static str) -> Topology {
+        sweep_stale();
+        let g = Netns::group();
+        let sw = Netns::new(g, "sw");
+        sw.exec("ip link add br0 type bridge && ip link set br0 up");
+        let host = |role: &str, n: u8, mac: [u8; 6]| {
+            let ns = Netns::new(g, role);
+            let (v4, v6) = (format!("198.18.0.{n}"), format!("2001:db8::{n}"));
+            sh(&format!(
+                "ip link add eth0 netns {} address {} type veth peer name p-{role} netns {}",
+                ns.name,
+                mac_str(&mac),
+                sw.name
+            ));
+            sw.exec(&format!(
+                "ip link set p-{role} master br0 && ip link set p-{role} up"
+            ));
+            ns.exec(&format!(
+                "sysctl -qw net.ipv6.conf.all.accept_dad=0 net.ipv6.conf.default.accept_dad=0 && \
+                 ip link set eth0 up && ip addr add {v4}/24 dev eth0 && ip -6 addr add {v6}/64 dev eth0 nodad"
+            ));
+            Host { ns, v4, v6, mac }
+        };
+        let client = host("client", 1, [2, 0, 0, 0, 0, 1]);
+        client.ns.exec("ip route add 198.18.100.0/24 via 198.18.0.10 && ip -6 route add 2001:db8:100::/64 via 2001:db8::10");
+        // A veth hands over packets with checksums still pending (CHECKSUM_PARTIAL): the
+        // client must compute them itself, as a real NIC would, since XDP forwards the bytes
+        // as they are and the backend verifies them.
+        client.ns.exec("ethtool -K eth0 tx off >/dev/null");
+        let lb_host = host("lb", 10, [2, 0, 0, 0, 0, 0x10]);
+        // bpf_fib_lookup answers only where forwarding is on.
+        lb_host
+            .ns
+            .exec("sysctl -qw net.ipv4.conf.all.forwarding=1 net.ipv6.conf.all.forwarding=1");
+        // Counts TCP and UDP from a VIP address sent to the balancer's MAC: backends'
+        // replies, if they ever came this way instead of straight to the client.
+        lb_host.ns.exec(&format!(
+            "nft add table netdev lbt && \
+             nft add chain netdev lbt in \'{{ type filter hook ingress device eth0 priority 0; }}\' && \
+             nft add rule netdev lbt in ether daddr {lbmac} ip saddr {VIP4} meta l4proto {{ tcp, udp }} counter && \
+             nft add rule netdev lbt in ether daddr {lbmac} ip6 saddr {VIP6} meta l4proto {{ tcp, udp }} counter",
+            lbmac = mac_str(&lb_host.mac)
+        ));
+        let mut hosts = Vec::new();
+        for i in 0..backends {
+            let n = 21 + i as u8;
+            let b = host(&format!("b{}", i + 1), n, [2, 0, 0, 0, 1, n]);
+            b.ns.exec(&format!(
+                "ip addr add {VIP4}/32 dev lo && ip -6 addr add {VIP6}/128 dev lo nodad && \
+                 sysctl -qw net.ipv4.conf.all.arp_ignore=1 net.ipv4.conf.all.arp_announce=2 \
+                 net.ipv4.conf.all.rp_filter=0 net.ipv4.conf.eth0.rp_filter=0"
+            ));
+            // The balancer resolves backends through the kernel's neighbour table.
+            lb_host.ns.exec(&format!(
+                "ip neigh replace {} lladdr {m} dev eth0 nud permanent && ip -6 neigh replace {} lladdr {m} dev eth0 nud permanent",
+                b.v4,
+                b.v6,
+                m = mac_str(&b.mac)
+            ));
+            hosts.push(b);
+        }
+        let mut decaps = Vec::new();
+        let dp = lb_host.ns.enter(|| {
+            let mut dp = Dataplane::load(
+                LoadOptions {
+                    flows: 65_536,
+                    ring_capacity: 8 * RING,
+                },
+                None,
+            )
+            .expect("load lb_xdp");
+            dp.attach("eth0", XdpMode::Driver)
+                .expect("attach lb_xdp in native mode");
+            dp
+        });
+        // XDP_TX into a veth needs NAPI on the receiving peer: an XDP program there (our decap
+        // program with no addresses passes everything).
+        decaps.push(sw.enter(|| {
+            Decap::attach("p-lb", XdpMode::Driver, &[]).expect("attach on the lb's peer")
+        }));
+        let lb = Harness::with(dp, |c| {
+            c.flags = 0;
+            c.gateway_mac = [0; 6];
+        });
+        if forward == Forward::IpIp {
+            for b in &hosts {
+                let addrs = vec![b.v4.parse().unwrap(), b.v6.parse().unwrap()];
+                decaps.push(b.ns.enter(move || {
+                    Decap::attach("eth0", XdpMode::Driver, &addrs).expect("attach lb_decap")
+                }));
+            }
+        }
+        let mut servers = Vec::new();
+        for (i, b) in hosts.iter().enumerate() {
+            let name = format!("b{}", i + 1);
+            let mut child = b.ns.spawn(
+                echo,
+                &[
+                    "serve",
+                    &name,
+                    "--tcp",
+                    "[::]:80",
+                    "--tcp",
+                    "[::]:8080",
+                    "--udp",
+                    &format!("{VIP4}:53"),
+                    "--udp",
+                    &format!("[{VIP6}]:53"),
+                ],
+            );
+            let mut line = String::new();
+            BufReader::new(child.stdout.as_mut().unwrap())
+                .read_line(&mut line)
+                .unwrap();
+            assert_eq!(line.trim(), "ready", "backend server {name} did not start");
+            servers.push(child);
+        }
+        Topology {
+            servers,
+            decaps,
+            echo,
+            lb,
+            client,
+            lb_host,
+            backends: hosts,
+            _sw: sw,
+        }
+    }
+
+    /// `count` requests from the client to `addr` (`--tcp` or `--udp`): answers per backend
+    /// name, and the number that failed.
+    pub fn requests(
+        &self,
+        kind: &str,
+        addr: &str,
+        count: u32,
+    ) -> (std::collections::BTreeMap<String, u32>, u32) {
+        let out = self
+            .client
+            .ns
+            .exec(&format!("{} client {kind} {addr} {count}", self.echo));
+        let mut seen = std::collections::BTreeMap::new();
+        let mut failed = 0;
+        for line in out.lines() {
+            let (k, v) = line.split_once(' ').expect("client output");
+            let v: u32 = v.parse().unwrap();
+            if k == "failed" {
+                failed = v;
+            } else {
+                seen.insert(k.to_string(), v);
+            }
+        }
+        (seen, failed)
+    }
+
+    /// Packets from a VIP address that reached the balancer's stack.
+    pub fn replies_through_lb(&self) -> u64 {
+        let out = self.lb_host.ns.exec("nft list chain netdev lbt in");
+        out.split("counter packets ")
+            .skip(1)
+            .map(|r| r.split_whitespace().next().unwrap().parse::<u64>().unwrap())
+            .sum()
+    }
+
+    pub fn decapsulated(&self, backend: usize) -> u64 {
+        self.decaps[backend + 1].decapsulated().unwrap()
+    }
+}
+
+impl Drop for Topology {
+    fn drop(&mut self) {
+        for c in &mut self.servers {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
