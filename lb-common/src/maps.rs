@@ -123,6 +123,9 @@ pub struct Backend {
     pub mac: [u8; 6],
     pub family: u8,
     pub flags: u8,
+    /// The VIP this backend entry belongs to: lets a restarted daemon adopt the ids it
+    /// finds pinned. The dataplane does not read it.
+    pub vip_id: u32,
 }
 
 /// One connection as the dataplane sees it (client to VIP).

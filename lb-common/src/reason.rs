@@ -22,7 +22,8 @@ macro_rules! reasons {
 reasons! {
     /// Not IPv4/IPv6 (ARP, LLDP, unknown ethertypes): passed untouched.
     PassNotIp = 0, "pass_not_ip";
-    /// IP but not addressed to a VIP: passed untouched.
+    /// IP but not addressed to a VIP: passed untouched. (In `LB_DECAP_STATS`: not IP-in-IP
+    /// for one of the backend's addresses.)
     PassNotVip = 1, "pass_not_vip";
     /// More than two VLAN tags: passed untouched.
     PassVlanDepth = 2, "pass_vlan_depth";
@@ -30,7 +31,8 @@ reasons! {
     PassMalformed = 3, "pass_malformed";
     /// IPv6 with more extension headers than we walk.
     PassExtHeaders = 4, "pass_ext_headers";
-    /// ICMP to a VIP address that is not an error about a VIP flow (echo, for example).
+    /// ICMP that is not an error about a VIP flow (echo, neighbour discovery, errors about
+    /// other traffic): the host's own business.
     PassIcmpLocal = 5, "pass_icmp_local";
     /// The VIP has no usable backend and is configured to pass.
     PassNoBackend = 6, "pass_no_backend";

@@ -8,19 +8,39 @@ use std::path::Path;
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, MapData, PerCpuArray, PerCpuValues},
-    programs::{Xdp, XdpMode, xdp::XdpLinkId},
+    maps::{Array, DevMapHash, HashMap, MapData, PerCpuArray, PerCpuValues},
+    programs::{
+        Xdp, XdpMode,
+        links::{FdLink, PinnedLink},
+        xdp::{XdpLink, XdpLinkId},
+    },
     util::nr_cpus,
 };
 use lb_common::{
     Backend, BackendStats, GlobalConfig, MAP_BACKEND_STATS, MAP_BACKENDS, MAP_CONFIG, MAP_CONNS,
-    MAP_FLOWS, MAP_RINGS, MAP_STATS, MAP_VIP_STATS, MAP_VIPS, Reason, VipKey, VipMeta, VipStats,
+    MAP_FLOWS, MAP_RINGS, MAP_STATS, MAP_TX_PORTS, MAP_VIP_STATS, MAP_VIPS, Reason, VipKey,
+    VipMeta, VipStats,
 };
 use thiserror::Error;
 
 use crate::programs::LB_XDP;
 
 pub const PROGRAM: &str = "lb_xdp";
+
+/// Maps that outlive the daemon (everything but the per-CPU scratch slot).
+pub const PINNED_MAPS: &[&str] = &[
+    lb_common::MAP_VIPS,
+    lb_common::MAP_BACKENDS,
+    lb_common::MAP_RINGS,
+    lb_common::MAP_FLOWS,
+    lb_common::MAP_CONFIG,
+    lb_common::MAP_STATS,
+    lb_common::MAP_VIP_STATS,
+    lb_common::MAP_BACKEND_STATS,
+    lb_common::MAP_RR,
+    lb_common::MAP_CONNS,
+    lb_common::MAP_TX_PORTS,
+];
 
 #[derive(Debug, Error)]
 pub enum DataplaneError {
@@ -39,6 +59,20 @@ pub enum DataplaneError {
     },
     #[error("XDP program: {0}")]
     Program(#[from] aya::programs::ProgramError),
+    #[error("adding ifindex {ifindex} to LB_TX_PORTS: {detail}")]
+    TxPort { ifindex: u32, detail: String },
+    #[error("no free {0}: raise the limit or remove VIPs/backends")]
+    Full(&'static str),
+    #[error("pin directory {path}: {source}; is bpffs mounted (mount -t bpf bpf /sys/fs/bpf)?")]
+    PinDir {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("link pin {path}: {detail}")]
+    Link {
+        path: std::path::PathBuf,
+        detail: String,
+    },
     #[error(
         "ring window {offset}+{len} is past LB_RINGS' capacity {capacity}: raise ring_capacity"
     )]
@@ -47,6 +81,19 @@ pub enum DataplaneError {
         len: usize,
         capacity: u32,
     },
+}
+
+/// Whether `dir` is on bpffs (pins elsewhere fail, or vanish with a tmpfs).
+pub fn on_bpffs(dir: &Path) -> bool {
+    const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+    let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()) else {
+        return false;
+    };
+    // SAFETY: statfs writes into the zeroed struct we pass; the path is NUL-terminated.
+    unsafe {
+        let mut st: libc::statfs = std::mem::zeroed();
+        libc::statfs(c.as_ptr(), &mut st) == 0 && st.f_type as i64 == BPF_FS_MAGIC
+    }
 }
 
 fn map_err(map: &'static str) -> impl FnOnce(aya::maps::MapError) -> DataplaneError {
@@ -115,6 +162,43 @@ impl Dataplane {
         Ok(prog.attach(iface, mode)?)
     }
 
+    /// Attach to `iface` through a bpf_link pinned at `link_pin`, so the program keeps
+    /// forwarding when the daemon exits or dies. If a link is already pinned there (an
+    /// earlier run), the program on it is replaced atomically: no packet sees an interface
+    /// without a program. Returns whether an existing link was taken over.
+    pub fn attach_pinned(
+        &mut self,
+        iface: &str,
+        mode: XdpMode,
+        link_pin: &Path,
+    ) -> Result<bool, DataplaneError> {
+        let link_err = |detail: String| DataplaneError::Link {
+            path: link_pin.to_path_buf(),
+            detail,
+        };
+        let prog: &mut Xdp = self
+            .ebpf
+            .program_mut(PROGRAM)
+            .ok_or(DataplaneError::MissingProgram(PROGRAM))?
+            .try_into()?;
+        if link_pin.exists() {
+            let pinned = PinnedLink::from_pin(link_pin).map_err(|e| link_err(e.to_string()))?;
+            let link =
+                XdpLink::try_from(FdLink::from(pinned)).map_err(|e| link_err(e.to_string()))?;
+            prog.attach_to_link(link)?;
+            return Ok(true);
+        }
+        let id = prog.attach(iface, mode)?;
+        let link = prog.take_link(id)?;
+        let fd = FdLink::try_from(link).map_err(|e| {
+            link_err(format!(
+                "{e}: the kernel attached without a bpf_link (too old for a hitless restart)"
+            ))
+        })?;
+        fd.pin(link_pin).map_err(|e| link_err(e.to_string()))?;
+        Ok(false)
+    }
+
     fn array<V: aya::Pod>(
         &mut self,
         name: &'static str,
@@ -170,6 +254,35 @@ impl Dataplane {
         self.array::<Backend>(MAP_BACKENDS)?
             .set(id, backend, 0)
             .map_err(map_err(MAP_BACKENDS))
+    }
+
+    /// Let the balancer redirect to `ifindex` (a NIC other than the one a packet came in on,
+    /// when the FIB says the backend is behind it).
+    pub fn add_tx_port(&mut self, ifindex: u32) -> Result<(), DataplaneError> {
+        let map = self
+            .ebpf
+            .map_mut(MAP_TX_PORTS)
+            .ok_or(DataplaneError::MissingMap(MAP_TX_PORTS))?;
+        let mut ports: DevMapHash<_> = DevMapHash::try_from(map).map_err(map_err(MAP_TX_PORTS))?;
+        ports
+            .insert(ifindex, ifindex, None, 0)
+            .map_err(|e| DataplaneError::TxPort {
+                ifindex,
+                detail: e.to_string(),
+            })
+    }
+
+    /// Every backend entry in use (non-zero family), by id.
+    pub fn backend_entries(&mut self) -> Result<Vec<(u32, Backend)>, DataplaneError> {
+        let arr = self.array::<Backend>(MAP_BACKENDS)?;
+        let mut out = Vec::new();
+        for (i, b) in arr.iter().enumerate() {
+            let b = b.map_err(map_err(MAP_BACKENDS))?;
+            if b.family != 0 {
+                out.push((i as u32, b));
+            }
+        }
+        Ok(out)
     }
 
     pub fn backend(&mut self, id: u32) -> Result<Backend, DataplaneError> {

@@ -1,7 +1,12 @@
 //! The control plane's library: loading the dataplane, building rings, writing maps.
 
+pub mod cli;
+pub mod config;
+pub mod controller;
+pub mod daemon;
 pub mod dataplane;
 pub mod decap;
+pub mod health;
 pub mod model;
 pub mod programs;
 pub mod ring;

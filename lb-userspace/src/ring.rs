@@ -129,7 +129,8 @@ pub fn maglev(members: &[RingMember], size: u32) -> Result<Vec<u32>, RingError> 
 
 /// The smooth weighted round-robin sequence (as nginx builds it): each backend appears in
 /// proportion to its weight, interleaved rather than in bursts. Weights are reduced by
-/// their common divisor and scaled down to at most `max_len` entries.
+/// their common divisor and scaled down to about `max_len` entries (never below one
+/// entry per backend).
 pub fn round_robin(members: &[RingMember], max_len: u32) -> Vec<u32> {
     let live: Vec<&RingMember> = members.iter().filter(|m| m.weight > 0).collect();
     if live.is_empty() {

@@ -109,6 +109,7 @@ impl Harness {
                     mac,
                     family,
                     flags: 0,
+                    vip_id: 0,
                 },
             )
             .unwrap();

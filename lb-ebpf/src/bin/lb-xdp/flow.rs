@@ -53,13 +53,17 @@ fn slot(vip: &VipMeta, index: u32) -> u32 {
 }
 
 #[inline(always)]
-fn random() -> u32 {
+pub fn random() -> u32 {
     // SAFETY: the helper has no preconditions.
     unsafe { bpf_get_prandom_u32() }
 }
 
 #[inline(always)]
 fn conns(id: u32) -> u64 {
+    // An empty slot must never win the comparison.
+    if id == NO_BACKEND {
+        return u64::MAX;
+    }
     LB_CONNS.get(id).copied().unwrap_or(u64::MAX)
 }
 
@@ -100,8 +104,10 @@ fn schedule(vip: &VipMeta, key: &FlowKey, hash: u32) -> u32 {
     }
 }
 
-/// Fragments and ICMP errors must land where the rest of their flow does, so they never go
-/// through a stateful scheduler (round-robin cursor, random draws): the ring, hashed.
+/// Fragments and ICMP errors never go through a stateful scheduler (round-robin cursor,
+/// random draws): every fragment of a datagram must reach the same backend, so they index
+/// the ring by hash (ports are zero for fragments; source-hash VIPs use the client address,
+/// so there fragments also land with the rest of the client's flows).
 #[inline(always)]
 fn stateless(vip: &VipMeta, key: &FlowKey, hash: u32) -> u32 {
     if vip.scheduler == Scheduler::SourceHash as u8 {
@@ -137,9 +143,13 @@ pub fn choose(vip: &VipMeta, flow: &Flow) -> Option<Choice> {
                     new_flow: false,
                 });
             }
+            // Uncount it from its dead backend once, even if no new backend is found.
             // SAFETY: as above.
-            if unsafe { (*entry).flags } & FLOW_F_COUNTED != 0 {
-                conns_add(id, u64::MAX);
+            unsafe {
+                if (*entry).flags & FLOW_F_COUNTED != 0 {
+                    (*entry).flags &= !FLOW_F_COUNTED;
+                    conns_add(id, u64::MAX);
+                }
             }
             rescheduled = true;
         }

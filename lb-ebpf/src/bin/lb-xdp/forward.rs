@@ -9,7 +9,7 @@ use lb_ebpf::{
     ptr::{adjust_head, write},
 };
 
-use crate::{Packet, icmp, nexthop, stats::count};
+use crate::{Packet, flow::random, icmp, nexthop, stats::count};
 
 const TTL: u8 = 64;
 
@@ -30,11 +30,12 @@ pub fn forward(
     }
     let outer_v4 = be.family == FAMILY_V4;
     if outer_v4 && pkt.l3.key.family != FAMILY_V4 {
-        // IPv6 in IPv4 is refused by config validation; a stale map must not emit it.
+        // IPv6 in IPv4 is refused by config validation (lb-userspace config.rs); a map
+        // written by other means must not make us emit it.
         return Err(Reason::DropNoBackend);
     }
     let overhead: usize = if outer_v4 { 20 } else { 40 };
-    if pkt.check_mtu && cfg.mtu != 0 && pkt.l3.ip_len + overhead > cfg.mtu as usize {
+    if pkt.check_mtu && cfg.mtu as usize > overhead && pkt.l3.ip_len + overhead > cfg.mtu as usize {
         if pkt.l3.dont_fragment {
             return icmp::too_big(ctx, pkt, cfg.mtu - overhead as u16);
         }

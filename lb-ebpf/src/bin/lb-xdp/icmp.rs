@@ -113,6 +113,9 @@ pub fn error_flow(ctx: &XdpContext, l3: &L3, key: &mut FlowKey) -> Option<()> {
         let h: *const Ipv4Hdr = ptr_at(ctx, inner).ok()?;
         // SAFETY: ptr_at checked the bounds.
         let h = unsafe { &*h };
+        if h.vihl & 0x0f < 5 {
+            return None;
+        }
         key.proto = h.proto;
         key.dst[..4].copy_from_slice(&h.src_addr);
         key.src[..4].copy_from_slice(&h.dst_addr);

@@ -1,0 +1,81 @@
+//! `lbd`: the daemon's command line.
+
+use std::{path::PathBuf, process::ExitCode};
+
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+use crate::config::Config;
+
+#[derive(Parser)]
+#[command(name = "lbd", version, about = "XDP L4 load balancer daemon")]
+struct Cli {
+    /// Log as JSON lines instead of text.
+    #[arg(long, global = true)]
+    log_json: bool,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the balancer with a configuration file.
+    Run {
+        #[arg(short, long)]
+        config: PathBuf,
+        /// On exit, detach and remove the pins (stop for good) instead of leaving the
+        /// dataplane running for the next start to adopt.
+        #[arg(long)]
+        purge_on_exit: bool,
+    },
+    /// Validate a configuration file and exit (0: valid, 1: invalid).
+    Check {
+        #[arg(short, long)]
+        config: PathBuf,
+    },
+    /// Detach the balancer and remove everything pinned under a pin directory.
+    Purge {
+        #[arg(long, default_value = "/sys/fs/bpf/lb")]
+        pin_dir: PathBuf,
+    },
+}
+
+fn init_logging(json: bool) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json { b.json().init() } else { b.init() }
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_json);
+    let res = match cli.cmd {
+        Cmd::Run {
+            config,
+            purge_on_exit,
+        } => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .map_err(anyhow::Error::from)
+            .and_then(|rt| {
+                rt.block_on(crate::daemon::run(
+                    &config,
+                    purge_on_exit,
+                    std::future::pending(),
+                ))
+            }),
+        Cmd::Check { config } => Config::load(&config)
+            .map(|c| println!("{}: valid, {} VIPs", config.display(), c.vips.len()))
+            .map_err(Into::into),
+        Cmd::Purge { pin_dir } => crate::daemon::purge_pins(&pin_dir),
+    };
+    match res {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("lbd: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

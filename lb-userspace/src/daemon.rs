@@ -1,0 +1,175 @@
+//! The daemon: load (or adopt) the dataplane, attach, keep it true to the configuration,
+//! probe backends, reload on SIGHUP, and leave the dataplane running when it stops.
+
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use anyhow::{Context, Result, bail};
+use aya::programs::XdpMode;
+use tokio::{
+    signal::unix::{SignalKind, signal},
+    sync::mpsc,
+    task::JoinHandle,
+};
+use tracing::{error, info, warn};
+
+use crate::{
+    config::{Config, XdpModeCfg},
+    controller::Controller,
+    dataplane::{Dataplane, LoadOptions, PINNED_MAPS},
+    health,
+};
+
+/// Where the link for `iface` is pinned.
+pub fn link_pin(pin_dir: &Path, iface: &str) -> PathBuf {
+    pin_dir.join(format!("link-{iface}"))
+}
+
+/// Load and attach per `cfg`, adopting what an earlier run pinned.
+pub fn start_dataplane(cfg: &Config) -> Result<Controller> {
+    let d = &cfg.dataplane;
+    let pin_dir = &cfg.daemon.pin_dir;
+    let mut dp = Dataplane::load(
+        LoadOptions {
+            flows: d.flows,
+            ring_capacity: d.ring_capacity,
+        },
+        Some(pin_dir),
+    )
+    .context("loading the dataplane")?;
+    for iface in &cfg.daemon.interfaces {
+        let pin = link_pin(pin_dir, iface);
+        let mode = match cfg.daemon.xdp_mode {
+            XdpModeCfg::Native => XdpMode::Driver,
+            XdpModeCfg::Generic => XdpMode::Skb,
+        };
+        match dp.attach_pinned(iface, mode, &pin) {
+            Ok(true) => {
+                info!(%iface, "took over the pinned XDP link: program replaced atomically, maps kept")
+            }
+            Ok(false) => info!(%iface, ?mode, "attached"),
+            Err(e) if mode == XdpMode::Driver && cfg.daemon.generic_fallback => {
+                warn!(%iface, error = %e, "native XDP attach failed; falling back to generic mode as configured");
+                dp.attach_pinned(iface, XdpMode::Skb, &pin)
+                    .with_context(|| format!("attaching to {iface} in generic mode"))?;
+            }
+            Err(e) => {
+                return Err(e).with_context(|| {
+                    format!(
+                        "attaching to {iface} (set generic_fallback = true to allow generic mode)"
+                    )
+                });
+            }
+        }
+        // Any attached NIC may be the egress toward a backend that another one received for.
+        dp.add_tx_port(ifindex(iface)?)?;
+    }
+    let mut ctl = Controller::new(dp, d.ring_capacity).context("reading pinned state")?;
+    ctl.apply(cfg)
+        .context("writing the configuration into the dataplane")?;
+    Ok(ctl)
+}
+
+fn ifindex(iface: &str) -> Result<u32> {
+    let name = std::ffi::CString::new(iface).context("interface name")?;
+    // SAFETY: a NUL-terminated name; the call only reads it.
+    let idx = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    if idx == 0 {
+        bail!("no interface named {iface}");
+    }
+    Ok(idx)
+}
+
+fn spawn_probes(ctl: &Controller, tx: &mpsc::Sender<health::Probe>) -> Vec<JoinHandle<()>> {
+    ctl.probes()
+        .into_iter()
+        .map(|(vip, id, h, addr)| health::spawn(vip, id, h, addr, tx.clone()))
+        .collect()
+}
+
+/// Run until SIGTERM/SIGINT (or `stop` resolves). The dataplane stays attached and pinned
+/// afterwards unless `purge` is set: a restarted daemon adopts it without dropping a packet.
+pub async fn run(
+    config_path: &Path,
+    purge: bool,
+    stop: impl std::future::Future<Output = ()>,
+) -> Result<()> {
+    let mut cfg = Config::load(config_path)?;
+    let mut ctl = start_dataplane(&cfg)?;
+    info!(vips = ctl.vips.len(), config = %config_path.display(), "serving");
+    let (tx, mut rx) = mpsc::channel(4096);
+    let mut probes = spawn_probes(&ctl, &tx);
+    let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut tick = tokio::time::interval(Duration::from_secs(30));
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            Some(p) = rx.recv() => {
+                if let Err(e) = ctl.on_probe(&p) {
+                    error!(error = %e, "writing a health change into the dataplane failed");
+                }
+            }
+            _ = hup.recv() => {
+                match Config::load(config_path) {
+                    Err(e) => error!("reload rejected, the running configuration stays: {e}"),
+                    Ok(new) if new.daemon != cfg.daemon => {
+                        error!("reload rejected: [daemon] settings (interfaces, pin_dir, mode) change only with a restart");
+                    }
+                    Ok(new) => match ctl.apply(&new) {
+                        Ok(()) => {
+                            for p in probes.drain(..) { p.abort(); }
+                            probes = spawn_probes(&ctl, &tx);
+                            cfg = new;
+                            info!(vips = ctl.vips.len(), "configuration reloaded");
+                        }
+                        Err(e) => error!(error = %e, "applying the new configuration failed part way; fix it and reload again"),
+                    },
+                }
+            }
+            _ = tick.tick() => ctl.warn_unserved(),
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = &mut stop => break,
+        }
+    }
+    for p in probes {
+        p.abort();
+    }
+    if purge {
+        drop(ctl);
+        purge_pins(&cfg.daemon.pin_dir)?;
+        info!("stopped for good: XDP detached, pins removed");
+    } else {
+        info!(pin_dir = %cfg.daemon.pin_dir.display(), "stopping: the dataplane keeps forwarding; a restart adopts it");
+    }
+    Ok(())
+}
+
+/// Detach (by removing the link pins; the kernel drops a link with its last reference) and
+/// remove the pinned maps.
+pub fn purge_pins(pin_dir: &Path) -> Result<()> {
+    if !pin_dir.exists() {
+        bail!(
+            "{} does not exist: nothing is pinned there",
+            pin_dir.display()
+        );
+    }
+    for entry in
+        std::fs::read_dir(pin_dir).with_context(|| format!("reading {}", pin_dir.display()))?
+    {
+        let path = entry?.path();
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
+        if name.starts_with("link-") || PINNED_MAPS.contains(&name) {
+            std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+        }
+    }
+    std::fs::remove_dir(pin_dir).ok();
+    Ok(())
+}
