@@ -41,9 +41,14 @@ enum Cmd {
 }
 
 fn init_logging(json: bool) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // aya warns at every load that the kernel rejected the object's BTF (Rust emits types
+    // the kernel's BTF checker does not take); the program loads and runs without it.
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,aya=error"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     if json { b.json().init() } else { b.init() }
 }

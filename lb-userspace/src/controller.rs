@@ -449,6 +449,9 @@ impl Controller {
                     .map(|i| prev_backends.remove(i));
                 let b = match kept {
                     Some(mut b) => {
+                        // The file is the source of truth for admin state: a reload that
+                        // drains, disables or enables a backend takes effect.
+                        b.admin = admin_of(&bc);
                         b.cfg = bc;
                         b.health = health;
                         b
@@ -474,13 +477,7 @@ impl Controller {
                         let down = adopted.map(|(_, down)| down).unwrap_or(false)
                             && health.kind != CheckKind::None;
                         BackendState {
-                            admin: if bc.disabled {
-                                Admin::Disabled
-                            } else if bc.drain {
-                                Admin::Draining
-                            } else {
-                                Admin::Enabled
-                            },
+                            admin: admin_of(&bc),
                             cfg: bc,
                             id,
                             health,
@@ -759,6 +756,16 @@ impl Controller {
                 warn!(vip = %v.cfg.name, "no usable backend: packets are {}", if v.cfg.no_backend == NoBackend::Pass { "passed to the kernel" } else { "dropped" });
             }
         }
+    }
+}
+
+fn admin_of(b: &BackendConfig) -> Admin {
+    if b.disabled {
+        Admin::Disabled
+    } else if b.drain {
+        Admin::Draining
+    } else {
+        Admin::Enabled
     }
 }
 

@@ -130,8 +130,25 @@ impl Dataplane {
         loader
             .map_max_entries(MAP_FLOWS, opts.flows)
             .map_max_entries(MAP_RINGS, opts.ring_capacity);
+        let mut paths = Vec::new();
         if let Some(dir) = pin_dir {
-            loader.default_map_pin_directory(dir);
+            std::fs::create_dir_all(dir).map_err(|source| DataplaneError::PinDir {
+                path: dir.to_path_buf(),
+                source,
+            })?;
+            if !on_bpffs(dir) {
+                return Err(DataplaneError::PinDir {
+                    path: dir.to_path_buf(),
+                    source: std::io::Error::other(
+                        "not on a bpf filesystem, so nothing would survive a restart",
+                    ),
+                });
+            }
+            paths = PINNED_MAPS.iter().map(|m| (*m, dir.join(m))).collect();
+        }
+        // A map already pinned at its path is reused as it is (flows, rings, counters).
+        for (name, path) in &paths {
+            loader.map_pin_path(name, path.as_path());
         }
         let mut ebpf = loader.load(LB_XDP)?;
         let prog: &mut Xdp = ebpf

@@ -2,7 +2,9 @@
 //! packet builders, an independent checker (etherparse) for what comes out, and test hosts
 //! in network namespaces.
 
+pub mod daemon;
 pub mod harness;
+pub mod holds;
 pub mod netns;
 pub mod packets;
 pub mod topology;

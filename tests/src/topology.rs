@@ -46,8 +46,8 @@ pub struct Topology {
     servers: Vec<Child>,
     decaps: Vec<Decap>,
     echo: &'static str,
-    /// The balancer, attached to the lb's eth0.
-    pub lb: Harness,
+    /// The balancer attached by the test itself (`with_balancer`); None when a daemon runs it.
+    lb: Option<Harness>,
     pub client: Host,
     pub lb_host: Host,
     pub backends: Vec<Host>,
@@ -55,6 +55,7 @@ pub struct Topology {
 }
 
 impl Topology {
+    /// The hosts, the backends' servers and decap programs, without a balancer.
     /// `forward` decides whether backends get the decap program (IP-in-IP) or not (L2 DSR).
     /// `echo` is the path of the `lbt-echo` binary (`env!("CARGO_BIN_EXE_lbt-echo")` in the
     /// test, which only integration tests can see).
@@ -119,8 +120,37 @@ impl Topology {
             ));
             hosts.push(b);
         }
-        let mut decaps = Vec::new();
-        let dp = lb_host.ns.enter(|| {
+        // XDP_TX into a veth needs NAPI on the receiving peer: an XDP program there (our decap
+        // program with no addresses passes everything).
+        let mut decaps = vec![sw.enter(|| {
+            Decap::attach("p-lb", XdpMode::Driver, &[]).expect("attach on the lb's peer")
+        })];
+        if forward == Forward::IpIp {
+            for b in &hosts {
+                let addrs = vec![b.v4.parse().unwrap(), b.v6.parse().unwrap()];
+                decaps.push(b.ns.enter(move || {
+                    Decap::attach("eth0", XdpMode::Driver, &addrs).expect("attach lb_decap")
+                }));
+            }
+        }
+        let mut t = Topology {
+            servers: Vec::new(),
+            decaps,
+            echo,
+            lb: None,
+            client,
+            lb_host,
+            backends: hosts,
+            _sw: sw,
+        };
+        t.servers = (0..t.backends.len()).map(|i| t.serve(i)).collect();
+        t
+    }
+
+    /// With the balancer loaded and attached by the test, in native mode on the lb's eth0.
+    pub fn with_balancer(backends: usize, forward: Forward, echo: &'static str) -> Topology {
+        let mut t = Topology::new(backends, forward, echo);
+        let dp = t.lb_host.ns.enter(|| {
             let mut dp = Dataplane::load(
                 LoadOptions {
                     flows: 65_536,
@@ -133,58 +163,50 @@ impl Topology {
                 .expect("attach lb_xdp in native mode");
             dp
         });
-        // XDP_TX into a veth needs NAPI on the receiving peer: an XDP program there (our decap
-        // program with no addresses passes everything).
-        decaps.push(sw.enter(|| {
-            Decap::attach("p-lb", XdpMode::Driver, &[]).expect("attach on the lb's peer")
-        }));
-        let lb = Harness::with(dp, |c| {
+        t.lb = Some(Harness::with(dp, |c| {
             c.flags = 0;
             c.gateway_mac = [0; 6];
-        });
-        if forward == Forward::IpIp {
-            for b in &hosts {
-                let addrs = vec![b.v4.parse().unwrap(), b.v6.parse().unwrap()];
-                decaps.push(b.ns.enter(move || {
-                    Decap::attach("eth0", XdpMode::Driver, &addrs).expect("attach lb_decap")
-                }));
-            }
-        }
-        let mut servers = Vec::new();
-        for (i, b) in hosts.iter().enumerate() {
-            let name = format!("b{}", i + 1);
-            let mut child = b.ns.spawn(
-                echo,
-                &[
-                    "serve",
-                    &name,
-                    "--tcp",
-                    "[::]:80",
-                    "--tcp",
-                    "[::]:8080",
-                    "--udp",
-                    &format!("{VIP4}:53"),
-                    "--udp",
-                    &format!("[{VIP6}]:53"),
-                ],
-            );
-            let mut line = String::new();
-            BufReader::new(child.stdout.as_mut().unwrap())
-                .read_line(&mut line)
-                .unwrap();
-            assert_eq!(line.trim(), "ready", "backend server {name} did not start");
-            servers.push(child);
-        }
-        Topology {
-            servers,
-            decaps,
-            echo,
-            lb,
-            client,
-            lb_host,
-            backends: hosts,
-            _sw: sw,
-        }
+        }));
+        t
+    }
+
+    pub fn lb(&mut self) -> &mut Harness {
+        self.lb.as_mut().expect("topology built with_balancer")
+    }
+
+    fn serve(&self, i: usize) -> Child {
+        let name = format!("b{}", i + 1);
+        let mut child = self.backends[i].ns.spawn(
+            self.echo,
+            &[
+                "serve",
+                &name,
+                "--tcp",
+                "[::]:80",
+                "--tcp",
+                "[::]:8080",
+                "--udp",
+                &format!("{VIP4}:53"),
+                "--udp",
+                &format!("[{VIP6}]:53"),
+            ],
+        );
+        let mut line = String::new();
+        BufReader::new(child.stdout.as_mut().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line.trim(), "ready", "backend server {name} did not start");
+        child
+    }
+
+    /// Stop backend `i`'s server (its open connections are reset).
+    pub fn stop_server(&mut self, i: usize) {
+        let _ = self.servers[i].kill();
+        let _ = self.servers[i].wait();
+    }
+
+    pub fn start_server(&mut self, i: usize) {
+        self.servers[i] = self.serve(i);
     }
 
     /// `count` requests from the client to `addr` (`--tcp` or `--udp`): answers per backend
@@ -220,6 +242,30 @@ impl Topology {
             .skip(1)
             .map(|r| r.split_whitespace().next().unwrap().parse::<u64>().unwrap())
             .sum()
+    }
+
+    /// Hold `conns` TCP connections to `addr` for `millis` ms in the background.
+    pub fn hold(&self, addr: &str, conns: u32, millis: u64) -> Child {
+        self.client.ns.spawn(
+            self.echo,
+            &["hold", addr, &conns.to_string(), &millis.to_string()],
+        )
+    }
+
+    /// Requests until every one of `count` succeeds (or panic after `secs`).
+    pub fn wait_served(&self, addr: &str, count: u32, secs: u64) {
+        let end = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+        loop {
+            let (_, failed) = self.requests("--tcp", addr, count);
+            if failed == 0 {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < end,
+                "{addr} not served after {secs} s"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
     }
 
     pub fn decapsulated(&self, backend: usize) -> u64 {

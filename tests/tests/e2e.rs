@@ -31,8 +31,8 @@ fn vips(t: &mut Topology, forward: Forward) {
         .collect();
     let macs: Vec<[u8; 6]> = t.backends.iter().map(|b| b.mac).collect();
     for (i, mac) in macs.iter().enumerate() {
-        t.lb.backend(v4[i].0, &v4[i].1, *mac);
-        t.lb.backend(v6[i].0, &v6[i].1, *mac);
+        t.lb().backend(v4[i].0, &v4[i].1, *mac);
+        t.lb().backend(v6[i].0, &v6[i].1, *mac);
     }
     for (addr, proto, port, set) in [
         (VIP4, PROTO_TCP, 80, weighted(&v4)),
@@ -40,7 +40,7 @@ fn vips(t: &mut Topology, forward: Forward) {
         (VIP6, PROTO_TCP, 80, weighted(&v6)),
         (VIP6, PROTO_UDP, 53, weighted(&v6)),
     ] {
-        t.lb.vip(
+        t.lb().vip(
             vip_key(addr, port, proto),
             Scheduler::Maglev,
             forward,
@@ -50,7 +50,7 @@ fn vips(t: &mut Topology, forward: Forward) {
     }
     if forward == Forward::IpIp {
         // IPv4 VIP served by IPv6 backends: IPv4-in-IPv6.
-        t.lb.vip(
+        t.lb().vip(
             vip_key(VIP4, 8080, PROTO_TCP),
             Scheduler::Maglev,
             forward,
@@ -78,19 +78,19 @@ fn assert_both_families_served(t: &Topology) {
 
 #[test]
 fn ip_in_ip_with_decap_on_backends() {
-    let mut t = Topology::new(3, Forward::IpIp, ECHO);
+    let mut t = Topology::with_balancer(3, Forward::IpIp, ECHO);
     vips(&mut t, Forward::IpIp);
     assert_both_families_served(&t);
     assert_served(&t, "--tcp", &format!("{VIP4}:8080"));
     let decapsulated: u64 = (0..3).map(|i| t.decapsulated(i)).sum();
-    let sent = t.lb.dp.reason(Reason::TxIpip).unwrap();
+    let sent = t.lb().dp.reason(Reason::TxIpip).unwrap();
     assert!(sent >= (5 * N * 2) as u64, "tx_ipip {sent}");
     assert_eq!(
         decapsulated, sent,
         "every tunnelled packet was stripped by a backend"
     );
     assert_eq!(
-        t.lb.dp.reason(Reason::FibFallback).unwrap(),
+        t.lb().dp.reason(Reason::FibFallback).unwrap(),
         0,
         "next hops came from the FIB"
     );
@@ -104,10 +104,10 @@ fn ip_in_ip_with_decap_on_backends() {
 
 #[test]
 fn l2_dsr_with_vip_on_loopback() {
-    let mut t = Topology::new(3, Forward::L2Dsr, ECHO);
+    let mut t = Topology::with_balancer(3, Forward::L2Dsr, ECHO);
     vips(&mut t, Forward::L2Dsr);
     assert_both_families_served(&t);
-    assert!(t.lb.dp.reason(Reason::TxL2Dsr).unwrap() >= (4 * N * 2) as u64);
+    assert!(t.lb().dp.reason(Reason::TxL2Dsr).unwrap() >= (4 * N * 2) as u64);
     assert_eq!(
         t.replies_through_lb(),
         0,

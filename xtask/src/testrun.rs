@@ -13,6 +13,8 @@ use crate::{
 /// Network namespaces and bpffs pins made by the tests start with this.
 pub const PREFIX: &str = "lbt-";
 const BPFFS: &str = "/sys/fs/bpf";
+/// Where the namespace tests pin (a bpffs of their own: `ip netns exec` remounts /sys).
+const TEST_BPFFS: &str = "/run/lbt-bpffs";
 
 /// Every crate with tests; not lb-ebpf, which only builds for bpfel-unknown-none (it is
 /// built, and tested through the kernel, by lb-userspace's build script and lb-tests).
@@ -84,6 +86,7 @@ fn sweep() {
         }
     }
     sweep_pins(Path::new(BPFFS));
+    sweep_pins(Path::new(TEST_BPFFS));
 }
 
 /// Removes the `lbt-*` entries (pins, or directories of pins) of `dir` whose test process is

@@ -5,6 +5,9 @@
 //! can hold long-lived connections.
 //! `lbt-echo client (--tcp|--udp) ADDR COUNT`: COUNT requests, each a new connection or a new
 //! socket; prints `NAME COUNT` per backend that answered and `failed N`.
+//! `lbt-echo hold ADDR CONNS MILLIS`: opens CONNS TCP connections and exchanges a line on
+//! each every 100 ms for MILLIS ms; prints `NAME COUNT` per backend (where the connections
+//! landed), then `broken NAME N` per backend for connections that failed or changed backend.
 
 use std::{
     collections::BTreeMap,
@@ -114,6 +117,50 @@ fn client(kind: &str, addr: &str, count: u32) {
     println!("failed {failed}");
 }
 
+fn hold(addr: &str, conns: usize, millis: u64) {
+    let addr: SocketAddr = addr.parse().expect("address");
+    let ask = |s: &TcpStream| -> Option<String> {
+        (&*s).write_all(b"hi\n").ok()?;
+        let mut line = String::new();
+        BufReader::new(s).read_line(&mut line).ok()?;
+        Some(line.trim().to_string()).filter(|l| !l.is_empty())
+    };
+    let mut held = Vec::new();
+    for _ in 0..conns {
+        let s =
+            TcpStream::connect_timeout(&addr, Duration::from_secs(3)).expect("connect for hold");
+        s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        let name = ask(&s).expect("first answer on a held connection");
+        held.push((s, name, false));
+    }
+    let mut at: BTreeMap<String, u32> = BTreeMap::new();
+    for (_, name, _) in &held {
+        *at.entry(name.clone()).or_default() += 1;
+    }
+    for (name, n) in &at {
+        println!("{name} {n}");
+    }
+    std::io::stdout().flush().unwrap();
+    let end = std::time::Instant::now() + Duration::from_millis(millis);
+    while std::time::Instant::now() < end {
+        for (s, name, broken) in held.iter_mut().filter(|h| !h.2) {
+            if ask(s).as_ref() != Some(name) {
+                *broken = true;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let mut broken: BTreeMap<String, u32> = BTreeMap::new();
+    for (_, name, b) in &held {
+        if *b {
+            *broken.entry(name.clone()).or_default() += 1;
+        }
+    }
+    for (name, n) in broken {
+        println!("broken {name} {n}");
+    }
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
@@ -121,6 +168,11 @@ fn main() {
         Some("client") if args.len() == 4 => {
             client(&args[1], &args[2], args[3].parse().expect("count"))
         }
+        Some("hold") if args.len() == 4 => hold(
+            &args[1],
+            args[2].parse().expect("conns"),
+            args[3].parse().expect("millis"),
+        ),
         _ => {
             eprintln!(
                 "usage: lbt-echo serve NAME [--tcp ADDR]... [--udp ADDR]... | lbt-echo client (--tcp|--udp) ADDR COUNT"

@@ -80,13 +80,19 @@ fn ipip(ctx: &XdpContext, cfg: &GlobalConfig, pkt: &Packet, be: &Backend) -> Res
         )
         .to_be_bytes();
         let df = if l3.dont_fragment { 0x40 } else { 0 };
+        // A packet that may be fragmented on the way needs an identification of its own.
+        let id = if l3.dont_fragment {
+            [0, 0]
+        } else {
+            (random() as u16).to_be_bytes()
+        };
         let mut h: [u8; 20] = [
             0x45,
             l3.tos,
             total[0],
             total[1],
-            0,
-            0,
+            id[0],
+            id[1],
             df,
             0,
             TTL,

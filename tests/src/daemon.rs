@@ -1,0 +1,132 @@
+//! The real daemon (`lbt-lbd`, the same code as `lbd`) as a process in the balancer's
+//! namespace, with its config, log and pins owned by the test.
+
+use std::{
+    fs::File,
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use crate::{netns::sh, topology::Topology};
+
+/// bpffs for test pins. Not /sys/fs/bpf: `ip netns exec` remounts /sys, hiding it.
+pub const BPFFS: &str = "/run/lbt-bpffs";
+
+pub fn ensure_bpffs() {
+    std::fs::create_dir_all(BPFFS).expect("create the test bpffs mount point");
+    if !lb_userspace::dataplane::on_bpffs(std::path::Path::new(BPFFS)) {
+        sh(&format!("mount -t bpf bpf {BPFFS}"));
+    }
+}
+
+pub struct Daemon {
+    child: Option<Child>,
+    exe: &'static str,
+    ns: String,
+    pub dir: PathBuf,
+    pub config: PathBuf,
+    pub pin_dir: PathBuf,
+    starts: u32,
+}
+
+impl Daemon {
+    /// Start `exe run -c <config>` in the topology's balancer namespace.
+    pub fn start(t: &Topology, exe: &'static str, config: &str) -> Daemon {
+        ensure_bpffs();
+        let ns = t.lb_host.ns.name.clone();
+        let dir = std::env::temp_dir().join(&ns);
+        std::fs::create_dir_all(&dir).unwrap();
+        let pin_dir = PathBuf::from(BPFFS).join(&ns);
+        let cfg = dir.join("lb.toml");
+        std::fs::write(&cfg, config.replace("@PIN_DIR@", pin_dir.to_str().unwrap())).unwrap();
+        let mut d = Daemon {
+            child: None,
+            exe,
+            ns,
+            dir,
+            config: cfg,
+            pin_dir,
+            starts: 0,
+        };
+        d.spawn();
+        d
+    }
+
+    fn spawn(&mut self) {
+        self.starts += 1;
+        let log = File::create(self.dir.join(format!("lbd-{}.log", self.starts))).unwrap();
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.ns, self.exe, "run", "-c"])
+            .arg(&self.config)
+            .env("RUST_LOG", "info,aya=error")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn the daemon");
+        self.child = Some(child);
+    }
+
+    /// Everything the daemon logged, all runs.
+    pub fn log(&self) -> String {
+        (1..=self.starts)
+            .map(|i| {
+                std::fs::read_to_string(self.dir.join(format!("lbd-{i}.log"))).unwrap_or_default()
+            })
+            .collect::<Vec<_>>()
+            .join("")
+    }
+
+    /// What the latest run logged.
+    pub fn last_log(&self) -> String {
+        std::fs::read_to_string(self.dir.join(format!("lbd-{}.log", self.starts)))
+            .unwrap_or_default()
+    }
+
+    /// Wait until the log shows `needle` (or panic after `secs`).
+    pub fn wait_log(&self, needle: &str, secs: u64) {
+        let end = Instant::now() + Duration::from_secs(secs);
+        while Instant::now() < end {
+            if self.log().contains(needle) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("daemon never logged {needle:?}:\n{}", self.log());
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn restart(&mut self) {
+        self.kill9();
+        self.spawn();
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let pid = self.child.as_ref().expect("running").id();
+        sh(&format!("kill -{sig} {pid}"));
+    }
+
+    pub fn write_config(&self, config: &str) {
+        std::fs::write(
+            &self.config,
+            config.replace("@PIN_DIR@", self.pin_dir.to_str().unwrap()),
+        )
+        .unwrap();
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill9();
+        // Unpinning the link detaches the program once no process holds it.
+        let _ = std::fs::remove_dir_all(&self.pin_dir);
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

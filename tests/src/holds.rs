@@ -1,0 +1,34 @@
+//! Reading what `lbt-echo hold` reports.
+
+use std::{collections::BTreeMap, process::Child};
+
+/// Where held connections landed and which broke, per backend name.
+#[derive(Debug, Default)]
+pub struct Held {
+    pub at: BTreeMap<String, u32>,
+    pub broken: BTreeMap<String, u32>,
+}
+
+pub fn finish(child: Child) -> Held {
+    let out = child.wait_with_output().expect("hold client");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "hold client failed: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut h = Held::default();
+    for line in text.lines() {
+        let parts: Vec<&str> = line.split_whitespace().collect();
+        match parts.as_slice() {
+            ["broken", name, n] => {
+                h.broken.insert(name.to_string(), n.parse().unwrap());
+            }
+            [name, n] => {
+                h.at.insert(name.to_string(), n.parse().unwrap());
+            }
+            _ => panic!("hold output {line:?}"),
+        }
+    }
+    h
+}

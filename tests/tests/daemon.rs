@@ -1,0 +1,311 @@
+//! The daemon end to end: real servers as backends in namespaces, the daemon as a process
+//! in the balancer's namespace. Failover (server stopped, black-holed, link down), recovery,
+//! drain, backup pool, a SIGKILL restart with traffic running, and a bad reload.
+
+use std::time::{Duration, Instant};
+
+use lb_common::Forward;
+use lb_tests::{
+    daemon::Daemon,
+    holds,
+    topology::{Topology, VIP4},
+};
+
+const ECHO: &str = env!("CARGO_BIN_EXE_lbt-echo");
+const LBD: &str = env!("CARGO_BIN_EXE_lbt-lbd");
+const INTERVAL_MS: u64 = 200;
+const FALL: u64 = 2;
+const RISE: u64 = 2;
+
+fn web() -> String {
+    format!("{VIP4}:80")
+}
+
+/// One TCP VIP over backends given as (address, extra keys).
+fn config(backends: &[(&str, &str)], vip_extra: &str) -> String {
+    let mut c = format!(
+        r#"[daemon]
+interfaces = ["eth0"]
+pin_dir = "@PIN_DIR@"
+
+[dataplane]
+flows = 65536
+ring_capacity = 262148
+
+[[vip]]
+name = "web"
+address = "{VIP4}"
+port = 80
+{vip_extra}
+
+[vip.health]
+kind = "tcp"
+interval_ms = {INTERVAL_MS}
+timeout_ms = 150
+rise = {RISE}
+fall = {FALL}
+"#
+    );
+    for (addr, extra) in backends {
+        c.push_str(&format!(
+            "\n[[vip.backend]]\naddress = \"{addr}\"\n{extra}\n"
+        ));
+    }
+    c
+}
+
+fn three() -> String {
+    config(
+        &[
+            ("198.18.0.21", ""),
+            ("198.18.0.22", ""),
+            ("198.18.0.23", ""),
+        ],
+        "",
+    )
+}
+
+/// Requests until none reaches `gone` and none fails; returns how long that took.
+fn wait_avoided(t: &Topology, gone: &str, within: Duration) -> Duration {
+    let start = Instant::now();
+    loop {
+        let (seen, failed) = t.requests("--tcp", &web(), 30);
+        if failed == 0 && !seen.contains_key(gone) {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < within,
+            "{gone} still gets new flows (or requests fail) after {within:?}: {seen:?}, failed {failed}"
+        );
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Failure {
+    ServerStopped,
+    BlackHoled,
+    LinkDown,
+}
+
+fn failover(kind: Failure) {
+    let mut t = Topology::new(3, Forward::IpIp, ECHO);
+    let d = Daemon::start(&t, LBD, &three());
+    t.wait_served(&web(), 10, 15);
+    let hold = t.hold(&web(), 30, 4000);
+    std::thread::sleep(Duration::from_millis(300));
+    let failed_at = Instant::now();
+    match kind {
+        Failure::ServerStopped => t.stop_server(0),
+        Failure::BlackHoled => {
+            t.backends[0].ns.exec("nft add table inet lbt && nft add chain inet lbt in '{ type filter hook input priority 0; policy drop; }'");
+        }
+        Failure::LinkDown => {
+            t.backends[0].ns.exec("ip link set eth0 down");
+        }
+    }
+    // Verdict after `fall` failed checks (each up to its timeout), plus jitter and margin.
+    let budget =
+        Duration::from_millis(FALL * INTERVAL_MS + FALL * 150 + 2 * INTERVAL_MS / 10 + 600);
+    d.wait_log("up -> down", 10);
+    let verdict = failed_at.elapsed();
+    let clean = wait_avoided(&t, "b1", budget + Duration::from_secs(1));
+    let held = holds::finish(hold);
+    println!(
+        "{kind:?}: down verdict {verdict:?} after the failure, no new flows to b1 {clean:?} after that; held {held:?}"
+    );
+    for line in d.log().lines().filter(|l| l.contains("up -> down")) {
+        println!("  {line}");
+    }
+    assert!(
+        verdict < budget,
+        "{kind:?}: verdict took {verdict:?}, budget {budget:?}"
+    );
+    let on_others: u32 = held
+        .at
+        .iter()
+        .filter(|(n, _)| *n != "b1")
+        .map(|(_, c)| c)
+        .sum();
+    assert!(on_others > 0);
+    for (name, broken) in &held.broken {
+        assert_eq!(
+            name, "b1",
+            "{broken} long-lived connections to healthy {name} broke: {held:?}"
+        );
+    }
+    // Recovery after `rise` passed checks.
+    match kind {
+        Failure::ServerStopped => t.start_server(0),
+        Failure::BlackHoled => {
+            t.backends[0].ns.exec("nft delete table inet lbt");
+        }
+        Failure::LinkDown => {
+            t.backends[0].ns.exec("ip link set eth0 up");
+        }
+    }
+    d.wait_log("down -> up", 10);
+    let (seen, failed) = t.requests("--tcp", &web(), 60);
+    assert_eq!(failed, 0);
+    assert!(
+        seen.get("b1").copied().unwrap_or(0) > 5,
+        "b1 not back after recovery: {seen:?}"
+    );
+}
+
+#[test]
+fn failover_when_a_server_stops() {
+    failover(Failure::ServerStopped);
+}
+
+#[test]
+fn failover_when_a_backend_is_black_holed() {
+    failover(Failure::BlackHoled);
+}
+
+#[test]
+fn failover_when_a_backend_link_goes_down() {
+    failover(Failure::LinkDown);
+}
+
+#[test]
+fn sigkill_restart_drops_nothing_and_moves_no_flow() {
+    let t = Topology::new(3, Forward::IpIp, ECHO);
+    let mut d = Daemon::start(&t, LBD, &three());
+    t.wait_served(&web(), 10, 15);
+    let hold = t.hold(&web(), 30, 3000);
+    let stream = t.client.ns.spawn(ECHO, &["client", "--tcp", &web(), "400"]);
+    std::thread::sleep(Duration::from_millis(500));
+    d.restart(); // SIGKILL, then a new process on the same pins
+    d.wait_log("took over the pinned XDP link", 10);
+    let out = stream.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let held = holds::finish(hold);
+    println!(
+        "stream during the restart: {}; held {held:?}",
+        text.replace('\n', ", ")
+    );
+    assert!(
+        text.contains("failed 0"),
+        "requests failed across the restart: {text}"
+    );
+    assert!(
+        held.broken.is_empty(),
+        "connections broke or moved across the restart: {held:?}"
+    );
+    let second = d.last_log();
+    assert!(
+        second.contains("adopting pinned dataplane state"),
+        "{second}"
+    );
+    assert!(
+        !second.contains("ring written"),
+        "the restarted daemon rewrote rings it should have adopted:\n{second}"
+    );
+}
+
+#[test]
+fn drain_by_reload_keeps_established_flows() {
+    let t = Topology::new(3, Forward::IpIp, ECHO);
+    let d = Daemon::start(&t, LBD, &three());
+    t.wait_served(&web(), 10, 15);
+    let hold = t.hold(&web(), 30, 2500);
+    std::thread::sleep(Duration::from_millis(300));
+    d.write_config(&config(
+        &[
+            ("198.18.0.21", "drain = true"),
+            ("198.18.0.22", ""),
+            ("198.18.0.23", ""),
+        ],
+        "",
+    ));
+    d.signal("HUP");
+    d.wait_log("configuration reloaded", 5);
+    let (seen, failed) = t.requests("--tcp", &web(), 60);
+    let held = holds::finish(hold);
+    println!("after drain: {seen:?}; held {held:?}");
+    assert_eq!(failed, 0);
+    assert!(
+        !seen.contains_key("b1"),
+        "drained b1 got new flows: {seen:?}"
+    );
+    assert!(
+        held.at.get("b1").copied().unwrap_or(0) > 0,
+        "no held connection on b1 to prove anything: {held:?}"
+    );
+    assert!(
+        held.broken.is_empty(),
+        "draining broke established connections: {held:?}"
+    );
+}
+
+#[test]
+fn backup_pool_takes_over_and_hands_back() {
+    let mut t = Topology::new(3, Forward::IpIp, ECHO);
+    let d = Daemon::start(
+        &t,
+        LBD,
+        &config(
+            &[
+                ("198.18.0.21", ""),
+                ("198.18.0.22", ""),
+                ("198.18.0.23", "role = \"backup\""),
+            ],
+            "",
+        ),
+    );
+    t.wait_served(&web(), 10, 15);
+    let (seen, _) = t.requests("--tcp", &web(), 60);
+    assert!(
+        !seen.contains_key("b3"),
+        "backup served while primaries were up: {seen:?}"
+    );
+    t.stop_server(0);
+    t.stop_server(1);
+    d.wait_log("backup pool takes over", 10);
+    t.wait_served(&web(), 10, 5);
+    let (seen, failed) = t.requests("--tcp", &web(), 30);
+    assert_eq!(
+        (failed, seen.keys().collect::<Vec<_>>()),
+        (0, vec![&"b3".to_string()])
+    );
+    t.start_server(0);
+    t.start_server(1);
+    d.wait_log("backup pool hands back", 10);
+    let (seen, failed) = t.requests("--tcp", &web(), 60);
+    assert_eq!(failed, 0);
+    assert!(
+        !seen.contains_key("b3") && seen.len() == 2,
+        "after hand-back: {seen:?}"
+    );
+}
+
+#[test]
+fn bad_reload_is_rejected_with_its_location_and_service_continues() {
+    let t = Topology::new(3, Forward::IpIp, ECHO);
+    let d = Daemon::start(&t, LBD, &three());
+    t.wait_served(&web(), 10, 15);
+    d.write_config(&config(
+        &[
+            ("198.18.0.21", "weight = 70000"),
+            ("198.18.0.22", ""),
+            ("198.18.0.23", ""),
+        ],
+        "",
+    ));
+    d.signal("HUP");
+    d.wait_log("reload rejected", 5);
+    let log = d.log();
+    let line = log.lines().find(|l| l.contains("reload rejected")).unwrap();
+    println!("{line}");
+    assert!(
+        line.contains("lb.toml:") && line.contains("weight 70000 is out of range"),
+        "{line}"
+    );
+    let (seen, failed) = t.requests("--tcp", &web(), 60);
+    assert_eq!(failed, 0);
+    assert_eq!(
+        seen.len(),
+        3,
+        "the old configuration no longer serves: {seen:?}"
+    );
+}
