@@ -33,6 +33,20 @@ enum Cmd {
         #[arg(short, long)]
         config: PathBuf,
     },
+    /// Run the demo: namespaces, backends, the daemon, a failover, a drain, a rollback.
+    Demo {
+        /// Keep the topology up until Enter is pressed, to explore it.
+        #[arg(long)]
+        keep: bool,
+    },
+    /// The demo's HTTP backend (run by the demo inside a backend namespace).
+    #[command(hide = true)]
+    DemoBackend {
+        #[arg(long)]
+        name: String,
+        #[arg(long, default_value_t = 80)]
+        port: u16,
+    },
     /// Detach the balancer and remove everything pinned under a pin directory.
     Purge {
         #[arg(long, default_value = "/sys/fs/bpf/lb")]
@@ -75,6 +89,8 @@ pub fn main() -> ExitCode {
             .map(|c| println!("{}: valid, {} VIPs", config.display(), c.vips.len()))
             .map_err(Into::into),
         Cmd::Purge { pin_dir } => crate::daemon::purge_pins(&pin_dir),
+        Cmd::Demo { keep } => crate::demo::run(keep),
+        Cmd::DemoBackend { name, port } => crate::demo::backend(&name, port),
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,

@@ -413,7 +413,11 @@ impl Controller {
                     }
                     _ => {
                         let vip_id = (1..MAX_VIPS)
-                            .find(|id| !self.used_vip_ids().contains(id))
+                            .find(|id| {
+                                !self.used_vip_ids().contains(id)
+                                    && !new_vips.iter().any(|v| v.meta.vip_id == *id)
+                                    && !old.values().any(|v| v.meta.vip_id == *id)
+                            })
                             .ok_or(DataplaneError::Full("VIP ids"))?;
                         let offset = self
                             .alloc_window(vc.ring_size)

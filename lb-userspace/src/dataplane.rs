@@ -83,6 +83,21 @@ pub enum DataplaneError {
     },
 }
 
+/// Counters read from the maps pinned under `pin_dir` by a running (or stopped) daemon:
+/// every reason, summed over CPUs.
+pub fn pinned_reasons(pin_dir: &Path) -> Result<Vec<(Reason, u64)>, DataplaneError> {
+    let data = aya::maps::MapData::from_pin(pin_dir.join(MAP_STATS)).map_err(map_err(MAP_STATS))?;
+    let stats: PerCpuArray<_, u64> =
+        PerCpuArray::try_from(aya::maps::Map::PerCpuArray(data)).map_err(map_err(MAP_STATS))?;
+    Reason::ALL
+        .iter()
+        .map(|r| {
+            let v = stats.get(&(*r as u32), 0).map_err(map_err(MAP_STATS))?;
+            Ok((*r, v.iter().sum()))
+        })
+        .collect()
+}
+
 /// Whether `dir` is on bpffs (pins elsewhere fail, or vanish with a tmpfs).
 pub fn on_bpffs(dir: &Path) -> bool {
     const BPF_FS_MAGIC: i64 = 0xcafe_4a11;

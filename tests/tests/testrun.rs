@@ -95,6 +95,19 @@ fn flow_key(f: &Frame) -> lb_common::FlowKey {
     }
 }
 
+/// The same flow's next packet: an ACK.
+fn ack(f: &Frame) -> Frame {
+    let mut a = f.clone();
+    if let L4::Tcp { sport, dport, .. } = a.l4 {
+        a.l4 = L4::Tcp {
+            sport,
+            dport,
+            flags: TCP_ACK,
+        };
+    }
+    a
+}
+
 #[test]
 fn ipv4_tcp_is_encapsulated_to_the_predicted_backend() {
     let (mut h, v) = setup(Scheduler::Maglev, Forward::IpIp);
@@ -656,17 +669,8 @@ fn connection_table_pins_flows_until_their_backend_is_down() {
     let all3 = vec![3u32; v.ring.len()];
     h.dp.write_ring(v.meta.ring_offset, &all3).unwrap();
     for (f, b) in flows.iter().zip(&before) {
-        let mut ack = f.clone();
-        ack.l4 = match ack.l4 {
-            L4::Tcp { sport, dport, .. } => L4::Tcp {
-                sport,
-                dport,
-                flags: TCP_ACK,
-            },
-            other => other,
-        };
         assert_eq!(
-            &outer_dst(&h.run(&ack.bytes()).1),
+            &outer_dst(&h.run(&ack(f).bytes()).1),
             b,
             "established flow moved"
         );
@@ -677,7 +681,7 @@ fn connection_table_pins_flows_until_their_backend_is_down() {
     let b3 = backend_addr(&mut h, 3);
     let mut moved = 0;
     for (f, b) in flows.iter().zip(&before) {
-        let now = outer_dst(&h.run(&f.bytes()).1);
+        let now = outer_dst(&h.run(&ack(f).bytes()).1);
         if *b == b1 {
             assert_eq!(now, b3);
             moved += 1;
@@ -724,7 +728,7 @@ fn drained_backend_keeps_established_flows() {
         "wrote {written} slots for {owned_by_2} of backend 2"
     );
     for f in &established {
-        assert_eq!(outer_dst(&h.run(&f.bytes()).1), b2);
+        assert_eq!(outer_dst(&h.run(&ack(f).bytes()).1), b2);
     }
     for p in 0..300u16 {
         let f = Frame::tcp(CLIENT4, 60000 + p, VIP4, 80, TCP_SYN);
@@ -912,4 +916,38 @@ fn per_backend_counters_move() {
             .unwrap_or((0, 0));
         assert_eq!((s.packets, s.bytes), want, "backend {id}");
     }
+}
+
+/// A client reusing an old connection's ports opens a new connection with a SYN: it is
+/// placed by the current ring, not pinned to the old connection's backend.
+#[test]
+fn a_new_syn_on_an_old_flow_follows_the_current_ring() {
+    let (mut h, v) = setup(Scheduler::Maglev, Forward::IpIp);
+    let f = Frame::tcp(CLIENT4, 41000, VIP4, 80, TCP_SYN);
+    let first = outer_dst(&h.run(&f.bytes()).1);
+    let other = (1..=3)
+        .map(|id| backend_addr(&mut h, id))
+        .find(|a| *a != first)
+        .unwrap();
+    let other_id = (1..=3)
+        .find(|id| backend_addr(&mut h, *id) == other)
+        .unwrap();
+    h.dp.write_ring(v.meta.ring_offset, &vec![other_id; v.ring.len()])
+        .unwrap();
+    assert_eq!(
+        outer_dst(&h.run(&ack(&f).bytes()).1),
+        first,
+        "established flow pinned"
+    );
+    assert_eq!(
+        outer_dst(&h.run(&f.bytes()).1),
+        other,
+        "new SYN placed by the ring"
+    );
+    assert_eq!(
+        outer_dst(&h.run(&ack(&f).bytes()).1),
+        other,
+        "and remembered"
+    );
+    assert_eq!(h.dp.reason(Reason::FlowRescheduled).unwrap(), 0);
 }

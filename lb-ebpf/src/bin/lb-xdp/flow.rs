@@ -12,7 +12,7 @@ use lb_common::{
 
 use crate::{
     maps::{LB_BACKENDS, LB_CONNS, LB_FLOWS, LB_RINGS, LB_RR},
-    parse::{TCP_FIN, TCP_RST},
+    parse::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
     stats::count,
 };
 
@@ -127,7 +127,10 @@ pub fn choose(vip: &VipMeta, flow: &Flow) -> Option<Choice> {
         if let Some(entry) = LB_FLOWS.get_ptr_mut(key) {
             // SAFETY: the entry stays valid during this program run (RCU).
             let id = unsafe { (*entry).backend_id };
-            if let Some(backend) = usable(id) {
+            // A bare SYN opens a new connection: a client reusing the ports of an old one
+            // must be placed by the current ring, not by what the old connection had.
+            let opening = tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
+            if !opening && let Some(backend) = usable(id) {
                 count(Reason::FlowHit);
                 // SAFETY: as above.
                 unsafe {
@@ -151,7 +154,7 @@ pub fn choose(vip: &VipMeta, flow: &Flow) -> Option<Choice> {
                     conns_add(id, u64::MAX);
                 }
             }
-            rescheduled = true;
+            rescheduled = !opening;
         }
     } else if let Some(entry) = LB_FLOWS.get_ptr(key) {
         // SAFETY: as above.

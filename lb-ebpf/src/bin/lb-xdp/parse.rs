@@ -11,7 +11,9 @@ use network_types::ip::{Ipv4Hdr, Ipv6Hdr};
 const MAX_EXT_HEADERS: usize = 4;
 
 pub const TCP_FIN: u8 = 0x01;
+pub const TCP_SYN: u8 = 0x02;
 pub const TCP_RST: u8 = 0x04;
+pub const TCP_ACK: u8 = 0x10;
 
 pub struct L3 {
     /// Client to VIP; ports zero for fragments and port-less protocols.
