@@ -1,11 +1,7 @@
 //! The balancer loaded into the kernel with a small, known configuration.
 
-use std::net::IpAddr;
-
 use aya::programs::{TestRun, TestRunOptions};
-use lb_common::{
-    Backend, CFG_F_NO_FIB, FAMILY_V4, FAMILY_V6, Forward, GlobalConfig, Scheduler, VipKey, VipMeta,
-};
+use lb_common::{Backend, CFG_F_NO_FIB, Forward, GlobalConfig, Scheduler, VipKey, VipMeta};
 use lb_userspace::{
     dataplane::{Dataplane, LoadOptions},
     ring::{RingMember, maglev, round_robin},
@@ -22,16 +18,7 @@ pub const LB_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x10];
 pub const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
 pub const RING: u32 = 65_537;
 
-pub fn addr16(ip: IpAddr) -> ([u8; 16], u8) {
-    match ip {
-        IpAddr::V4(a) => {
-            let mut b = [0u8; 16];
-            b[..4].copy_from_slice(&a.octets());
-            (b, FAMILY_V4)
-        }
-        IpAddr::V6(a) => (a.octets(), FAMILY_V6),
-    }
-}
+pub use lb_userspace::controller::addr16;
 
 pub fn vip_key(ip: &str, port: u16, proto: u8) -> VipKey {
     let (addr, family) = addr16(ip.parse().expect("test address"));

@@ -44,6 +44,17 @@ fn v6_set() -> Vec<(u32, &'static str, u32)> {
     ]
 }
 
+/// A Maglev, IP-in-IP VIP over `set`.
+fn maglev(h: &mut Harness, addr: &str, port: u16, proto: u8, set: &[(u32, &str, u32)]) -> TestVip {
+    h.vip(
+        vip_key(addr, port, proto),
+        Scheduler::Maglev,
+        Forward::IpIp,
+        0,
+        set,
+    )
+}
+
 fn setup(scheduler: Scheduler, forward: Forward) -> (Harness, TestVip) {
     let mut h = Harness::new();
     backends(&mut h);
@@ -169,13 +180,7 @@ fn outer_source_spreads_flows_and_is_stable_per_flow() {
 fn ipv6_in_ipv6() {
     let mut h = Harness::new();
     backends(&mut h);
-    let v = h.vip(
-        vip_key(VIP6, 443, PROTO_TCP),
-        Scheduler::Maglev,
-        Forward::IpIp,
-        0,
-        &v6_set(),
-    );
+    let v = maglev(&mut h, VIP6, 443, PROTO_TCP, &v6_set());
     let f = Frame::tcp(CLIENT6, 50000, VIP6, 443, TCP_SYN | TCP_ACK);
     let (action, out) = h.run(&f.bytes());
     assert_eq!(action, XDP_TX);
@@ -195,13 +200,7 @@ fn ipv6_in_ipv6() {
 fn ipv4_in_ipv6_toward_an_ipv6_backend() {
     let mut h = Harness::new();
     backends(&mut h);
-    let v = h.vip(
-        vip_key(VIP4, 80, PROTO_TCP),
-        Scheduler::Maglev,
-        Forward::IpIp,
-        0,
-        &v6_set(),
-    );
+    let v = maglev(&mut h, VIP4, 80, PROTO_TCP, &v6_set());
     let f = Frame::tcp(CLIENT4, 40001, VIP4, 80, TCP_SYN);
     let (action, out) = h.run(&f.bytes());
     assert_eq!(action, XDP_TX);
@@ -216,13 +215,7 @@ fn ipv4_in_ipv6_toward_an_ipv6_backend() {
 fn ipv6_vip_toward_ipv4_backend_is_dropped_not_sent() {
     let mut h = Harness::new();
     backends(&mut h);
-    h.vip(
-        vip_key(VIP6, 443, PROTO_TCP),
-        Scheduler::Maglev,
-        Forward::IpIp,
-        0,
-        &v4_set(),
-    );
+    maglev(&mut h, VIP6, 443, PROTO_TCP, &v4_set());
     let (action, _) = h.run(&Frame::tcp(CLIENT6, 50000, VIP6, 443, TCP_SYN).bytes());
     assert_eq!(action, XDP_DROP);
     assert_eq!(h.dp.reason(Reason::DropNoBackend).unwrap(), 1);
@@ -232,13 +225,7 @@ fn ipv6_vip_toward_ipv4_backend_is_dropped_not_sent() {
 fn udp_v4() {
     let mut h = Harness::new();
     backends(&mut h);
-    let v = h.vip(
-        vip_key(VIP4, 53, PROTO_UDP),
-        Scheduler::Maglev,
-        Forward::IpIp,
-        0,
-        &v4_set(),
-    );
+    let v = maglev(&mut h, VIP4, 53, PROTO_UDP, &v4_set());
     let f = Frame::udp(CLIENT4, 5353, VIP4, 53);
     let (action, out) = h.run(&f.bytes());
     assert_eq!(action, XDP_TX);
@@ -307,13 +294,7 @@ fn ext(len8: usize) -> Vec<u8> {
 fn ipv6_extension_headers_are_walked() {
     let mut h = Harness::new();
     backends(&mut h);
-    let v = h.vip(
-        vip_key(VIP6, 443, PROTO_TCP),
-        Scheduler::Maglev,
-        Forward::IpIp,
-        0,
-        &v6_set(),
-    );
+    let v = maglev(&mut h, VIP6, 443, PROTO_TCP, &v6_set());
     let mut f = Frame::tcp(CLIENT6, 50001, VIP6, 443, TCP_SYN);
     f.ipv6_ext = vec![(0, ext(1)), (60, ext(2))]; // hop-by-hop, destination options
     let (action, out) = h.run(&f.bytes());
@@ -340,13 +321,7 @@ fn ipv6_extension_headers_are_walked() {
 fn fragments_of_a_datagram_share_a_backend() {
     let mut h = Harness::new();
     backends(&mut h);
-    let v = h.vip(
-        vip_key(VIP4, 53, PROTO_UDP),
-        Scheduler::Maglev,
-        Forward::IpIp,
-        0,
-        &v4_set(),
-    );
+    let v = maglev(&mut h, VIP4, 53, PROTO_UDP, &v4_set());
     // The fragments-only alias userspace installs for a port VIP's address.
     h.dp.set_vip(
         &vip_key(VIP4, 0, PROTO_UDP),
@@ -394,13 +369,7 @@ fn fragments_of_a_datagram_share_a_backend() {
 fn ipv6_fragments_share_a_backend() {
     let mut h = Harness::new();
     backends(&mut h);
-    let v = h.vip(
-        vip_key(VIP6, 53, PROTO_UDP),
-        Scheduler::Maglev,
-        Forward::IpIp,
-        0,
-        &v6_set(),
-    );
+    let v = maglev(&mut h, VIP6, 53, PROTO_UDP, &v6_set());
     h.dp.set_vip(
         &vip_key(VIP6, 0, PROTO_UDP),
         &lb_common::VipMeta {
@@ -480,13 +449,7 @@ fn df_packet_too_big_for_the_tunnel_gets_icmp_frag_needed() {
 fn ipv6_too_big_gets_packet_too_big() {
     let mut h = Harness::new();
     backends(&mut h);
-    h.vip(
-        vip_key(VIP6, 443, PROTO_TCP),
-        Scheduler::Maglev,
-        Forward::IpIp,
-        0,
-        &v6_set(),
-    );
+    maglev(&mut h, VIP6, 443, PROTO_TCP, &v6_set());
     let mut f = Frame::tcp(CLIENT6, 50002, VIP6, 443, TCP_ACK);
     f.payload = vec![0xcd; 1500 - 60];
     let input = f.bytes();
@@ -554,13 +517,7 @@ fn icmp_error_about_a_vip_flow_goes_to_its_backend() {
 fn icmpv6_error_about_a_vip_flow_goes_to_its_backend() {
     let mut h = Harness::new();
     backends(&mut h);
-    let v = h.vip(
-        vip_key(VIP6, 443, PROTO_TCP),
-        Scheduler::Maglev,
-        Forward::IpIp,
-        0,
-        &v6_set(),
-    );
+    let v = maglev(&mut h, VIP6, 443, PROTO_TCP, &v6_set());
     let flow = Frame::tcp(CLIENT6, 50003, VIP6, 443, TCP_SYN);
     let owner = predicted(&mut h, &v, &flow);
     let reply = Frame::tcp(VIP6, 443, CLIENT6, 50003, TCP_SYN | TCP_ACK).ip_packet();
@@ -770,13 +727,7 @@ fn vip_without_backends_drops_or_passes_as_configured() {
 fn all_port_vip_matches_any_port() {
     let mut h = Harness::new();
     backends(&mut h);
-    let v = h.vip(
-        vip_key(VIP4, 0, PROTO_TCP),
-        Scheduler::Maglev,
-        Forward::IpIp,
-        0,
-        &v4_set(),
-    );
+    let v = maglev(&mut h, VIP4, 0, PROTO_TCP, &v4_set());
     for port in [1u16, 80, 443, 65535] {
         let f = Frame::tcp(CLIENT4, 3333, VIP4, port, TCP_SYN);
         let (action, out) = h.run(&f.bytes());
