@@ -190,6 +190,12 @@ pub struct HealthConfig {
     pub max_latency_ms: Option<u64>,
     /// A backend failing more than this share of its recent probes is degraded.
     pub max_error_rate: Option<f64>,
+    /// HAProxy agent-check: a TCP port on the backend that answers with its own state
+    /// ("up", "down", "drain", "maint", a weight like "75%").
+    pub agent_port: Option<u16>,
+    /// After a backend comes back up, its weight ramps from near zero to full over this
+    /// many milliseconds (slow start), so a cold backend is not flooded.
+    pub slow_start_ms: Option<u64>,
 }
 
 /// Health settings with every default filled in.
@@ -208,6 +214,8 @@ pub struct Health {
     pub expect: Option<String>,
     pub max_latency_ms: Option<u64>,
     pub max_error_rate: Option<f64>,
+    pub agent_port: Option<u16>,
+    pub slow_start_ms: Option<u64>,
 }
 
 impl HealthConfig {
@@ -227,6 +235,8 @@ impl HealthConfig {
             expect: self.expect.clone().or_else(|| base.expect.clone()),
             max_latency_ms: self.max_latency_ms.or(base.max_latency_ms),
             max_error_rate: self.max_error_rate.or(base.max_error_rate),
+            agent_port: self.agent_port.or(base.agent_port),
+            slow_start_ms: self.slow_start_ms.or(base.slow_start_ms),
         }
     }
 
@@ -247,6 +257,8 @@ impl HealthConfig {
             expect: self.expect.clone(),
             max_latency_ms: self.max_latency_ms,
             max_error_rate: self.max_error_rate,
+            agent_port: self.agent_port,
+            slow_start_ms: self.slow_start_ms,
         }
     }
 }

@@ -9,7 +9,7 @@
 use std::{
     collections::{BTreeSet, HashMap, VecDeque},
     net::{IpAddr, SocketAddr},
-    time::{Duration, SystemTime},
+    time::{Duration, Instant, SystemTime},
 };
 
 use lb_common::{
@@ -25,7 +25,7 @@ use crate::{
         SchedulerCfg, VipConfig, parse_mac, parse_prefix,
     },
     dataplane::{Dataplane, DataplaneError},
-    health::Probe,
+    health::{AgentSays, Probe, parse_agent},
     ring::{RingMember, maglev, round_robin},
 };
 
@@ -86,27 +86,54 @@ pub struct BackendState {
     pub since: SystemTime,
     pub reason: String,
     pub last_check: Option<SystemTime>,
+    /// The backend's own word (agent-check), sticky until it says otherwise.
+    pub agent: AgentSays,
+    /// When it last came up, for slow start.
+    pub up_since: Option<Instant>,
 }
 
 impl BackendState {
+    /// The operator's word first, then the backend's agent, then the health checks.
     pub fn state(&self) -> State {
-        match (self.admin, self.live, self.degraded) {
-            (Admin::Disabled, _, _) => State::Disabled,
-            (Admin::Draining, _, _) => State::Draining,
-            (_, Liveness::Down, _) => State::Down,
-            (_, _, true) => State::Degraded,
-            _ => State::Up,
+        if self.admin == Admin::Disabled || self.agent.maint {
+            State::Disabled
+        } else if self.admin == Admin::Draining || self.agent.drain {
+            State::Draining
+        } else if self.live == Liveness::Down || self.agent.down {
+            State::Down
+        } else if self.degraded {
+            State::Degraded
+        } else {
+            State::Up
         }
+    }
+
+    /// Weight in the ring now: configured, scaled by the agent's percentage and by the
+    /// slow-start ramp after a recovery.
+    pub fn weight(&self) -> u32 {
+        let mut w = self.cfg.weight as u64 * self.agent.weight_pct.unwrap_or(100) as u64 / 100;
+        if let (Some(since), Some(ramp)) = (self.up_since, self.health.slow_start_ms) {
+            let done = since.elapsed().as_millis() as u64;
+            if done < ramp && w > 0 {
+                w = (w * done / ramp).max(1);
+            }
+        }
+        w.min(crate::config::MAX_WEIGHT as u64) as u32
+    }
+
+    /// Still ramping up after a recovery.
+    fn ramping(&self) -> bool {
+        matches!((self.up_since, self.health.slow_start_ms), (Some(t), Some(r)) if t.elapsed().as_millis() < r as u128)
     }
 
     /// May take new flows.
     fn usable(&self) -> bool {
-        self.state() == State::Up && self.cfg.weight > 0
+        self.state() == State::Up && self.weight() > 0
     }
 
     /// Marked down in the dataplane: its flows move.
     fn dataplane_down(&self) -> bool {
-        self.admin == Admin::Disabled || self.live == Liveness::Down
+        matches!(self.state(), State::Down | State::Disabled)
     }
 
     pub fn error_rate(&self) -> f64 {
@@ -325,14 +352,14 @@ impl Controller {
             .map(|b| RingMember {
                 id: b.id,
                 identity: b.cfg.address.to_string().into_bytes(),
-                weight: b.cfg.weight,
+                weight: b.weight(),
             })
             .collect();
         if on_backup {
             m.extend(usable(Role::Backup).map(|b| RingMember {
                 id: b.id,
                 identity: b.cfg.address.to_string().into_bytes(),
-                weight: b.cfg.weight,
+                weight: b.weight(),
             }));
         }
         (m, on_backup)
@@ -494,6 +521,8 @@ impl Controller {
                             since: SystemTime::now(),
                             reason: "configured".into(),
                             last_check: None,
+                            agent: AgentSays::default(),
+                            up_since: None,
                         }
                     }
                 };
@@ -618,6 +647,9 @@ impl Controller {
         let Some((i, j)) = self.find(&p.vip, p.backend_id) else {
             return Ok(None);
         };
+        if let Some(answer) = &p.agent {
+            return self.on_agent(i, j, answer, p.at);
+        }
         let b = &mut self.vips[i].backends[j];
         let before = b.state();
         b.last_check = Some(SystemTime::now());
@@ -634,6 +666,7 @@ impl Controller {
                 b.fail_streak = 0;
                 if b.live == Liveness::Down && b.ok_streak >= b.health.rise {
                     b.live = Liveness::Up;
+                    b.up_since = b.health.slow_start_ms.map(|_| Instant::now());
                     reason = Some(format!("{} checks passed", b.ok_streak));
                 }
             }
@@ -693,6 +726,100 @@ impl Controller {
             ),
         );
         Ok(Some(after))
+    }
+
+    /// An agent-check answer: the backend's own view of its state and weight.
+    fn on_agent(
+        &mut self,
+        i: usize,
+        j: usize,
+        answer: &Result<String, String>,
+        at: tokio::time::Instant,
+    ) -> Result<Option<State>, DataplaneError> {
+        let line = match answer {
+            Ok(line) => line,
+            // As in HAProxy, an unreachable agent changes nothing: the health checks decide.
+            Err(e) => {
+                tracing::debug!(error = %e, "agent check failed");
+                return Ok(None);
+            }
+        };
+        let says = parse_agent(line);
+        let b = &mut self.vips[i].backends[j];
+        let (before, weight_before) = (b.state(), b.weight());
+        if says.up {
+            b.agent.down = false;
+            b.agent.drain = false;
+            b.agent.maint = false;
+        }
+        b.agent.down |= says.down;
+        b.agent.drain |= says.drain;
+        b.agent.maint |= says.maint;
+        if says.weight_pct.is_some() {
+            b.agent.weight_pct = says.weight_pct;
+        }
+        let (after, weight_after) = (b.state(), b.weight());
+        if before == after && weight_before == weight_after {
+            return Ok(None);
+        }
+        if before != after {
+            b.since = SystemTime::now();
+            b.reason = format!("agent: {line}");
+        }
+        let addr = b.cfg.address;
+        let name = self.vips[i].cfg.name.clone();
+        let written = self.sync_backend(i, j)?;
+        self.event(
+            &name,
+            Some(addr),
+            format!(
+                "{} -> {} (weight {weight_before} -> {weight_after}) by agent {line:?}; {written} ring slots written {:.2} ms after the answer",
+                before.as_str(),
+                after.as_str(),
+                at.elapsed().as_secs_f64() * 1000.0
+            ),
+        );
+        Ok((before != after).then_some(after))
+    }
+
+    /// Advance slow-start ramps: rebuild the rings of VIPs with a backend still ramping
+    /// (and once more when a ramp ends). Returns slots written.
+    pub fn ramp(&mut self) -> Result<usize, DataplaneError> {
+        let mut written = 0;
+        for i in 0..self.vips.len() {
+            let v = &mut self.vips[i];
+            let mut any = false;
+            for b in &mut v.backends {
+                if b.up_since.is_some() {
+                    any = true;
+                    if !b.ramping() {
+                        b.up_since = None;
+                    }
+                }
+            }
+            if any {
+                written += self.sync_ring(i)?;
+            }
+        }
+        Ok(written)
+    }
+
+    /// Every (VIP, backend id, check settings, agent address) with an agent to ask.
+    pub fn agents(&self) -> Vec<(String, u32, Health, SocketAddr)> {
+        let mut out = Vec::new();
+        for v in &self.vips {
+            for b in &v.backends {
+                if let Some(port) = b.health.agent_port {
+                    out.push((
+                        v.cfg.name.clone(),
+                        b.id,
+                        b.health.clone(),
+                        SocketAddr::new(b.cfg.address, port),
+                    ));
+                }
+            }
+        }
+        out
     }
 
     /// Operator action on a backend (drain, enable, disable).

@@ -83,10 +83,15 @@ fn ifindex(iface: &str) -> Result<u32> {
 }
 
 fn spawn_probes(ctl: &Controller, tx: &mpsc::Sender<health::Probe>) -> Vec<JoinHandle<()>> {
-    ctl.probes()
+    let checks = ctl
+        .probes()
         .into_iter()
-        .map(|(vip, id, h, addr)| health::spawn(vip, id, h, addr, tx.clone()))
-        .collect()
+        .map(|(vip, id, h, addr)| health::spawn(vip, id, h, addr, tx.clone()));
+    let agents = ctl
+        .agents()
+        .into_iter()
+        .map(|(vip, id, h, addr)| health::spawn_agent(vip, id, h, addr, tx.clone()));
+    checks.chain(agents).collect()
 }
 
 /// Run until SIGTERM/SIGINT (or `stop` resolves). The dataplane stays attached and pinned
@@ -105,6 +110,8 @@ pub async fn run(
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut tick = tokio::time::interval(Duration::from_secs(30));
+    // Slow-start ramps advance in steps this long.
+    let mut ramp = tokio::time::interval(Duration::from_millis(500));
     tokio::pin!(stop);
     loop {
         tokio::select! {
@@ -131,6 +138,11 @@ pub async fn run(
                 }
             }
             _ = tick.tick() => ctl.warn_unserved(),
+            _ = ramp.tick() => {
+                if let Err(e) = ctl.ramp() {
+                    error!(error = %e, "writing a slow-start step into the dataplane failed");
+                }
+            }
             _ = term.recv() => break,
             _ = int.recv() => break,
             _ = &mut stop => break,

@@ -22,6 +22,96 @@ pub struct Probe {
     pub result: Result<Duration, String>,
     /// When the result was known: the start of the failover clock.
     pub at: Instant,
+    /// An agent-check answer rather than a health check.
+    pub agent: Option<Result<String, String>>,
+}
+
+/// What a backend's agent said (HAProxy's agent-check words; unknown words are ignored,
+/// as HAProxy does).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct AgentSays {
+    /// Weight in percent of the configured weight, if given.
+    pub weight_pct: Option<u32>,
+    pub up: bool,
+    pub down: bool,
+    pub drain: bool,
+    pub maint: bool,
+}
+
+pub fn parse_agent(line: &str) -> AgentSays {
+    let mut a = AgentSays::default();
+    for word in line
+        .split(|c: char| c == ',' || c.is_whitespace())
+        .filter(|w| !w.is_empty())
+    {
+        let w = word.to_ascii_lowercase();
+        match w.as_str() {
+            "up" | "ready" => a.up = true,
+            "down" | "fail" | "failed" | "stopped" => a.down = true,
+            "drain" => a.drain = true,
+            "maint" => a.maint = true,
+            _ => {
+                if let Some(p) = w.strip_suffix('%').and_then(|p| p.parse::<u32>().ok()) {
+                    a.weight_pct = Some(p.min(256));
+                }
+            }
+        }
+    }
+    a
+}
+
+/// Ask the agent on `addr` for one line.
+pub async fn agent(timeout_ms: u64, addr: SocketAddr) -> Result<String, String> {
+    let run = async {
+        let mut s = TcpStream::connect(addr)
+            .await
+            .map_err(|e| format!("agent connect: {e}"))?;
+        let mut buf = vec![0u8; 512];
+        let mut got = 0;
+        while got < buf.len() {
+            let n = s
+                .read(&mut buf[got..])
+                .await
+                .map_err(|e| format!("agent read: {e}"))?;
+            got += n;
+            if n == 0 || buf[..got].contains(&b'\n') {
+                break;
+            }
+        }
+        let text = String::from_utf8_lossy(&buf[..got]);
+        Ok(text.lines().next().unwrap_or_default().trim().to_string())
+    };
+    match timeout(Duration::from_millis(timeout_ms), run).await {
+        Ok(r) => r,
+        Err(_) => Err(format!("agent timeout after {timeout_ms} ms")),
+    }
+}
+
+/// Ask the agent at `addr` every interval until aborted.
+pub fn spawn_agent(
+    vip: String,
+    backend_id: u32,
+    h: Health,
+    addr: SocketAddr,
+    tx: mpsc::Sender<Probe>,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            let answer = agent(h.timeout_ms, addr).await;
+            let probe = Probe {
+                vip: vip.clone(),
+                backend_id,
+                result: Ok(Duration::ZERO),
+                at: Instant::now(),
+                agent: Some(answer),
+            };
+            if tx.send(probe).await.is_err() {
+                return;
+            }
+            let jitter = rand::random_range(0..=h.interval_ms / 10);
+            tokio::time::sleep(Duration::from_millis(h.interval_ms + jitter)).await;
+        }
+    })
 }
 
 /// Run one check against `addr`.
@@ -136,6 +226,7 @@ pub fn spawn(
                 backend_id,
                 result,
                 at: Instant::now(),
+                agent: None,
             };
             if tx.send(probe).await.is_err() {
                 return;
@@ -144,4 +235,32 @@ pub fn spawn(
             tokio::time::sleep(interval + Duration::from_millis(jitter)).await;
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn agent_words() {
+        assert_eq!(
+            parse_agent("75%"),
+            AgentSays {
+                weight_pct: Some(75),
+                ..Default::default()
+            }
+        );
+        assert_eq!(
+            parse_agent("up, 50%\n"),
+            AgentSays {
+                weight_pct: Some(50),
+                up: true,
+                ..Default::default()
+            }
+        );
+        assert!(parse_agent("DRAIN").drain);
+        assert!(parse_agent("down #reason").down);
+        assert!(parse_agent("maint").maint);
+        assert_eq!(parse_agent("hello"), AgentSays::default());
+    }
 }

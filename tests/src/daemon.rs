@@ -84,6 +84,32 @@ impl Daemon {
             .unwrap_or_default()
     }
 
+    /// Panics with the log if the daemon exited.
+    pub fn assert_running(&mut self) {
+        if let Some(c) = self.child.as_mut()
+            && let Ok(Some(status)) = c.try_wait()
+        {
+            panic!("the daemon exited ({status}):\n{}", self.log());
+        }
+    }
+
+    /// Wait until `addr` answers every request (the daemon must keep running meanwhile).
+    pub fn wait_served(&mut self, t: &Topology, addr: &str) {
+        let end = Instant::now() + Duration::from_secs(15);
+        loop {
+            self.assert_running();
+            if t.requests("--tcp", addr, 10).1 == 0 {
+                return;
+            }
+            assert!(
+                Instant::now() < end,
+                "{addr} not served after 15 s:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
     /// Wait until the log shows `needle` (or panic after `secs`).
     pub fn wait_log(&self, needle: &str, secs: u64) {
         let end = Instant::now() + Duration::from_secs(secs);

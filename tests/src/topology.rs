@@ -189,6 +189,12 @@ impl Topology {
                 &format!("{VIP4}:53"),
                 "--udp",
                 &format!("[{VIP6}]:53"),
+                "--http",
+                "[::]:8081",
+                "--agent",
+                "[::]:8082",
+                "--control",
+                self.control_dir(i).to_str().unwrap(),
             ],
         );
         let mut line = String::new();
@@ -197,6 +203,17 @@ impl Topology {
             .unwrap();
         assert_eq!(line.trim(), "ready", "backend server {name} did not start");
         child
+    }
+
+    /// Files that steer backend `i`'s health endpoint (`delay`, in ms) and agent (`agent`).
+    pub fn control_dir(&self, i: usize) -> std::path::PathBuf {
+        let d = std::env::temp_dir().join(format!("{}-control", self.backends[i].ns.name));
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    pub fn control(&self, i: usize, file: &str, content: &str) {
+        std::fs::write(self.control_dir(i).join(file), content).unwrap();
     }
 
     /// Stop backend `i`'s server (its open connections are reset).
@@ -275,6 +292,9 @@ impl Topology {
 
 impl Drop for Topology {
     fn drop(&mut self) {
+        for i in 0..self.backends.len() {
+            let _ = std::fs::remove_dir_all(self.control_dir(i));
+        }
         for c in &mut self.servers {
             let _ = c.kill();
             let _ = c.wait();

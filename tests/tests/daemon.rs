@@ -21,8 +21,19 @@ fn web() -> String {
     format!("{VIP4}:80")
 }
 
+/// Health checks of the tests: fast, so failover fits in a test's time.
+fn tcp_health() -> String {
+    format!(
+        "kind = \"tcp\"\ninterval_ms = {INTERVAL_MS}\ntimeout_ms = 150\nrise = {RISE}\nfall = {FALL}\n"
+    )
+}
+
 /// One TCP VIP over backends given as (address, extra keys).
 fn config(backends: &[(&str, &str)], vip_extra: &str) -> String {
+    config_with(backends, vip_extra, &tcp_health())
+}
+
+fn config_with(backends: &[(&str, &str)], vip_extra: &str, health: &str) -> String {
     let mut c = format!(
         r#"[daemon]
 interfaces = ["eth0"]
@@ -39,11 +50,7 @@ port = 80
 {vip_extra}
 
 [vip.health]
-kind = "tcp"
-interval_ms = {INTERVAL_MS}
-timeout_ms = 150
-rise = {RISE}
-fall = {FALL}
+{health}
 "#
     );
     for (addr, extra) in backends {
@@ -89,8 +96,8 @@ enum Failure {
 
 fn failover(kind: Failure) {
     let mut t = Topology::new(3, Forward::IpIp, ECHO);
-    let d = Daemon::start(&t, LBD, &three());
-    t.wait_served(&web(), 10, 15);
+    let mut d = Daemon::start(&t, LBD, &three());
+    d.wait_served(&t, &web());
     let hold = t.hold(&web(), 30, 4000);
     std::thread::sleep(Duration::from_millis(300));
     let failed_at = Instant::now();
@@ -171,7 +178,7 @@ fn failover_when_a_backend_link_goes_down() {
 fn sigkill_restart_drops_nothing_and_moves_no_flow() {
     let t = Topology::new(3, Forward::IpIp, ECHO);
     let mut d = Daemon::start(&t, LBD, &three());
-    t.wait_served(&web(), 10, 15);
+    d.wait_served(&t, &web());
     let hold = t.hold(&web(), 30, 3000);
     let stream = t.client.ns.spawn(ECHO, &["client", "--tcp", &web(), "400"]);
     std::thread::sleep(Duration::from_millis(500));
@@ -206,8 +213,8 @@ fn sigkill_restart_drops_nothing_and_moves_no_flow() {
 #[test]
 fn drain_by_reload_keeps_established_flows() {
     let t = Topology::new(3, Forward::IpIp, ECHO);
-    let d = Daemon::start(&t, LBD, &three());
-    t.wait_served(&web(), 10, 15);
+    let mut d = Daemon::start(&t, LBD, &three());
+    d.wait_served(&t, &web());
     let hold = t.hold(&web(), 30, 2500);
     std::thread::sleep(Duration::from_millis(300));
     d.write_config(&config(
@@ -241,7 +248,7 @@ fn drain_by_reload_keeps_established_flows() {
 #[test]
 fn backup_pool_takes_over_and_hands_back() {
     let mut t = Topology::new(3, Forward::IpIp, ECHO);
-    let d = Daemon::start(
+    let mut d = Daemon::start(
         &t,
         LBD,
         &config(
@@ -253,7 +260,7 @@ fn backup_pool_takes_over_and_hands_back() {
             "",
         ),
     );
-    t.wait_served(&web(), 10, 15);
+    d.wait_served(&t, &web());
     let (seen, _) = t.requests("--tcp", &web(), 60);
     assert!(
         !seen.contains_key("b3"),
@@ -282,8 +289,8 @@ fn backup_pool_takes_over_and_hands_back() {
 #[test]
 fn bad_reload_is_rejected_with_its_location_and_service_continues() {
     let t = Topology::new(3, Forward::IpIp, ECHO);
-    let d = Daemon::start(&t, LBD, &three());
-    t.wait_served(&web(), 10, 15);
+    let mut d = Daemon::start(&t, LBD, &three());
+    d.wait_served(&t, &web());
     d.write_config(&config(
         &[
             ("198.18.0.21", "weight = 70000"),
@@ -308,4 +315,100 @@ fn bad_reload_is_rejected_with_its_location_and_service_continues() {
         3,
         "the old configuration no longer serves: {seen:?}"
     );
+}
+
+const ADDRS: [&str; 3] = ["198.18.0.21", "198.18.0.22", "198.18.0.23"];
+
+fn plain(backends: &[&'static str]) -> Vec<(&'static str, &'static str)> {
+    backends.iter().map(|a| (*a, "")).collect()
+}
+
+#[test]
+fn slow_backend_is_degraded_and_keeps_its_flows() {
+    let t = Topology::new(3, Forward::IpIp, ECHO);
+    let health = "kind = \"http\"\nport = 8081\npath = \"/healthz\"\ninterval_ms = 400\ntimeout_ms = 400\nrise = 2\nfall = 2\nmax_latency_ms = 100\n";
+    let mut d = Daemon::start(&t, LBD, &config_with(&plain(&ADDRS), "", health));
+    d.wait_served(&t, &web());
+    let hold = t.hold(&web(), 30, 3500);
+    std::thread::sleep(Duration::from_millis(300));
+    t.control(0, "delay", "300");
+    d.wait_log("up -> degraded", 10);
+    let line = d
+        .log()
+        .lines()
+        .find(|l| l.contains("up -> degraded"))
+        .unwrap()
+        .to_string();
+    println!("{line}");
+    assert!(line.contains("latency"), "{line}");
+    let (seen, failed) = t.requests("--tcp", &web(), 60);
+    let held = holds::finish(hold);
+    println!("degraded: new requests {seen:?}; held {held:?}");
+    assert_eq!(failed, 0);
+    assert!(
+        !seen.contains_key("b1"),
+        "degraded b1 got new flows: {seen:?}"
+    );
+    assert!(
+        held.broken.is_empty(),
+        "degrading broke established connections: {held:?}"
+    );
+    t.control(0, "delay", "0");
+    d.wait_log("degraded -> up", 10);
+}
+
+#[test]
+fn agent_check_drains_downs_and_reweights() {
+    let t = Topology::new(3, Forward::IpIp, ECHO);
+    let health = format!("{}agent_port = 8082\n", tcp_health());
+    let mut d = Daemon::start(&t, LBD, &config_with(&plain(&ADDRS), "", &health));
+    d.wait_served(&t, &web());
+    t.control(0, "agent", "drain");
+    d.wait_log("up -> draining", 5);
+    let (seen, failed) = t.requests("--tcp", &web(), 60);
+    assert_eq!(failed, 0);
+    assert!(
+        !seen.contains_key("b1"),
+        "agent-drained b1 got new flows: {seen:?}"
+    );
+    t.control(0, "agent", "ready");
+    d.wait_log("draining -> up", 5);
+    t.control(0, "agent", "down");
+    d.wait_log("up -> down", 5);
+    t.control(0, "agent", "up 50%");
+    d.wait_log("down -> up (weight 100 -> 50)", 5);
+    let (seen, failed) = t.requests("--tcp", &web(), 60);
+    assert_eq!(failed, 0);
+    assert!(
+        seen.contains_key("b1"),
+        "b1 back at half weight got nothing: {seen:?}"
+    );
+    for line in d.log().lines().filter(|l| l.contains("by agent")) {
+        println!("{line}");
+    }
+}
+
+#[test]
+fn slow_start_ramps_a_recovered_backend() {
+    let mut t = Topology::new(3, Forward::IpIp, ECHO);
+    let health = format!("{}slow_start_ms = 3000\n", tcp_health());
+    let mut d = Daemon::start(&t, LBD, &config_with(&plain(&ADDRS), "", &health));
+    d.wait_served(&t, &web());
+    t.stop_server(0);
+    d.wait_log("up -> down", 10);
+    t.start_server(0);
+    d.wait_log("down -> up", 10);
+    let (early, failed) = t.requests("--tcp", &web(), 150);
+    assert_eq!(failed, 0);
+    std::thread::sleep(Duration::from_millis(3200));
+    let (late, failed) = t.requests("--tcp", &web(), 150);
+    assert_eq!(failed, 0);
+    let share = |m: &std::collections::BTreeMap<String, u32>| m.get("b1").copied().unwrap_or(0);
+    println!(
+        "slow start: b1 got {} of 150 right after recovery, {} of 150 after the ramp",
+        share(&early),
+        share(&late)
+    );
+    assert!(share(&early) < 20, "no ramp: {early:?}");
+    assert!(share(&late) > 30, "ramp never finished: {late:?}");
 }

@@ -16,12 +16,58 @@ use std::{
     time::Duration,
 };
 
+/// Milliseconds to wait before an HTTP health answer (file `delay` in the control dir).
+fn delay(control: &Option<String>) -> Duration {
+    let ms = control
+        .as_ref()
+        .and_then(|d| std::fs::read_to_string(format!("{d}/delay")).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0);
+    Duration::from_millis(ms)
+}
+
 fn serve(name: String, args: &[String]) {
     let mut threads = Vec::new();
+    let control = args
+        .chunks(2)
+        .find(|p| p[0] == "--control")
+        .map(|p| p[1].clone());
     for pair in args.chunks(2) {
+        if pair[0] == "--control" {
+            continue;
+        }
         let addr: SocketAddr = pair[1].parse().expect("address");
         let name = name.clone();
+        let control = control.clone();
         match pair[0].as_str() {
+            // HTTP health endpoint: 200 after the control dir's delay.
+            "--http" => {
+                let l = TcpListener::bind(addr).unwrap_or_else(|e| panic!("bind {addr}: {e}"));
+                threads.push(std::thread::spawn(move || {
+                    for mut s in l.incoming().flatten() {
+                        let control = control.clone();
+                        std::thread::spawn(move || {
+                            let mut buf = [0u8; 1024];
+                            let _ = std::io::Read::read(&mut s, &mut buf);
+                            std::thread::sleep(delay(&control));
+                            let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: close\r\n\r\nok\n");
+                        });
+                    }
+                }));
+            }
+            // HAProxy agent-check: one line from the control dir's `agent` file ("up" if none).
+            "--agent" => {
+                let l = TcpListener::bind(addr).unwrap_or_else(|e| panic!("bind {addr}: {e}"));
+                threads.push(std::thread::spawn(move || {
+                    for mut s in l.incoming().flatten() {
+                        let says = control
+                            .as_ref()
+                            .and_then(|d| std::fs::read_to_string(format!("{d}/agent")).ok())
+                            .unwrap_or_else(|| "up".into());
+                        let _ = s.write_all(format!("{}\n", says.trim()).as_bytes());
+                    }
+                }));
+            }
             "--tcp" => {
                 let l = TcpListener::bind(addr).unwrap_or_else(|e| panic!("bind {addr}: {e}"));
                 threads.push(std::thread::spawn(move || {
