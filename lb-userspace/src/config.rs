@@ -163,6 +163,8 @@ pub enum CheckKind {
     #[default]
     Tcp,
     Http,
+    /// HTTP over TLS (the certificate is not verified).
+    Https,
     Udp,
     /// No checks: backends are always up (unless disabled).
     None,
@@ -561,7 +563,7 @@ fn check_health(h: &Health) -> Result<(), String> {
     {
         return Err(format!("health max_error_rate {r} must be between 0 and 1"));
     }
-    if h.kind == CheckKind::Http && !h.path.starts_with('/') {
+    if matches!(h.kind, CheckKind::Http | CheckKind::Https) && !h.path.starts_with('/') {
         return Err(format!("health path {:?} must start with /", h.path));
     }
     Ok(())

@@ -191,6 +191,8 @@ impl Topology {
                 &format!("[{VIP6}]:53"),
                 "--http",
                 "[::]:8081",
+                "--https",
+                "[::]:8443",
                 "--agent",
                 "[::]:8082",
                 "--control",

@@ -412,3 +412,54 @@ fn slow_start_ramps_a_recovered_backend() {
     assert!(share(&early) < 20, "no ramp: {early:?}");
     assert!(share(&late) > 30, "ramp never finished: {late:?}");
 }
+
+#[test]
+fn https_checks_pass_and_catch_a_failure() {
+    let mut t = Topology::new(3, Forward::IpIp, ECHO);
+    let health = format!(
+        "kind = \"https\"\nport = 8443\npath = \"/healthz\"\nhost = \"backend.test\"\ninterval_ms = {INTERVAL_MS}\ntimeout_ms = 150\nrise = {RISE}\nfall = {FALL}\n"
+    );
+    let mut d = Daemon::start(&t, LBD, &config_with(&plain(&ADDRS), "", &health));
+    d.wait_served(&t, &web());
+    std::thread::sleep(Duration::from_millis(4 * INTERVAL_MS));
+    assert!(
+        !d.log().contains("-> down"),
+        "https checks fail against healthy backends:\n{}",
+        d.log()
+    );
+    t.stop_server(0);
+    d.wait_log("up -> down", 10);
+    let line = d
+        .log()
+        .lines()
+        .find(|l| l.contains("up -> down"))
+        .unwrap()
+        .to_string();
+    assert!(line.contains("https"), "{line}");
+    t.start_server(0);
+    d.wait_log("down -> up", 10);
+}
+
+#[test]
+fn traffic_spreads_in_proportion_to_weights() {
+    let t = Topology::new(3, Forward::IpIp, ECHO);
+    let weights = [
+        ("198.18.0.21", "weight = 100"),
+        ("198.18.0.22", "weight = 200"),
+        ("198.18.0.23", "weight = 300"),
+    ];
+    let mut d = Daemon::start(&t, LBD, &config(&weights, ""));
+    d.wait_served(&t, &web());
+    let n = 1200;
+    let (seen, failed) = t.requests("--tcp", &web(), n);
+    assert_eq!(failed, 0);
+    println!("weights 100/200/300 over {n} new connections: {seen:?}");
+    for (name, want) in [("b1", 1.0 / 6.0), ("b2", 2.0 / 6.0), ("b3", 3.0 / 6.0)] {
+        let got = seen.get(name).copied().unwrap_or(0) as f64 / n as f64;
+        // Random ephemeral ports: a binomial spread, about 1.4 points of standard deviation.
+        assert!(
+            (got - want).abs() < 0.06,
+            "{name}: {got:.3} of the requests, weight share {want:.3}"
+        );
+    }
+}

@@ -47,10 +47,7 @@ pub fn sweep_stale() {
         };
         if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
             // Tests sweep concurrently: another may have removed it first.
-            let _ = Command::new("ip")
-                .args(["netns", "del", name])
-                .stderr(Stdio::null())
-                .status();
+            remove(name);
         }
     }
 }
@@ -109,8 +106,27 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
+        remove(&self.name);
     }
+}
+
+/// Kill what still runs inside `name` (a server whose owner panicked goes with its host),
+/// then delete the namespace.
+fn remove(name: &str) {
+    if let Ok(out) = Command::new("ip")
+        .args(["netns", "pids", name])
+        .stderr(Stdio::null())
+        .output()
+    {
+        for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+            if let Ok(pid) = pid.parse::<i32>() {
+                // SAFETY: plain kill(2) on a pid the namespace reported.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+    }
+    let _ = Command::new("ip")
+        .args(["netns", "del", name])
+        .stderr(Stdio::null())
+        .status();
 }

@@ -16,6 +16,22 @@ use std::{
     time::Duration,
 };
 
+/// A server config with a fresh self-signed certificate.
+fn tls_config() -> std::sync::Arc<rustls::ServerConfig> {
+    let cert = rcgen::generate_simple_self_signed(vec!["backend.test".into()])
+        .expect("self-signed certificate");
+    let key =
+        rustls::pki_types::PrivateKeyDer::try_from(cert.signing_key.serialize_der()).expect("key");
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("TLS versions")
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.cert.der().clone()], key)
+        .expect("server certificate");
+    std::sync::Arc::new(cfg)
+}
+
 /// Milliseconds to wait before an HTTP health answer (file `delay` in the control dir).
 fn delay(control: &Option<String>) -> Duration {
     let ms = control
@@ -51,6 +67,28 @@ fn serve(name: String, args: &[String]) {
                             let _ = std::io::Read::read(&mut s, &mut buf);
                             std::thread::sleep(delay(&control));
                             let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: close\r\n\r\nok\n");
+                        });
+                    }
+                }));
+            }
+            // The same health endpoint over TLS, with a self-signed certificate.
+            "--https" => {
+                let l = TcpListener::bind(addr).unwrap_or_else(|e| panic!("bind {addr}: {e}"));
+                let tls = tls_config();
+                threads.push(std::thread::spawn(move || {
+                    for s in l.incoming().flatten() {
+                        let (tls, control) = (tls.clone(), control.clone());
+                        std::thread::spawn(move || {
+                            let Ok(conn) = rustls::ServerConnection::new(tls) else { return };
+                            let mut stream = rustls::StreamOwned::new(conn, s);
+                            let mut buf = [0u8; 1024];
+                            if std::io::Read::read(&mut stream, &mut buf).is_err() {
+                                return;
+                            }
+                            std::thread::sleep(delay(&control));
+                            let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: close\r\n\r\nok\n");
+                            stream.conn.send_close_notify();
+                            let _ = stream.flush();
                         });
                     }
                 }));
