@@ -52,6 +52,13 @@ pub struct DaemonConfig {
     /// bpffs directory holding this instance's maps and links.
     #[serde(default = "default_pin_dir")]
     pub pin_dir: PathBuf,
+    /// Where `/metrics` (Prometheus text format) is served. Loopback by default.
+    #[serde(default = "default_metrics_listen")]
+    pub metrics_listen: std::net::SocketAddr,
+}
+
+fn default_metrics_listen() -> std::net::SocketAddr {
+    std::net::SocketAddr::from(([127, 0, 0, 1], 9469))
 }
 
 fn default_pin_dir() -> PathBuf {

@@ -9,6 +9,7 @@
 use std::{
     collections::{BTreeSet, HashMap, VecDeque},
     net::{IpAddr, SocketAddr},
+    sync::Arc,
     time::{Duration, Instant, SystemTime},
 };
 
@@ -26,6 +27,7 @@ use crate::{
     },
     dataplane::{Dataplane, DataplaneError},
     health::{AgentSays, Probe, parse_agent},
+    metrics::{BackendSnap, Metrics, Snapshot, VipSnap},
     ring::{RingMember, maglev, round_robin},
 };
 
@@ -232,6 +234,8 @@ pub fn global_config(cfg: &Config) -> GlobalConfig {
 
 pub struct Controller {
     pub dp: Dataplane,
+    metrics: Option<Arc<Metrics>>,
+    flows_capacity: u32,
     pub vips: Vec<VipState>,
     /// (offset, size) windows of LB_RINGS in use.
     windows: BTreeSet<(u32, u32)>,
@@ -270,6 +274,8 @@ impl Controller {
         }
         Ok(Controller {
             dp,
+            metrics: None,
+            flows_capacity: 0,
             vips: Vec::new(),
             windows: BTreeSet::new(),
             ring_capacity,
@@ -277,6 +283,54 @@ impl Controller {
             adopted_backends,
             adopted_vips,
         })
+    }
+
+    /// Record into `m` from now on, and keep its snapshot current.
+    pub fn set_metrics(&mut self, m: Arc<Metrics>, flows_capacity: u32) {
+        self.metrics = Some(m);
+        self.flows_capacity = flows_capacity;
+        self.publish();
+    }
+
+    /// Names, ids and states for the metrics scrape.
+    fn publish(&self) {
+        let Some(m) = &self.metrics else { return };
+        let snap = Snapshot {
+            flows_capacity: self.flows_capacity,
+            vips: self
+                .vips
+                .iter()
+                .map(|v| VipSnap {
+                    name: v.cfg.name.clone(),
+                    vip_id: v.meta.vip_id,
+                    backends: v
+                        .backends
+                        .iter()
+                        .map(|b| BackendSnap {
+                            address: b.cfg.address.to_string(),
+                            id: b.id,
+                            state: b.state().as_str(),
+                        })
+                        .collect(),
+                })
+                .collect(),
+        };
+        if let Ok(mut s) = m.snapshot.lock() {
+            *s = snap;
+        }
+    }
+
+    fn count_transition(&self, vip: &str, addr: IpAddr, to: State) {
+        if let Some(m) = &self.metrics {
+            m.transitions
+                .get_or_create(&vec![
+                    ("vip", vip.to_string()),
+                    ("backend", addr.to_string()),
+                    ("state", to.as_str().to_string()),
+                ])
+                .inc();
+        }
+        self.publish();
     }
 
     fn event(&mut self, vip: &str, backend: Option<IpAddr>, what: String) {
@@ -367,6 +421,7 @@ impl Controller {
 
     /// Rebuild VIP `i`'s ring and write what changed. Returns slots written.
     fn sync_ring(&mut self, i: usize) -> Result<usize, DataplaneError> {
+        let started = Instant::now();
         let (members, on_backup) = Self::members(&self.vips[i]);
         let v = &self.vips[i];
         let ring = match v.cfg.scheduler {
@@ -387,7 +442,13 @@ impl Controller {
         } else {
             v.cfg.ring_size
         };
+        let built = started.elapsed();
         let written = self.dp.update_ring(v.meta.ring_offset, &v.ring, &ring)?;
+        if let Some(m) = &self.metrics {
+            m.ring_build_seconds.observe(built.as_secs_f64());
+            m.map_write_seconds
+                .observe((started.elapsed() - built).as_secs_f64());
+        }
         let name = v.cfg.name.clone();
         let was_backup = v.on_backup;
         let v = &mut self.vips[i];
@@ -583,6 +644,7 @@ impl Controller {
             self.dp.set_backend(id, &Backend::default())?;
         }
         self.sync_fragment_aliases()?;
+        self.publish();
         Ok(())
     }
 
@@ -660,6 +722,15 @@ impl Controller {
         let mut reason = None;
         match &p.result {
             Ok(lat) => {
+                if let Some(m) = &self.metrics {
+                    let labels = vec![
+                        ("vip", p.vip.clone()),
+                        ("backend", b.cfg.address.to_string()),
+                    ];
+                    m.check_seconds
+                        .get_or_create(&labels)
+                        .observe(lat.as_secs_f64());
+                }
                 let ms = lat.as_secs_f64() * 1000.0;
                 b.latency_ms = Some(b.latency_ms.map_or(ms, |avg| 0.7 * avg + 0.3 * ms));
                 b.ok_streak += 1;
@@ -715,6 +786,7 @@ impl Controller {
         let name = self.vips[i].cfg.name.clone();
         let written = self.sync_backend(i, j)?;
         let took = p.at.elapsed();
+        self.count_transition(&name, addr, after);
         self.event(
             &name,
             Some(addr),
@@ -769,6 +841,9 @@ impl Controller {
         let addr = b.cfg.address;
         let name = self.vips[i].cfg.name.clone();
         let written = self.sync_backend(i, j)?;
+        if before != after {
+            self.count_transition(&name, addr, after);
+        }
         self.event(
             &name,
             Some(addr),
@@ -849,6 +924,7 @@ impl Controller {
         b.reason = "operator".into();
         let after = b.state();
         let written = self.sync_backend(i, j)?;
+        self.count_transition(vip, addr, after);
         self.event(
             vip,
             Some(addr),

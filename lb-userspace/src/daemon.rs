@@ -20,6 +20,7 @@ use crate::{
     controller::Controller,
     dataplane::{Dataplane, LoadOptions, PINNED_MAPS},
     health,
+    metrics::Metrics,
 };
 
 /// Where the link for `iface` is pinned.
@@ -103,6 +104,14 @@ pub async fn run(
 ) -> Result<()> {
     let mut cfg = Config::load(config_path)?;
     let mut ctl = start_dataplane(&cfg)?;
+    let metrics = Metrics::new(cfg.daemon.pin_dir.clone());
+    ctl.set_metrics(metrics.clone(), cfg.dataplane.flows);
+    let listen = cfg.daemon.metrics_listen;
+    let exporter = tokio::spawn(async move {
+        if let Err(e) = crate::metrics::serve(listen, metrics).await {
+            error!("{e:#}; no metrics are served (set [daemon] metrics_listen to a free address)");
+        }
+    });
     info!(vips = ctl.vips.len(), config = %config_path.display(), "serving");
     let (tx, mut rx) = mpsc::channel(4096);
     let mut probes = spawn_probes(&ctl, &tx);
@@ -151,6 +160,7 @@ pub async fn run(
     for p in probes {
         p.abort();
     }
+    exporter.abort();
     if purge {
         drop(ctl);
         purge_pins(&cfg.daemon.pin_dir)?;

@@ -9,6 +9,7 @@ pub mod decap;
 pub mod demo;
 pub mod health;
 pub mod lab;
+pub mod metrics;
 pub mod model;
 pub mod programs;
 pub mod ring;

@@ -7,4 +7,5 @@ pub mod harness;
 pub mod holds;
 pub mod netns;
 pub mod packets;
+pub mod scrape;
 pub mod topology;
