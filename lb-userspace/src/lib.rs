@@ -3,6 +3,7 @@
 pub mod cli;
 pub mod config;
 pub mod controller;
+pub mod ctl;
 pub mod daemon;
 pub mod dataplane;
 pub mod decap;

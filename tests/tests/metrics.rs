@@ -12,6 +12,7 @@ use lb_tests::{
 
 const ECHO: &str = env!("CARGO_BIN_EXE_lbt-echo");
 const LBD: &str = env!("CARGO_BIN_EXE_lbt-lbd");
+const LBCTL: &str = env!("CARGO_BIN_EXE_lbt-lbctl");
 const METRICS: &str = "127.0.0.1:9469";
 
 fn config() -> String {
@@ -80,6 +81,21 @@ fn counters_move_with_traffic_and_states_flip() {
         "no check latencies recorded"
     );
     assert!(value(&after, "lb_flows", &[]) > 0.0);
+
+    // lbctl top over a stream of requests: rates and states, one frame.
+    let stream = t.client.ns.spawn(ECHO, &["client", "--tcp", &web, "300"]);
+    let top = t.lb_host.ns.exec(&format!(
+        "{LBCTL} top --once --interval 1 --metrics {METRICS}"
+    ));
+    let _ = stream.wait_with_output();
+    println!("{top}");
+    let web_line = top
+        .lines()
+        .find(|l| l.starts_with("web "))
+        .expect("a VIP line");
+    let pps: f64 = web_line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    assert!(pps > 0.0, "lbctl top shows no traffic: {top}");
+    assert!(top.contains("198.18.0.21") && top.contains(" up "), "{top}");
 
     t.stop_server(0);
     d.wait_log("up -> down", 10);
