@@ -106,6 +106,25 @@ pub async fn run(
     let mut ctl = start_dataplane(&cfg)?;
     let metrics = Metrics::new(cfg.daemon.pin_dir.clone());
     ctl.set_metrics(metrics.clone(), cfg.dataplane.flows);
+    // Rare dataplane events (aya-log) into our log.
+    // SAFETY: the logger owns its ring buffer's fd for as long as the AsyncFd holds it.
+    let dp_logs = ctl
+        .dp
+        .take_logger()
+        .and_then(|l| unsafe { tokio::io::unix::AsyncFd::register(l) }.ok());
+    let dp_logs = tokio::spawn(async move {
+        let Some(mut fd) = dp_logs else {
+            warn!("dataplane log records are not available");
+            return;
+        };
+        loop {
+            let Ok(mut guard) = fd.readable_mut().await else {
+                return;
+            };
+            guard.get_inner_mut().flush();
+            guard.clear_ready();
+        }
+    });
     let listen = cfg.daemon.metrics_listen;
     let exporter = tokio::spawn(async move {
         if let Err(e) = crate::metrics::serve(listen, metrics).await {
@@ -161,6 +180,7 @@ pub async fn run(
         p.abort();
     }
     exporter.abort();
+    dp_logs.abort();
     if purge {
         drop(ctl);
         purge_pins(&cfg.daemon.pin_dir)?;

@@ -288,6 +288,12 @@ impl Dataplane {
             .map_err(map_err(MAP_BACKENDS))
     }
 
+    /// The reader of the program's aya-log records (rare dataplane events), forwarded to
+    /// the `log` facade (and from there to tracing). Taken once.
+    pub fn take_logger(&mut self) -> Option<aya_log::EbpfLogger<&'static dyn log::Log>> {
+        aya_log::EbpfLogger::init(&mut self.ebpf).ok()
+    }
+
     /// Let the balancer redirect to `ifindex` (a NIC other than the one a packet came in on,
     /// when the FIB says the backend is behind it).
     pub fn add_tx_port(&mut self, ifindex: u32) -> Result<(), DataplaneError> {

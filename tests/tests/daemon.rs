@@ -463,3 +463,26 @@ fn traffic_spreads_in_proportion_to_weights() {
         );
     }
 }
+
+#[test]
+fn dataplane_drops_reach_the_daemon_log() {
+    let t = Topology::new(3, Forward::IpIp, ECHO);
+    // A second VIP with no backend: its packets are dropped (drop_no_backend).
+    let mut c = three();
+    c.push_str(&format!(
+        "\n[[vip]]\nname = \"empty\"\naddress = \"{VIP4}\"\nport = 81\n"
+    ));
+    let mut d = Daemon::start(&t, LBD, &c);
+    d.wait_served(&t, &web());
+    let (_, failed) = t.requests("--tcp", &format!("{VIP4}:81"), 2);
+    assert_eq!(failed, 2);
+    d.wait_log("lb_xdp dropped a packet: drop_no_backend", 5);
+    let lines = d
+        .log()
+        .lines()
+        .filter(|l| l.contains("lb_xdp dropped a packet"))
+        .count();
+    // Two refused connections retransmit their SYNs for seconds: still at most one line a
+    // second per CPU.
+    assert!(lines <= 2 * 8, "{lines} log lines for one kind of drop");
+}

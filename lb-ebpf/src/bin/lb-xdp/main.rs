@@ -42,6 +42,7 @@ pub fn lb_xdp(ctx: XdpContext) -> u32 {
         Err(reason) => {
             count(reason);
             if reason.drops() {
+                stats::rare(&ctx, reason);
                 xdp_action::XDP_DROP
             } else {
                 xdp_action::XDP_PASS

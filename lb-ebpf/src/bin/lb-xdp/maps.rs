@@ -53,6 +53,10 @@ pub static LB_CONNS: Array<u64> = Array::with_max_entries(MAX_BACKENDS, 0);
 #[map(name = "LB_SCRATCH")]
 pub static LB_SCRATCH: PerCpuArray<Packet> = PerCpuArray::with_max_entries(1, 0);
 
+/// When each reason was last logged (per CPU), for `stats::rare`.
+#[map(name = "LB_LOG_AT")]
+pub static LB_LOG_AT: PerCpuArray<u64> = PerCpuArray::with_max_entries(REASON_COUNT, 0);
+
 /// Egress NICs other than the ingress one, keyed by ifindex.
 #[map(name = "LB_TX_PORTS")]
 pub static LB_TX_PORTS: DevMapHash = DevMapHash::with_max_entries(MAX_TX_PORTS, 0);

@@ -1,8 +1,35 @@
 //! Per-CPU counters: no atomics, userspace sums over CPUs.
 
+use aya_ebpf::{helpers::bpf_ktime_get_ns, programs::XdpContext};
+use aya_log_ebpf::warn;
 use lb_common::Reason;
 
-use crate::maps::{LB_BE_STATS, LB_STATS, LB_VIP_STATS};
+use crate::maps::{LB_BE_STATS, LB_LOG_AT, LB_STATS, LB_VIP_STATS};
+
+/// A drop worth an operator's attention, logged through aya-log to the daemon's log: at
+/// most once a second per reason and CPU, so a flood of bad packets cannot flood the log
+/// (the counters have the full numbers).
+#[inline(never)]
+pub fn rare(ctx: &XdpContext, reason: Reason) {
+    // SAFETY: the helper has no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let Some(last) = LB_LOG_AT.get_ptr_mut(reason as u32) else {
+        return;
+    };
+    // SAFETY: per-CPU slot.
+    unsafe {
+        if *last != 0 && now.wrapping_sub(*last) < 1_000_000_000 {
+            return;
+        }
+        *last = now;
+    }
+    warn!(
+        ctx,
+        "lb_xdp dropped a packet: {} (counter LB_STATS[{}]); at most one such line per second per CPU",
+        reason.label(),
+        reason as u32
+    );
+}
 
 #[inline(always)]
 pub fn count(reason: Reason) {
