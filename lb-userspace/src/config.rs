@@ -55,6 +55,25 @@ pub struct DaemonConfig {
     /// Where `/metrics` (Prometheus text format) is served. Loopback by default.
     #[serde(default = "default_metrics_listen")]
     pub metrics_listen: std::net::SocketAddr,
+    /// The control API's Unix socket (owner-only), for `lbctl`.
+    #[serde(default = "default_api_socket")]
+    pub api_socket: PathBuf,
+    /// Where configuration revisions are kept (history, diff, rollback).
+    #[serde(default = "default_state_dir")]
+    pub state_dir: PathBuf,
+    /// How many revisions to keep.
+    #[serde(default = "default_revisions_kept")]
+    pub revisions_kept: usize,
+}
+
+fn default_api_socket() -> PathBuf {
+    PathBuf::from("/run/lbd.sock")
+}
+fn default_state_dir() -> PathBuf {
+    PathBuf::from("/var/lib/lbd")
+}
+fn default_revisions_kept() -> usize {
+    100
 }
 
 fn default_metrics_listen() -> std::net::SocketAddr {
@@ -457,8 +476,11 @@ impl Config {
                 return Err((
                     at,
                     format!(
-                        "VIP {:?}: {} port {} {:?} is already defined by another VIP",
-                        v.name, v.address, v.port, v.protocol
+                        "VIP {:?}: {} port {} {} is already defined by another VIP",
+                        v.name,
+                        v.address,
+                        v.port,
+                        format!("{:?}", v.protocol).to_lowercase()
                     ),
                 ));
             }

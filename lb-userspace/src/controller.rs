@@ -134,8 +134,13 @@ impl BackendState {
     }
 
     /// Marked down in the dataplane: its flows move.
+    /// Independent of the state shown: a draining backend that fails its checks is down
+    /// for the dataplane too, so its flows move.
     fn dataplane_down(&self) -> bool {
-        matches!(self.state(), State::Down | State::Disabled)
+        self.admin == Admin::Disabled
+            || self.agent.maint
+            || self.live == Liveness::Down
+            || self.agent.down
     }
 
     pub fn error_rate(&self) -> f64 {
@@ -333,8 +338,12 @@ impl Controller {
         self.publish();
     }
 
-    fn event(&mut self, vip: &str, backend: Option<IpAddr>, what: String) {
-        info!(vip, backend = ?backend, "{what}");
+    /// Record an event (logged, and kept for `lbctl events`).
+    pub fn event(&mut self, vip: &str, backend: Option<IpAddr>, what: String) {
+        match backend {
+            Some(b) => info!(vip, backend = %b, "{what}"),
+            None => info!(vip, "{what}"),
+        }
         self.events.push_back(Event {
             at: SystemTime::now(),
             vip: vip.to_string(),
@@ -481,12 +490,20 @@ impl Controller {
         let mut old = old;
         let mut new_vips: Vec<VipState> = Vec::new();
         let mut to_clear: Vec<u32> = Vec::new();
+        let mut changed: Vec<(String, IpAddr, State, State)> = Vec::new();
         for sv in &cfg.vips {
             let vc = sv.get_ref().clone();
             let key = vip_key(&vc);
-            let prev = old
-                .remove(&vc.name)
-                .filter(|p| p.key == key && p.cfg.ring_size == vc.ring_size);
+            // A VIP that keeps its name but changes address, port, protocol or ring size is
+            // a new VIP: the old entry and its ring window go first.
+            let prev = match old.remove(&vc.name) {
+                Some(p) if p.key == key && p.cfg.ring_size == vc.ring_size => Some(p),
+                Some(p) => {
+                    self.remove_vip(p)?;
+                    None
+                }
+                None => None,
+            };
             let (meta, ring, mut prev_backends) = match prev {
                 Some(p) => (p.meta, p.ring, p.backends),
                 None => match self.adopted_vips.remove(&key) {
@@ -543,9 +560,15 @@ impl Controller {
                     Some(mut b) => {
                         // The file is the source of truth for admin state: a reload that
                         // drains, disables or enables a backend takes effect.
+                        let before = b.state();
                         b.admin = admin_of(&bc);
                         b.cfg = bc;
                         b.health = health;
+                        if b.state() != before {
+                            b.since = SystemTime::now();
+                            b.reason = "configuration".into();
+                            changed.push((vc.name.clone(), b.cfg.address, before, b.state()));
+                        }
                         b
                     }
                     None => {
@@ -563,6 +586,7 @@ impl Controller {
                                             .values()
                                             .any(|v| v.backends.iter().any(|b| b.id == *id))
                                         && !prev_backends.iter().any(|b| b.id == *id)
+                                        && !to_clear.contains(id)
                                 })
                                 .ok_or(DataplaneError::Full("backend ids"))?,
                         };
@@ -644,6 +668,14 @@ impl Controller {
             self.dp.set_backend(id, &Backend::default())?;
         }
         self.sync_fragment_aliases()?;
+        for (vip, addr, before, after) in changed {
+            self.count_transition(&vip, addr, after);
+            self.event(
+                &vip,
+                Some(addr),
+                format!("{} -> {} by configuration", before.as_str(), after.as_str()),
+            );
+        }
         self.publish();
         Ok(())
     }

@@ -1,27 +1,75 @@
-//! `lbctl`: the operator's command line. For now: `top`, a live view of rates and health
-//! built from the daemon's `/metrics` (the control API and configuration revisions come
-//! with issue 4).
+//! `lbctl`: the operator's command line, a client of the daemon's control API (and of
+//! its `/metrics` for `top`).
+//!
+//! Exit codes: 0 done; 1 the daemon refused (invalid change, unknown VIP or backend,
+//! conflicting revision, bad request); 2 usage error; 3 the daemon cannot be reached;
+//! 4 permission denied.
 
 use std::{
     collections::BTreeMap,
     io::{Read, Write},
-    net::TcpStream,
+    net::{IpAddr, TcpStream},
+    path::PathBuf,
     process::ExitCode,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context, Result, bail};
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
+use serde_json::{Map, Value, json};
+
+use crate::api::{Request, VERSION, call};
 
 #[derive(Parser)]
-#[command(name = "lbctl", version, about = "Operate the XDP load balancer")]
+#[command(
+    name = "lbctl",
+    version,
+    about = "Operate the XDP load balancer daemon (lbd)"
+)]
 struct Cli {
+    /// The daemon's control socket ([daemon] api_socket).
+    #[arg(
+        long,
+        global = true,
+        env = "LBCTL_SOCKET",
+        default_value = "/run/lbd.sock"
+    )]
+    socket: PathBuf,
+    /// Print what the daemon answered as JSON (for scripts).
+    #[arg(long, global = true)]
+    json: bool,
     #[command(subcommand)]
     cmd: Cmd,
 }
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Revision, VIPs, backends by state, uptime.
+    Status,
+    /// VIPs.
+    Vip {
+        #[command(subcommand)]
+        cmd: VipCmd,
+    },
+    /// Backends of VIPs.
+    Backend {
+        #[command(subcommand)]
+        cmd: BackendCmd,
+    },
+    /// Backend health: state, reason, last check, latency.
+    Health { vip: Option<String> },
+    /// Dataplane counters: every reason, per VIP, per backend.
+    Stats,
+    /// Health transitions and configuration changes, oldest first.
+    Events {
+        #[arg(long, default_value_t = 50)]
+        limit: u64,
+    },
+    /// Configuration revisions.
+    Config {
+        #[command(subcommand)]
+        cmd: ConfigCmd,
+    },
     /// Live rates per VIP and backend, backend health, and drops per reason.
     Top {
         /// The daemon's metrics address ([daemon] metrics_listen).
@@ -34,6 +82,509 @@ enum Cmd {
         #[arg(long)]
         once: bool,
     },
+    /// Shell completions on stdout (bash, zsh, fish, elvish, powershell).
+    Completions { shell: clap_complete::Shell },
+    /// The man page (roff) on stdout.
+    Man,
+}
+
+#[derive(Subcommand)]
+enum VipCmd {
+    List,
+    /// Add a VIP (backends are added with `backend add`).
+    Add {
+        name: String,
+        address: IpAddr,
+        #[arg(long, default_value_t = 0)]
+        port: u16,
+        #[arg(long, default_value = "tcp")]
+        protocol: String,
+        #[arg(long, default_value = "maglev")]
+        scheduler: String,
+        #[arg(long, default_value = "ipip")]
+        forward: String,
+    },
+    Remove {
+        name: String,
+    },
+    /// Change VIP keys: KEY=VALUE (scheduler, forward, no_backend, min_primaries, ring_size).
+    Set {
+        name: String,
+        #[arg(required = true)]
+        settings: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum BackendCmd {
+    List {
+        vip: Option<String>,
+    },
+    Add {
+        vip: String,
+        address: IpAddr,
+        #[arg(long)]
+        weight: Option<u32>,
+        /// primary or backup.
+        #[arg(long)]
+        role: Option<String>,
+        /// Next-hop MAC, for L2 DSR.
+        #[arg(long)]
+        mac: Option<String>,
+    },
+    Remove {
+        vip: String,
+        address: IpAddr,
+    },
+    /// No new flows; established flows stay.
+    Drain {
+        vip: String,
+        address: IpAddr,
+    },
+    /// Undo drain and disable.
+    Enable {
+        vip: String,
+        address: IpAddr,
+    },
+    /// Down for the dataplane: its flows move.
+    Disable {
+        vip: String,
+        address: IpAddr,
+    },
+    /// Set the weight (0..=65535).
+    Weight {
+        vip: String,
+        address: IpAddr,
+        weight: u32,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCmd {
+    /// The configuration in force (or of a revision).
+    Show {
+        #[arg(long)]
+        revision: Option<u64>,
+    },
+    /// Check a file without applying it.
+    Validate {
+        file: PathBuf,
+    },
+    /// Apply a file as a new revision.
+    Apply {
+        file: PathBuf,
+        #[arg(long, default_value = "")]
+        comment: String,
+        /// Refuse if the current revision is not this one.
+        #[arg(long)]
+        base: Option<u64>,
+    },
+    /// Differences between two revisions (default: FROM to the current one).
+    Diff {
+        from: u64,
+        to: Option<u64>,
+    },
+    History,
+    /// Go back to a revision, or to the configuration in force at a time (RFC 3339).
+    Rollback {
+        #[arg(long, conflicts_with = "at", required_unless_present = "at")]
+        to: Option<u64>,
+        #[arg(long)]
+        at: Option<String>,
+    },
+    /// Write every revision to a file (backup).
+    Export {
+        file: PathBuf,
+    },
+    /// Load revisions exported elsewhere and apply the newest (restore).
+    Import {
+        file: PathBuf,
+    },
+}
+
+/// A failure with its exit code.
+struct Fail(u8, String);
+
+fn request(cli: &Cli, op: &str, args: Value, base: Option<u64>) -> Result<Value, Fail> {
+    let req = Request {
+        v: VERSION,
+        op: op.into(),
+        args,
+        base_revision: base,
+    };
+    let answer = call(&cli.socket, &req).map_err(|e| {
+        let code = if e.kind() == std::io::ErrorKind::PermissionDenied { 4 } else { 3 };
+        Fail(code, format!("cannot reach the daemon at {}: {e} (is lbd running? is --socket right? are you root?)", cli.socket.display()))
+    })?;
+    if answer["ok"] == json!(true) {
+        return Ok(answer);
+    }
+    let code = answer["error"]["code"].as_str().unwrap_or("internal");
+    let msg = answer["error"]["message"]
+        .as_str()
+        .unwrap_or("no message")
+        .to_string();
+    Err(Fail(
+        if code == "permission" { 4 } else { 1 },
+        format!("{code}: {msg}"),
+    ))
+}
+
+fn read_file(path: &PathBuf) -> Result<String, Fail> {
+    std::fs::read_to_string(path)
+        .map_err(|e| Fail(1, format!("cannot read {}: {e}", path.display())))
+}
+
+fn table(rows: &[Value], cols: &[(&str, &str)]) -> String {
+    let cell = |v: &Value, k: &str| match &v[k] {
+        Value::Null => "-".to_string(),
+        Value::String(s) => s.clone(),
+        Value::Number(n) if n.is_f64() => format!("{:.2}", n.as_f64().unwrap_or(0.0)),
+        other => other.to_string(),
+    };
+    let widths: Vec<usize> = cols
+        .iter()
+        .map(|(k, h)| {
+            rows.iter()
+                .map(|r| cell(r, k).len())
+                .max()
+                .unwrap_or(0)
+                .max(h.len())
+        })
+        .collect();
+    let mut out = String::new();
+    for ((_, h), w) in cols.iter().zip(&widths) {
+        out.push_str(&format!("{h:<w$}  "));
+    }
+    out = out.trim_end().to_string() + "\n";
+    for r in rows {
+        let mut line = String::new();
+        for ((k, _), w) in cols.iter().zip(&widths) {
+            line.push_str(&format!("{:<w$}  ", cell(r, k)));
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+fn backend_change(cli: &Cli, vip: &str, address: &IpAddr, fields: Value) -> Result<Value, Fail> {
+    let mut args = json!({"vip": vip, "address": address.to_string()});
+    for (k, v) in fields.as_object().cloned().unwrap_or_default() {
+        args[k] = v;
+    }
+    request(cli, "backend.set", args, None)
+}
+
+fn changed(answer: &Value) -> String {
+    let d = &answer["data"];
+    format!(
+        "revision {} ({})\n",
+        d["revision"],
+        d["source"].as_str().unwrap_or("")
+    )
+}
+
+fn run(cli: &Cli) -> Result<String, Fail> {
+    let show = |answer: Value, human: &dyn Fn(&Value) -> String| -> String {
+        if cli.json {
+            format!(
+                "{}\n",
+                serde_json::to_string_pretty(&answer["data"]).unwrap_or_default()
+            )
+        } else {
+            human(&answer["data"])
+        }
+    };
+    let list = |v: &Value| v.as_array().cloned().unwrap_or_default();
+    Ok(match &cli.cmd {
+        Cmd::Status => show(request(cli, "status", json!({}), None)?, &|d| {
+            format!(
+                "revision {}\nVIPs {}\nbackends {}\ninterfaces {}\nuptime {} s\n",
+                d["revision"], d["vips"], d["backends"], d["interfaces"], d["uptime_s"]
+            )
+        }),
+        Cmd::Vip { cmd: VipCmd::List } => show(request(cli, "vip.list", json!({}), None)?, &|d| {
+            table(
+                &list(d),
+                &[
+                    ("name", "NAME"),
+                    ("address", "ADDRESS"),
+                    ("port", "PORT"),
+                    ("protocol", "PROTO"),
+                    ("scheduler", "SCHEDULER"),
+                    ("forward", "FORWARD"),
+                    ("backends", "BACKENDS"),
+                    ("usable", "USABLE"),
+                    ("on_backup", "ON BACKUP"),
+                ],
+            )
+        }),
+        Cmd::Vip {
+            cmd:
+                VipCmd::Add {
+                    name,
+                    address,
+                    port,
+                    protocol,
+                    scheduler,
+                    forward,
+                },
+        } => {
+            let args = json!({"name": name, "address": address.to_string(), "port": port, "protocol": protocol, "scheduler": scheduler, "forward": forward});
+            changed(&request(cli, "vip.add", args, None)?)
+        }
+        Cmd::Vip {
+            cmd: VipCmd::Remove { name },
+        } => changed(&request(cli, "vip.remove", json!({"name": name}), None)?),
+        Cmd::Vip {
+            cmd: VipCmd::Set { name, settings },
+        } => {
+            let mut args = Map::new();
+            args.insert("name".into(), json!(name));
+            for kv in settings {
+                let (k, v) = kv
+                    .split_once('=')
+                    .ok_or_else(|| Fail(1, format!("{kv:?}: write KEY=VALUE")))?;
+                let v = v
+                    .parse::<i64>()
+                    .map(Value::from)
+                    .or_else(|_| v.parse::<bool>().map(Value::from))
+                    .unwrap_or_else(|_| json!(v));
+                args.insert(k.into(), v);
+            }
+            changed(&request(cli, "vip.set", Value::Object(args), None)?)
+        }
+        Cmd::Backend {
+            cmd: BackendCmd::List { vip },
+        }
+        | Cmd::Health { vip } => {
+            let args = vip.as_ref().map(|v| json!({"vip": v})).unwrap_or(json!({}));
+            show(request(cli, "backend.list", args, None)?, &|d| {
+                table(
+                    &list(d),
+                    &[
+                        ("vip", "VIP"),
+                        ("address", "BACKEND"),
+                        ("role", "ROLE"),
+                        ("weight", "WEIGHT"),
+                        ("effective_weight", "NOW"),
+                        ("state", "STATE"),
+                        ("since_s", "FOR (s)"),
+                        ("last_check_s", "CHECKED (s ago)"),
+                        ("latency_ms", "LATENCY (ms)"),
+                        ("reason", "REASON"),
+                    ],
+                )
+            })
+        }
+        Cmd::Backend {
+            cmd:
+                BackendCmd::Add {
+                    vip,
+                    address,
+                    weight,
+                    role,
+                    mac,
+                },
+        } => {
+            let mut args = json!({"vip": vip, "address": address.to_string()});
+            if let Some(w) = weight {
+                args["weight"] = json!(w);
+            }
+            if let Some(r) = role {
+                args["role"] = json!(r);
+            }
+            if let Some(m) = mac {
+                args["mac"] = json!(m);
+            }
+            changed(&request(cli, "backend.add", args, None)?)
+        }
+        Cmd::Backend {
+            cmd: BackendCmd::Remove { vip, address },
+        } => changed(&request(
+            cli,
+            "backend.remove",
+            json!({"vip": vip, "address": address.to_string()}),
+            None,
+        )?),
+        Cmd::Backend {
+            cmd: BackendCmd::Drain { vip, address },
+        } => changed(&backend_change(cli, vip, address, json!({"drain": true}))?),
+        Cmd::Backend {
+            cmd: BackendCmd::Enable { vip, address },
+        } => changed(&backend_change(
+            cli,
+            vip,
+            address,
+            json!({"drain": null, "disabled": null}),
+        )?),
+        Cmd::Backend {
+            cmd: BackendCmd::Disable { vip, address },
+        } => changed(&backend_change(
+            cli,
+            vip,
+            address,
+            json!({"disabled": true}),
+        )?),
+        Cmd::Backend {
+            cmd:
+                BackendCmd::Weight {
+                    vip,
+                    address,
+                    weight,
+                },
+        } => changed(&backend_change(
+            cli,
+            vip,
+            address,
+            json!({"weight": weight}),
+        )?),
+        Cmd::Stats => show(request(cli, "stats", json!({}), None)?, &|d| {
+            let mut out = String::from("REASON                  PACKETS\n");
+            for (k, v) in d["reasons"].as_object().cloned().unwrap_or_default() {
+                if v != json!(0) {
+                    out.push_str(&format!("{k:<22}  {v}\n"));
+                }
+            }
+            out.push('\n');
+            out.push_str(&table(
+                &list(&d["vips"]),
+                &[
+                    ("vip", "VIP"),
+                    ("packets", "PACKETS"),
+                    ("bytes", "BYTES"),
+                    ("new_flows", "NEW FLOWS"),
+                ],
+            ));
+            out.push('\n');
+            out.push_str(&table(
+                &list(&d["backends"]),
+                &[
+                    ("vip", "VIP"),
+                    ("address", "BACKEND"),
+                    ("packets", "PACKETS"),
+                    ("bytes", "BYTES"),
+                ],
+            ));
+            out
+        }),
+        Cmd::Events { limit } => show(
+            request(cli, "events", json!({"limit": limit}), None)?,
+            &|d| {
+                list(d)
+                    .iter()
+                    .map(|e| {
+                        format!(
+                            "{}  {}  {}  {}\n",
+                            e["at"].as_str().unwrap_or(""),
+                            e["vip"].as_str().unwrap_or(""),
+                            e["backend"].as_str().unwrap_or("-"),
+                            e["what"].as_str().unwrap_or("")
+                        )
+                    })
+                    .collect()
+            },
+        ),
+        Cmd::Config { cmd } => match cmd {
+            ConfigCmd::Show { revision } => {
+                let args = revision
+                    .map(|r| json!({"revision": r}))
+                    .unwrap_or(json!({}));
+                show(request(cli, "config.show", args, None)?, &|d| {
+                    d["config"].as_str().unwrap_or("").to_string()
+                })
+            }
+            ConfigCmd::Validate { file } => {
+                request(
+                    cli,
+                    "config.validate",
+                    json!({"config": read_file(file)?}),
+                    None,
+                )?;
+                format!("{}: valid\n", file.display())
+            }
+            ConfigCmd::Apply {
+                file,
+                comment,
+                base,
+            } => changed(&request(
+                cli,
+                "config.apply",
+                json!({"config": read_file(file)?, "comment": comment}),
+                *base,
+            )?),
+            ConfigCmd::Diff { from, to } => {
+                let mut args = json!({"from": from});
+                if let Some(t) = to {
+                    args["to"] = json!(t);
+                }
+                show(request(cli, "config.diff", args, None)?, &|d| {
+                    d["diff"].as_str().unwrap_or("").to_string()
+                })
+            }
+            ConfigCmd::History => show(request(cli, "config.history", json!({}), None)?, &|d| {
+                table(
+                    &list(d),
+                    &[
+                        ("revision", "REVISION"),
+                        ("at", "AT"),
+                        ("source", "SOURCE"),
+                        ("comment", "COMMENT"),
+                    ],
+                )
+            }),
+            ConfigCmd::Rollback { to, at } => {
+                let args = match (to, at) {
+                    (Some(t), _) => json!({"to": t}),
+                    (None, Some(a)) => json!({"at": a}),
+                    (None, None) => return Err(Fail(2, "give --to REVISION or --at TIME".into())),
+                };
+                changed(&request(cli, "config.rollback", args, None)?)
+            }
+            ConfigCmd::Export { file } => {
+                let answer = request(cli, "config.export", json!({}), None)?;
+                let text = serde_json::to_string_pretty(&answer["data"]).unwrap_or_default();
+                std::fs::write(file, text)
+                    .map_err(|e| Fail(1, format!("cannot write {}: {e}", file.display())))?;
+                format!(
+                    "{} revisions written to {}\n",
+                    answer["data"].as_array().map(Vec::len).unwrap_or(0),
+                    file.display()
+                )
+            }
+            ConfigCmd::Import { file } => {
+                let revisions: Value = serde_json::from_str(&read_file(file)?)
+                    .map_err(|e| Fail(1, format!("{} is not an export: {e}", file.display())))?;
+                changed(&request(
+                    cli,
+                    "config.import",
+                    json!({"revisions": revisions}),
+                    None,
+                )?)
+            }
+        },
+        Cmd::Top {
+            metrics,
+            interval,
+            once,
+        } => {
+            top(metrics, *interval, *once).map_err(|e| Fail(3, format!("{e:#}")))?;
+            String::new()
+        }
+        Cmd::Completions { shell } => {
+            let mut out = Vec::new();
+            clap_complete::generate(*shell, &mut Cli::command(), "lbctl", &mut out);
+            String::from_utf8_lossy(&out).into_owned()
+        }
+        Cmd::Man => {
+            let mut out = Vec::new();
+            clap_mangen::Man::new(Cli::command())
+                .render(&mut out)
+                .map_err(|e| Fail(1, e.to_string()))?;
+            String::from_utf8_lossy(&out).into_owned()
+        }
+    })
 }
 
 /// Samples of one scrape: (metric, sorted labels) -> value.
@@ -187,19 +738,14 @@ fn top(metrics: &str, interval: f64, once: bool) -> Result<()> {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    let res = match cli.cmd {
-        Cmd::Top {
-            metrics,
-            interval,
-            once,
-        } => top(&metrics, interval, once),
-    };
-    match res {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("lbctl: {e:#}");
-            // 3: the daemon could not be reached (scripts can tell it from a bad request).
-            ExitCode::from(3)
+    match run(&cli) {
+        Ok(out) => {
+            print!("{out}");
+            ExitCode::SUCCESS
+        }
+        Err(Fail(code, msg)) => {
+            eprintln!("lbctl: {msg}");
+            ExitCode::from(code)
         }
     }
 }

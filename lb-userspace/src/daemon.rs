@@ -21,6 +21,7 @@ use crate::{
     dataplane::{Dataplane, LoadOptions, PINNED_MAPS},
     health,
     metrics::Metrics,
+    service::Service,
 };
 
 /// Where the link for `iface` is pinned.
@@ -83,7 +84,7 @@ fn ifindex(iface: &str) -> Result<u32> {
     Ok(idx)
 }
 
-fn spawn_probes(ctl: &Controller, tx: &mpsc::Sender<health::Probe>) -> Vec<JoinHandle<()>> {
+pub fn spawn_probes(ctl: &Controller, tx: &mpsc::Sender<health::Probe>) -> Vec<JoinHandle<()>> {
     let checks = ctl
         .probes()
         .into_iter()
@@ -102,7 +103,9 @@ pub async fn run(
     purge: bool,
     stop: impl std::future::Future<Output = ()>,
 ) -> Result<()> {
-    let mut cfg = Config::load(config_path)?;
+    let text = std::fs::read_to_string(config_path)
+        .with_context(|| format!("reading {}", config_path.display()))?;
+    let cfg = Config::parse(&text, config_path)?;
     let mut ctl = start_dataplane(&cfg)?;
     let metrics = Metrics::new(cfg.daemon.pin_dir.clone());
     ctl.set_metrics(metrics.clone(), cfg.dataplane.flows);
@@ -131,9 +134,16 @@ pub async fn run(
             error!("{e:#}; no metrics are served (set [daemon] metrics_listen to a free address)");
         }
     });
+    let (api_tx, mut api_rx) = mpsc::channel(64);
+    let socket = cfg.daemon.api_socket.clone();
+    let api = tokio::spawn(async move {
+        if let Err(e) = crate::api::serve(socket, api_tx).await {
+            error!("{e:#}; the control API is not available");
+        }
+    });
     info!(vips = ctl.vips.len(), config = %config_path.display(), "serving");
     let (tx, mut rx) = mpsc::channel(4096);
-    let mut probes = spawn_probes(&ctl, &tx);
+    let mut svc = Service::new(ctl, cfg, text, config_path, tx)?;
     let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
@@ -144,30 +154,18 @@ pub async fn run(
     loop {
         tokio::select! {
             Some(p) = rx.recv() => {
-                if let Err(e) = ctl.on_probe(&p) {
+                if let Err(e) = svc.ctl.on_probe(&p) {
                     error!(error = %e, "writing a health change into the dataplane failed");
                 }
             }
-            _ = hup.recv() => {
-                match Config::load(config_path) {
-                    Err(e) => error!("reload rejected, the running configuration stays: {e}"),
-                    Ok(new) if new.daemon != cfg.daemon => {
-                        error!("reload rejected: [daemon] settings (interfaces, pin_dir, mode) change only with a restart");
-                    }
-                    Ok(new) => match ctl.apply(&new) {
-                        Ok(()) => {
-                            for p in probes.drain(..) { p.abort(); }
-                            probes = spawn_probes(&ctl, &tx);
-                            cfg = new;
-                            info!(vips = ctl.vips.len(), "configuration reloaded");
-                        }
-                        Err(e) => error!(error = %e, "applying the new configuration failed part way; fix it and reload again"),
-                    },
-                }
+            Some(call) = api_rx.recv() => {
+                let answer = svc.handle(call.req);
+                let _ = call.reply.send(answer);
             }
-            _ = tick.tick() => ctl.warn_unserved(),
+            _ = hup.recv() => svc.reload(),
+            _ = tick.tick() => svc.ctl.warn_unserved(),
             _ = ramp.tick() => {
-                if let Err(e) = ctl.ramp() {
+                if let Err(e) = svc.ctl.ramp() {
                     error!(error = %e, "writing a slow-start step into the dataplane failed");
                 }
             }
@@ -176,17 +174,18 @@ pub async fn run(
             _ = &mut stop => break,
         }
     }
-    for p in probes {
-        p.abort();
-    }
+    svc.stop_probes();
     exporter.abort();
     dp_logs.abort();
+    api.abort();
+    let _ = std::fs::remove_file(&svc.cfg.daemon.api_socket);
+    let pin_dir = svc.cfg.daemon.pin_dir.clone();
     if purge {
-        drop(ctl);
-        purge_pins(&cfg.daemon.pin_dir)?;
+        drop(svc);
+        purge_pins(&pin_dir)?;
         info!("stopped for good: XDP detached, pins removed");
     } else {
-        info!(pin_dir = %cfg.daemon.pin_dir.display(), "stopping: the dataplane keeps forwarding; a restart adopts it");
+        info!(pin_dir = %pin_dir.display(), "stopping: the dataplane keeps forwarding; a restart adopts it");
     }
     Ok(())
 }

@@ -1,4 +1,4 @@
-//! `lbd demo`: the whole system on network namespaces, in about a minute.
+//! `lbd demo`: the whole system on network namespaces, in about ten seconds.
 //!
 //! A client, the balancer (native XDP on a veth, driven by a real `lbd run` process) and
 //! three HTTP backends (IPv4 and IPv6, IP-in-IP stripped by our decap program). The demo
@@ -209,8 +209,10 @@ impl Lab {
 
     fn config(&self, weights: [u32; 3], drain: Option<usize>) -> String {
         let mut c = format!(
-            "[daemon]\ninterfaces = [\"eth0\"]\npin_dir = \"{}\"\n\n[dataplane]\nflows = 65536\nring_capacity = 262148\n",
-            self.pin_dir.display()
+            "[daemon]\ninterfaces = [\"eth0\"]\npin_dir = \"{}\"\nstate_dir = \"{}\"\napi_socket = \"{}\"\n\n[dataplane]\nflows = 65536\nring_capacity = 262148\n",
+            self.pin_dir.display(),
+            self.dir.join("state").display(),
+            self.dir.join("lbd.sock").display()
         );
         for (name, vip, fam) in [("web4", VIP4.to_string(), 4), ("web6", VIP6.to_string(), 6)] {
             c.push_str(&format!(

@@ -39,7 +39,6 @@ impl Daemon {
         std::fs::create_dir_all(&dir).unwrap();
         let pin_dir = PathBuf::from(BPFFS).join(&ns);
         let cfg = dir.join("lb.toml");
-        std::fs::write(&cfg, config.replace("@PIN_DIR@", pin_dir.to_str().unwrap())).unwrap();
         let mut d = Daemon {
             child: None,
             exe,
@@ -49,6 +48,7 @@ impl Daemon {
             pin_dir,
             starts: 0,
         };
+        d.write_config(config);
         d.spawn();
         d
     }
@@ -139,12 +139,23 @@ impl Daemon {
         sh(&format!("kill -{sig} {pid}"));
     }
 
+    /// The daemon's control API socket.
+    pub fn socket(&self) -> PathBuf {
+        self.dir.join("lbd.sock")
+    }
+
+    /// Write the config, with this daemon's pins, revision store and socket filled in.
     pub fn write_config(&self, config: &str) {
-        std::fs::write(
-            &self.config,
-            config.replace("@PIN_DIR@", self.pin_dir.to_str().unwrap()),
-        )
-        .unwrap();
+        let mut text = config.replace("@PIN_DIR@", self.pin_dir.to_str().unwrap());
+        if !text.contains("state_dir") {
+            let daemon = format!(
+                "[daemon]\nstate_dir = \"{}\"\napi_socket = \"{}\"\n",
+                self.dir.join("state").display(),
+                self.socket().display()
+            );
+            text = text.replacen("[daemon]\n", &daemon, 1);
+        }
+        std::fs::write(&self.config, text).unwrap();
     }
 }
 
