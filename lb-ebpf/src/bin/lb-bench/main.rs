@@ -1,0 +1,239 @@
+//! Benchmark programs for `cargo xtask bench` (never attached to a NIC).
+//!
+//! `BPF_PROG_TEST_RUN` with `repeat = N` runs a program N times on the same buffer without
+//! resetting it: once the balancer has encapsulated the frame, iterations 2..N see the
+//! encapsulated packet and take another path. `lb_bench` is the wrapper that makes each
+//! iteration see the original frame again:
+//!
+//! 1. it moves `data` back to where the frame started (`bpf_xdp_adjust_head` by the
+//!    difference between the current length and the template's; always called, so its cost
+//!    is the same whatever the previous iteration did),
+//! 2. rewrites the template bytes (`BENCH_FRAME`, per CPU) with fixed-size 8-byte stores,
+//! 3. optionally varies the flow per iteration from a per-CPU counter (source port, and the
+//!    low 16 bits of the source address), keeping the IP and TCP checksums valid
+//!    (RFC 1624 incremental updates),
+//! 4. tail-calls the program under test in `BENCH_TARGET[0]`.
+//!
+//! The wrapper's own cost is measured by tail-calling `bench_pass` with the same template,
+//! and subtracted. `bench_pass` (XDP_PASS) is also the floor, and `bench_parse` is the
+//! parse-only baseline: the balancer's own L2/L3/L4 parser, then XDP_PASS.
+#![no_std]
+#![no_main]
+
+// The balancer's parser, compiled here unchanged: the parse-only baseline parses exactly
+// as `lb_xdp` does.
+#[allow(dead_code)]
+#[path = "../lb-xdp/parse.rs"]
+mod parse;
+
+use aya_ebpf::{
+    bindings::xdp_action,
+    macros::{map, xdp},
+    maps::{PerCpuArray, ProgramArray},
+    programs::XdpContext,
+};
+use bytemuck::Zeroable;
+use lb_common::{FlowKey, Reason};
+use lb_ebpf::{
+    l2::{self, ETH_P_IP, ETH_P_IPV6, L2},
+    ptr::{adjust_head, frame_len, ptr_at_mut, read, write},
+};
+
+use crate::parse::L3;
+
+/// Largest template frame (bytes). Userspace refuses bigger ones.
+const MAX_FRAME: usize = 128;
+
+/// The frame every iteration starts from, and how to vary it. Same layout as
+/// `BenchFrame` in the bench driver (tests/src/bin/lbt-bench/packet.rs). The template comes
+/// first and the struct is 8-aligned, so it is copied with aligned 8-byte loads.
+#[repr(C, align(8))]
+#[derive(Clone, Copy)]
+pub struct BenchFrame {
+    pub bytes: [u8; MAX_FRAME],
+    /// Template length: even, 14..=MAX_FRAME.
+    pub len: u32,
+    /// Counter bits that vary the flow: 0 (one flow), 0xffff (65,536 source ports),
+    /// 0xffff_ffff (source port and the low 16 bits of the source address).
+    pub mask: u32,
+    /// Iterations this CPU has run (userspace checks it against `repeat`).
+    pub counter: u32,
+    /// Offset of the TCP/UDP source port.
+    pub sport_off: u16,
+    /// Offset of the low 16 bits of the source address.
+    pub src_off: u16,
+    /// Offset of the TCP checksum (covers the port and, through the pseudo-header, the
+    /// source address).
+    pub l4_csum_off: u16,
+    /// Offset of the IPv4 header checksum; 0 for IPv6.
+    pub ip_csum_off: u16,
+    pub _pad: u32,
+}
+
+#[map(name = "BENCH_FRAME")]
+static BENCH_FRAME: PerCpuArray<BenchFrame> = PerCpuArray::with_max_entries(1, 0);
+
+/// Slot 0: the program under test.
+#[map(name = "BENCH_TARGET")]
+static BENCH_TARGET: ProgramArray = ProgramArray::with_max_entries(1, 0);
+
+/// Parse state of the parse-only baseline: per CPU, as the balancer keeps its own.
+pub struct Scratch {
+    l2: L2,
+    l3: L3,
+}
+
+#[map(name = "BENCH_SCRATCH")]
+static BENCH_SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+
+#[xdp]
+pub fn lb_bench(ctx: XdpContext) -> u32 {
+    if restore(&ctx).is_err() {
+        return xdp_action::XDP_ABORTED;
+    }
+    // SAFETY: tail call into an XDP program on the same context; returns only on failure.
+    unsafe { BENCH_TARGET.tail_call(&ctx, 0) };
+    xdp_action::XDP_ABORTED
+}
+
+/// The floor: what `BPF_PROG_TEST_RUN` costs around a program that does nothing.
+#[xdp]
+pub fn bench_pass(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_PASS
+}
+
+/// Parse-only baseline: XDP_PASS when L2, L3 and the ports parsed, XDP_DROP otherwise (so
+/// the return value proves which path ran).
+#[xdp]
+pub fn bench_parse(ctx: XdpContext) -> u32 {
+    match parse_only(&ctx) {
+        Ok(()) => xdp_action::XDP_PASS,
+        Err(_) => xdp_action::XDP_DROP,
+    }
+}
+
+#[inline(always)]
+fn parse_only(ctx: &XdpContext) -> Result<(), Reason> {
+    let s = BENCH_SCRATCH
+        .get_ptr_mut(0)
+        .ok_or(Reason::DropAdjustFailed)?;
+    // SAFETY: this CPU's slot; nothing else runs on this CPU until we return.
+    let s = unsafe { &mut *s };
+    l2::parse(ctx, &mut s.l2).map_err(|_| Reason::PassMalformed)?;
+    s.l3.key = FlowKey::zeroed();
+    s.l3.tcp_flags = 0;
+    match s.l2.proto {
+        ETH_P_IP => parse::ipv4(ctx, s.l2.len, &mut s.l3),
+        ETH_P_IPV6 => parse::ipv6(ctx, s.l2.len, &mut s.l3),
+        _ => Err(Reason::PassNotIp),
+    }
+}
+
+/// One's-complement sum folded to 16 bits.
+#[inline(always)]
+fn fold(mut s: u32) -> u16 {
+    s = (s & 0xffff) + (s >> 16);
+    s = (s & 0xffff) + (s >> 16);
+    s as u16
+}
+
+/// RFC 1624 eqn. 3: the checksum `hc` after 16-bit words `old` became `new`.
+#[inline(always)]
+fn csum_replace(hc: u16, old: u16, new: u16) -> u16 {
+    !fold(!hc as u32 + !old as u32 + new as u32)
+}
+
+/// Store `v` at `off` in the packet (`T` is u64, u32 or u16).
+#[inline(always)]
+fn put<T>(ctx: &XdpContext, off: usize, v: T) -> Result<(), ()> {
+    // SAFETY: ptr_at checked the bounds. The frame starts 8-aligned (XDP headroom) and the
+    // callers' offsets are multiples of size_of::<T>(), so the store is aligned.
+    unsafe { core::ptr::write(ptr_at_mut::<T>(ctx, off)?, v) };
+    Ok(())
+}
+
+/// The template's `T` at `off` (aligned, as for `put`).
+#[inline(always)]
+fn tmpl<T: Copy>(f: &BenchFrame, off: usize) -> T {
+    // SAFETY: callers keep off + size_of::<T>() <= MAX_FRAME; `bytes` is at offset 0 of an
+    // 8-aligned struct.
+    unsafe { core::ptr::read(f.bytes.as_ptr().add(off) as *const T) }
+}
+
+#[inline(always)]
+fn restore(ctx: &XdpContext) -> Result<(), ()> {
+    let f = BENCH_FRAME.get_ptr_mut(0).ok_or(())?;
+    // SAFETY: this CPU's slot.
+    let f = unsafe { &mut *f };
+    let len = f.len as usize;
+    // Even lengths only: a 1-byte tail store is a form of bounds check the verifier
+    // refuses after LLVM rewrites it (`pkt_end > pkt`).
+    if !(l2::ETH_HLEN..=MAX_FRAME).contains(&len) || len & 1 != 0 {
+        return Err(());
+    }
+    // data_end never moves (the balancer only grows the head): shrink back to `len`.
+    adjust_head(ctx, frame_len(ctx) as i32 - len as i32)?;
+    let words = len / 8;
+    let mut i = 0;
+    while i < MAX_FRAME / 8 {
+        if i >= words {
+            break;
+        }
+        put::<u64>(ctx, i * 8, tmpl(f, i * 8))?;
+        i += 1;
+    }
+    // The last len % 8 bytes. The mask restates off < MAX_FRAME for the verifier, which
+    // loses the bound on `len` once LLVM spills it.
+    let mut off = (words * 8) & (MAX_FRAME - 1);
+    let rest = len & 7;
+    if rest & 4 != 0 {
+        put::<u32>(ctx, off, tmpl(f, off))?;
+        off += 4;
+    }
+    if rest & 2 != 0 {
+        put::<u16>(ctx, off, tmpl(f, off))?;
+    }
+
+    let c = f.counter;
+    f.counter = c.wrapping_add(1);
+    if f.mask != 0 {
+        vary(ctx, f, c & f.mask)?;
+    }
+    Ok(())
+}
+
+/// Give this iteration its own flow: XOR the counter into the source port (low 16 bits)
+/// and the low 16 bits of the source address (high 16 bits), fixing the checksums.
+#[inline(always)]
+fn vary(ctx: &XdpContext, f: &BenchFrame, v: u32) -> Result<(), ()> {
+    let (po, so, lo, io) = (
+        f.sport_off as usize,
+        f.src_off as usize,
+        f.l4_csum_off as usize,
+        f.ip_csum_off as usize,
+    );
+    let port = u16::from_be_bytes(read::<[u8; 2]>(ctx, po)?);
+    let src = u16::from_be_bytes(read::<[u8; 2]>(ctx, so)?);
+    let new_port = port ^ v as u16;
+    let new_src = src ^ (v >> 16) as u16;
+    write(ctx, po, new_port.to_be_bytes())?;
+    write(ctx, so, new_src.to_be_bytes())?;
+    let l4 = u16::from_be_bytes(read::<[u8; 2]>(ctx, lo)?);
+    let l4 = csum_replace(csum_replace(l4, port, new_port), src, new_src);
+    write(ctx, lo, l4.to_be_bytes())?;
+    if io != 0 {
+        let ip = u16::from_be_bytes(read::<[u8; 2]>(ctx, io)?);
+        write(ctx, io, csum_replace(ip, src, new_src).to_be_bytes())?;
+    }
+    Ok(())
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
