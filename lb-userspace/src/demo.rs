@@ -207,7 +207,7 @@ impl Lab {
         Ok(c)
     }
 
-    fn config(&self, weights: [u32; 3], drain: Option<usize>) -> String {
+    fn config(&self, weights: [u32; 3]) -> String {
         let mut c = format!(
             "[daemon]\ninterfaces = [\"eth0\"]\npin_dir = \"{}\"\nstate_dir = \"{}\"\napi_socket = \"{}\"\n\n[dataplane]\nflows = 65536\nring_capacity = 262148\n",
             self.pin_dir.display(),
@@ -224,13 +224,8 @@ impl Lab {
                 } else {
                     format!("2001:db8::{}", 0x21 + i)
                 };
-                let drain = if drain == Some(i) {
-                    "drain = true\n"
-                } else {
-                    ""
-                };
                 c.push_str(&format!(
-                    "\n[[vip.backend]]\naddress = \"{addr}\"\nweight = {w}\n{drain}"
+                    "\n[[vip.backend]]\naddress = \"{addr}\"\nweight = {w}\n"
                 ));
             }
         }
@@ -246,7 +241,7 @@ impl Lab {
     }
 
     fn start_daemon(&mut self) -> Result<()> {
-        std::fs::write(self.config_path(), self.config(WEIGHTS, None))?;
+        std::fs::write(self.config_path(), self.config(WEIGHTS))?;
         let log = std::fs::File::create(self.dir.join("lbd.log"))?;
         let child = Command::new("ip")
             .args(["netns", "exec", &self.lb.name])
@@ -261,18 +256,21 @@ impl Lab {
         Ok(())
     }
 
-    fn reload(&self, config: &str, marker: usize) -> Result<()> {
-        std::fs::write(self.config_path(), config)?;
-        let pid = self.daemon.as_ref().context("daemon")?.id();
-        sh(&format!("kill -HUP {pid}"));
-        let end = Instant::now() + Duration::from_secs(5);
-        while self.log().matches("configuration reloaded").count() < marker {
-            if Instant::now() > end {
-                bail!("the daemon did not reload:\n{}", self.log());
-            }
-            std::thread::sleep(Duration::from_millis(50));
+    /// One control-API request (what `lbctl` sends); the answer's data.
+    fn api(&self, op: &str, args: serde_json::Value) -> Result<serde_json::Value> {
+        let req = crate::api::Request {
+            v: crate::api::VERSION,
+            op: op.into(),
+            args,
+            base_revision: None,
+        };
+        let socket = self.dir.join("lbd.sock");
+        let answer = crate::api::call(&socket, &req)
+            .with_context(|| format!("calling the daemon at {}", socket.display()))?;
+        if answer["ok"] != serde_json::json!(true) {
+            bail!("{op}: {}", answer["error"]["message"]);
         }
-        Ok(())
+        Ok(answer["data"].clone())
     }
 
     /// `n` GETs from the client, in its namespace.
@@ -408,7 +406,9 @@ pub fn run(keep: bool) -> Result<()> {
     let s = lab.serve(1)?;
     lab.servers[1] = Some(s);
 
-    say("\n3. Drain b3 (reload with drain = true) while a long-lived connection to it stays open");
+    say(
+        "\n3. Drain b3 (lbctl backend drain web4 198.18.0.35) while a long-lived connection to it stays open",
+    );
     // b2 is back: wait for its health checks to pass again.
     let end = Instant::now() + Duration::from_secs(10);
     while !lab
@@ -439,7 +439,15 @@ pub fn run(keep: bool) -> Result<()> {
         None
     });
     std::mem::forget(client);
-    lab.reload(&lab.config(WEIGHTS, Some(2)), 1)?;
+    let r = lab.api(
+        "backend.set",
+        serde_json::json!({"vip": "web4", "address": "198.18.0.35", "drain": true}),
+    )?;
+    say(format!(
+        "  configuration revision {} ({})",
+        r["revision"],
+        r["source"].as_str().unwrap_or("")
+    ));
     let (m, f) = spread(&lab.requests(v4, 300));
     say(format!("  new requests after the drain: {m:?}, {f} failed"));
     if let Some(mut s) = held {
@@ -459,15 +467,49 @@ pub fn run(keep: bool) -> Result<()> {
         ));
     }
 
-    say("\n4. A configuration change, then rolled back by reloading the previous file");
-    let before = lab.config(WEIGHTS, None);
-    lab.reload(&before, 2)?;
-    lab.reload(&lab.config([600, 200, 300], None), 3)?;
+    say(
+        "\n4. A configuration change, then rolled back (lbctl backend weight / lbctl config rollback)",
+    );
+    lab.api(
+        "backend.set",
+        serde_json::json!({"vip": "web4", "address": "198.18.0.35", "drain": null}),
+    )?;
+    let good = lab.api(
+        "backend.set",
+        serde_json::json!({"vip": "web4", "address": "198.18.0.33", "weight": 100}),
+    )?;
+    lab.api(
+        "backend.set",
+        serde_json::json!({"vip": "web4", "address": "198.18.0.33", "weight": 600}),
+    )?;
     let (m, f) = spread(&lab.requests(v4, 550));
     show_spread("with b1's weight raised to 600", &m, f, [600, 200, 300]);
-    lab.reload(&before, 4)?;
+    let r = lab.api(
+        "config.rollback",
+        serde_json::json!({"to": good["revision"]}),
+    )?;
+    say(format!(
+        "  rolled back to revision {}: now revision {}",
+        good["revision"], r["revision"]
+    ));
     let (m, f) = spread(&lab.requests(v4, 600));
-    show_spread("rolled back", &m, f, WEIGHTS);
+    show_spread("after the rollback", &m, f, WEIGHTS);
+    say("  history (lbctl config history):");
+    for h in lab
+        .api("config.history", serde_json::json!({}))?
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .take(6)
+    {
+        say(format!(
+            "    {:>3}  {}  {}",
+            h["revision"],
+            h["at"].as_str().unwrap_or(""),
+            h["source"].as_str().unwrap_or("")
+        ));
+    }
 
     say("\n5. Dataplane counters (LB_STATS, summed over CPUs)");
     for (reason, n) in pinned_reasons(&lab.pin_dir)?
@@ -492,10 +534,12 @@ pub fn run(keep: bool) -> Result<()> {
         ));
         say(format!("  less {}", lab.dir.join("lbd.log").display()));
         say(format!(
-            "  edit {} and: kill -HUP {}",
-            lab.config_path().display(),
-            lab.daemon.as_ref().map(|d| d.id()).unwrap_or(0)
+            "  cargo run --release -p lb-userspace --bin lbctl -- --socket {} health",
+            lab.dir.join("lbd.sock").display()
         ));
+        say(
+            "  (also: status, stats, events, backend drain web4 198.18.0.34, config history, config rollback --to 1)",
+        );
         say("Press Enter to remove it.");
         let mut line = String::new();
         let _ = std::io::stdin().read_line(&mut line);
