@@ -412,15 +412,15 @@ impl Config {
             let at = e.span().map(|s| s.start).unwrap_or(0);
             invalid(at, e.message().to_string())
         })?;
-        cfg.validate().map_err(|(at, msg)| invalid(at, msg))?;
+        cfg.validate(src).map_err(|(at, msg)| invalid(at, msg))?;
         Ok(cfg)
     }
 
     /// Semantic checks: (byte offset, what is wrong and how to fix it).
-    fn validate(&self) -> Result<(), (usize, String)> {
+    fn validate(&self, src: &str) -> Result<(), (usize, String)> {
         if self.daemon.interfaces.is_empty() {
             return Err((
-                0,
+                key_at(src, "daemon", "interfaces"),
                 "[daemon] interfaces is empty: name the NIC(s) to attach to".into(),
             ));
         }
@@ -429,18 +429,21 @@ impl Config {
             && parse_mac(mac).is_none()
         {
             return Err((
-                0,
+                key_at(src, "dataplane", "gateway_mac"),
                 format!("[dataplane] gateway_mac {mac:?} is not a MAC like 02:00:00:00:00:01"),
             ));
         }
         if d.mtu < 576 {
-            return Err((0, format!("[dataplane] mtu {} is below 576", d.mtu)));
+            return Err((
+                key_at(src, "dataplane", "mtu"),
+                format!("[dataplane] mtu {} is below 576", d.mtu),
+            ));
         }
         match parse_prefix(&d.encap_source_v4) {
             Some((IpAddr::V4(_), len)) if len >= 16 => {}
             _ => {
                 return Err((
-                    0,
+                    key_at(src, "dataplane", "encap_source_v4"),
                     format!(
                         "[dataplane] encap_source_v4 {:?} must be an IPv4 prefix of /16 or longer",
                         d.encap_source_v4
@@ -452,7 +455,7 @@ impl Config {
             Some((IpAddr::V6(_), len)) if len >= 96 => {}
             _ => {
                 return Err((
-                    0,
+                    key_at(src, "dataplane", "encap_source_v6"),
                     format!(
                         "[dataplane] encap_source_v6 {:?} must be an IPv6 prefix of /96 or longer",
                         d.encap_source_v6
@@ -560,7 +563,7 @@ impl Config {
         }
         if ring_total > d.ring_capacity as u64 {
             return Err((
-                0,
+                key_at(src, "dataplane", "ring_capacity"),
                 format!(
                     "[dataplane] ring_capacity {} is below the VIPs' ring sizes together ({ring_total}): raise it",
                     d.ring_capacity
@@ -569,12 +572,27 @@ impl Config {
         }
         if self.vips.len() as u32 > lb_common::MAX_VIPS {
             return Err((
-                0,
+                key_at(src, "", ""),
                 format!("{} VIPs: at most {}", self.vips.len(), lb_common::MAX_VIPS),
             ));
         }
         Ok(())
     }
+}
+
+/// Where `key` is set in `[section]` (or the section, or the start): errors about
+/// node-wide settings point at the line to fix.
+fn key_at(src: &str, section: &str, key: &str) -> usize {
+    let Some(sec) = src.find(&format!("[{section}]")) else {
+        return 0;
+    };
+    let body = &src[sec..];
+    let end = body[1..].find("\n[").map(|e| e + 1).unwrap_or(body.len());
+    body[..end]
+        .match_indices(key)
+        .find(|(i, _)| *i > 0 && body.as_bytes()[i - 1] == b'\n' && !key.is_empty())
+        .map(|(i, _)| sec + i)
+        .unwrap_or(sec)
 }
 
 fn check_health(h: &Health) -> Result<(), String> {
@@ -669,5 +687,17 @@ mod example {
             std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/lb.example.toml");
         let c = super::Config::load(&path).unwrap();
         assert_eq!(c.vips.len(), 2);
+    }
+}
+
+#[cfg(test)]
+mod located {
+    #[test]
+    fn node_wide_errors_point_at_their_line() {
+        let src = "[daemon]\ninterfaces = [\"eth0\"]\n\n[dataplane]\nflows = 10\nmtu = 100\n";
+        let e = super::Config::parse(src, std::path::Path::new("lb.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("lb.toml:6:1: [dataplane] mtu 100"), "{e}");
     }
 }

@@ -106,6 +106,7 @@ pub async fn run(
     let text = std::fs::read_to_string(config_path)
         .with_context(|| format!("reading {}", config_path.display()))?;
     let cfg = Config::parse(&text, config_path)?;
+    let _lock = lock(&cfg.daemon.state_dir)?;
     let mut ctl = start_dataplane(&cfg)?;
     let metrics = Metrics::new(cfg.daemon.pin_dir.clone());
     ctl.set_metrics(metrics.clone(), cfg.dataplane.flows);
@@ -188,6 +189,25 @@ pub async fn run(
         info!(pin_dir = %pin_dir.display(), "stopping: the dataplane keeps forwarding; a restart adopts it");
     }
     Ok(())
+}
+
+/// One daemon per state directory (and so per pin directory and socket): a second one
+/// would fight the first over the same maps. The lock goes with the process, even on SIGKILL.
+fn lock(state_dir: &Path) -> Result<std::fs::File> {
+    use std::os::fd::AsRawFd;
+    std::fs::create_dir_all(state_dir)
+        .with_context(|| format!("creating {}", state_dir.display()))?;
+    let path = state_dir.join("lbd.lock");
+    let f = std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+    // SAFETY: flock on a descriptor we own.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        bail!(
+            "another lbd runs with state_dir {} (it holds {}): stop it first",
+            state_dir.display(),
+            path.display()
+        );
+    }
+    Ok(f)
 }
 
 /// Detach (by removing the link pins; the kernel drops a link with its last reference) and

@@ -486,3 +486,21 @@ fn dataplane_drops_reach_the_daemon_log() {
     // second per CPU.
     assert!(lines <= 2 * 8, "{lines} log lines for one kind of drop");
 }
+
+#[test]
+fn a_second_daemon_on_the_same_state_refuses_to_start() {
+    let t = Topology::new(3, Forward::IpIp, ECHO);
+    let mut d = Daemon::start(&t, LBD, &three());
+    d.wait_served(&t, &web());
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", &t.lb_host.ns.name, LBD, "run", "-c"])
+        .arg(&d.config)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("another lbd runs"),
+        "{err}"
+    );
+    d.assert_running();
+}
