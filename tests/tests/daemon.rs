@@ -504,3 +504,50 @@ fn a_second_daemon_on_the_same_state_refuses_to_start() {
     );
     d.assert_running();
 }
+
+#[test]
+fn udp_checks_pass_and_catch_a_failure() {
+    let mut t = Topology::new(3, Forward::IpIp, ECHO);
+    let health = format!(
+        "kind = \"udp\"\nport = 5353\nsend = \"ping\"\nexpect = \"b\"\ninterval_ms = {INTERVAL_MS}\ntimeout_ms = 150\nrise = {RISE}\nfall = {FALL}\n"
+    );
+    let mut d = Daemon::start(&t, LBD, &config_with(&plain(&ADDRS), "", &health));
+    d.wait_served(&t, &web());
+    std::thread::sleep(Duration::from_millis(4 * INTERVAL_MS));
+    assert!(
+        !d.log().contains("-> down"),
+        "udp checks fail against healthy backends:\n{}",
+        d.log()
+    );
+    t.stop_server(0);
+    d.wait_log("up -> down", 10);
+    t.start_server(0);
+    d.wait_log("down -> up", 10);
+}
+
+#[test]
+fn purge_stops_for_good() {
+    let t = Topology::new(3, Forward::IpIp, ECHO);
+    let mut d = Daemon::start(&t, LBD, &three());
+    d.wait_served(&t, &web());
+    d.kill9();
+    // Killed, the dataplane still forwards: the link and maps are pinned.
+    let (_, failed) = t.requests("--tcp", &web(), 10);
+    assert_eq!(failed, 0, "forwarding stopped with the daemon");
+    assert!(t.lb_host.ns.exec("ip link show eth0").contains("xdp"));
+    let out = std::process::Command::new(LBD)
+        .args(["purge", "--pin-dir"])
+        .arg(&d.pin_dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !t.lb_host.ns.exec("ip link show eth0").contains("xdp"),
+        "still attached after purge"
+    );
+    assert!(!d.pin_dir.exists());
+}
