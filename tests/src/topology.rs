@@ -238,22 +238,7 @@ impl Topology {
         addr: &str,
         count: u32,
     ) -> (std::collections::BTreeMap<String, u32>, u32) {
-        let out = self
-            .client
-            .ns
-            .exec(&format!("{} client {kind} {addr} {count}", self.echo));
-        let mut seen = std::collections::BTreeMap::new();
-        let mut failed = 0;
-        for line in out.lines() {
-            let (k, v) = line.split_once(' ').expect("client output");
-            let v: u32 = v.parse().unwrap();
-            if k == "failed" {
-                failed = v;
-            } else {
-                seen.insert(k.to_string(), v);
-            }
-        }
-        (seen, failed)
+        client_requests(&self.client.ns, self.echo, kind, addr, count)
     }
 
     /// Packets from a VIP address that reached the balancer's stack.
@@ -292,6 +277,29 @@ impl Topology {
     pub fn decapsulated(&self, backend: usize) -> u64 {
         self.decaps[backend + 1].decapsulated().unwrap()
     }
+}
+
+/// Run `lbt-echo client` in `ns`: answers per backend name, and the number that failed.
+pub fn client_requests(
+    ns: &Netns,
+    echo: &str,
+    kind: &str,
+    addr: &str,
+    count: u32,
+) -> (std::collections::BTreeMap<String, u32>, u32) {
+    let out = ns.exec(&format!("{echo} client {kind} {addr} {count}"));
+    let mut seen = std::collections::BTreeMap::new();
+    let mut failed = 0;
+    for line in out.lines() {
+        let (k, v) = line.split_once(' ').expect("client output");
+        let v: u32 = v.parse().unwrap();
+        if k == "failed" {
+            failed = v;
+        } else {
+            seen.insert(k.to_string(), v);
+        }
+    }
+    (seen, failed)
 }
 
 impl Drop for Topology {

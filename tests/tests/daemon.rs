@@ -413,18 +413,16 @@ fn slow_start_ramps_a_recovered_backend() {
     assert!(share(&late) > 30, "ramp never finished: {late:?}");
 }
 
-#[test]
-fn https_checks_pass_and_catch_a_failure() {
+/// Healthy backends pass `health`'s checks; a stopped server fails them (the reason names
+/// the check kind) and recovers.
+fn check_kind_works(health: &str, kind: &str) {
     let mut t = Topology::new(3, Forward::IpIp, ECHO);
-    let health = format!(
-        "kind = \"https\"\nport = 8443\npath = \"/healthz\"\nhost = \"backend.test\"\ninterval_ms = {INTERVAL_MS}\ntimeout_ms = 150\nrise = {RISE}\nfall = {FALL}\n"
-    );
-    let mut d = Daemon::start(&t, LBD, &config_with(&plain(&ADDRS), "", &health));
+    let mut d = Daemon::start(&t, LBD, &config_with(&plain(&ADDRS), "", health));
     d.wait_served(&t, &web());
     std::thread::sleep(Duration::from_millis(4 * INTERVAL_MS));
     assert!(
         !d.log().contains("-> down"),
-        "https checks fail against healthy backends:\n{}",
+        "{kind} checks fail against healthy backends:\n{}",
         d.log()
     );
     t.stop_server(0);
@@ -435,9 +433,29 @@ fn https_checks_pass_and_catch_a_failure() {
         .find(|l| l.contains("up -> down"))
         .unwrap()
         .to_string();
-    assert!(line.contains("https"), "{line}");
+    assert!(line.contains(kind), "{line}");
     t.start_server(0);
     d.wait_log("down -> up", 10);
+}
+
+#[test]
+fn https_checks_pass_and_catch_a_failure() {
+    check_kind_works(
+        &format!(
+            "kind = \"https\"\nport = 8443\npath = \"/healthz\"\nhost = \"backend.test\"\ninterval_ms = {INTERVAL_MS}\ntimeout_ms = 150\nrise = {RISE}\nfall = {FALL}\n"
+        ),
+        "https",
+    );
+}
+
+#[test]
+fn udp_checks_pass_and_catch_a_failure() {
+    check_kind_works(
+        &format!(
+            "kind = \"udp\"\nport = 5353\nsend = \"ping\"\nexpect = \"b\"\ninterval_ms = {INTERVAL_MS}\ntimeout_ms = 150\nrise = {RISE}\nfall = {FALL}\n"
+        ),
+        "udp",
+    );
 }
 
 #[test]
@@ -503,26 +521,6 @@ fn a_second_daemon_on_the_same_state_refuses_to_start() {
         "{err}"
     );
     d.assert_running();
-}
-
-#[test]
-fn udp_checks_pass_and_catch_a_failure() {
-    let mut t = Topology::new(3, Forward::IpIp, ECHO);
-    let health = format!(
-        "kind = \"udp\"\nport = 5353\nsend = \"ping\"\nexpect = \"b\"\ninterval_ms = {INTERVAL_MS}\ntimeout_ms = 150\nrise = {RISE}\nfall = {FALL}\n"
-    );
-    let mut d = Daemon::start(&t, LBD, &config_with(&plain(&ADDRS), "", &health));
-    d.wait_served(&t, &web());
-    std::thread::sleep(Duration::from_millis(4 * INTERVAL_MS));
-    assert!(
-        !d.log().contains("-> down"),
-        "udp checks fail against healthy backends:\n{}",
-        d.log()
-    );
-    t.stop_server(0);
-    d.wait_log("up -> down", 10);
-    t.start_server(0);
-    d.wait_log("down -> up", 10);
 }
 
 #[test]

@@ -290,21 +290,7 @@ impl TwoArm {
 
     /// `count` requests from the client: answers per backend name, and the number that failed.
     fn requests(&self, kind: &str, addr: &str, count: u32) -> (BTreeMap<String, u32>, u32) {
-        let out = self
-            .client
-            .exec(&format!("{ECHO} client {kind} {addr} {count}"));
-        let mut seen = BTreeMap::new();
-        let mut failed = 0;
-        for line in out.lines() {
-            let (k, v) = line.split_once(' ').expect("client output");
-            let v: u32 = v.parse().unwrap();
-            if k == "failed" {
-                failed = v;
-            } else {
-                seen.insert(k.to_string(), v);
-            }
-        }
-        (seen, failed)
+        lb_tests::topology::client_requests(&self.client, ECHO, kind, addr, count)
     }
 
     fn assert_served(&self, kind: &str, addr: &str) {
