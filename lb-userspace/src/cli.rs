@@ -67,6 +67,14 @@ fn init_logging(json: bool) {
     if json { b.json().init() } else { b.init() }
 }
 
+/// Whether `args` (without the program name) is a valid `lbd` command line: lets the docs'
+/// commands be checked against the real parser.
+pub fn parses(args: &[&str]) -> Result<(), String> {
+    Cli::try_parse_from(std::iter::once("lbd").chain(args.iter().copied()))
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_json);

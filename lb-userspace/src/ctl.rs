@@ -736,6 +736,13 @@ fn top(metrics: &str, interval: f64, once: bool) -> Result<()> {
     }
 }
 
+/// Whether `args` (without the program name) is a valid `lbctl` command line.
+pub fn parses(args: &[&str]) -> Result<(), String> {
+    Cli::try_parse_from(std::iter::once("lbctl").chain(args.iter().copied()))
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(&cli) {

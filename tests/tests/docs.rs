@@ -1,0 +1,125 @@
+//! The docs cannot rot: every `lbd` and `lbctl` command line in README.md and docs/*.md is
+//! checked against the real command-line parsers, every `cargo xtask` subcommand named
+//! there exists, and the annotated example configuration validates. (What the commands do
+//! is exercised by the other tests and the demo.)
+
+use std::path::Path;
+
+fn doc_files() -> Vec<std::path::PathBuf> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut files = vec![root.join("README.md")];
+    for e in std::fs::read_dir(root.join("docs")).unwrap().flatten() {
+        if e.path().extension().is_some_and(|x| x == "md") {
+            files.push(e.path());
+        }
+    }
+    files
+}
+
+/// Command lines in fenced code blocks, with leading `$ `/`# ` prompts and `sudo` removed.
+fn commands(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut in_block = false;
+    for line in text.lines() {
+        let t = line.trim();
+        if t.starts_with("```") {
+            in_block = !in_block;
+            continue;
+        }
+        if !in_block {
+            continue;
+        }
+        // `a && b` and `a; b` are two commands; pipes, redirections and comments end one.
+        let t = t.split(" #").next().unwrap_or("");
+        for part in t.split("&&").flat_map(|p| p.split(';')) {
+            let p = part
+                .trim()
+                .trim_start_matches("$ ")
+                .trim_start_matches("sudo ");
+            let p = p.split(['|', '>', '#']).next().unwrap_or("").trim();
+            if p.starts_with("lbd ")
+                || p.starts_with("lbctl ")
+                || p.starts_with("cargo xtask ")
+                || p.contains("--bin lbctl --")
+                || p.contains("--bin lbd --")
+            {
+                out.push(p.to_string());
+            }
+        }
+    }
+    out
+}
+
+/// Split like a shell would for these simple lines (quotes kept together).
+fn words(line: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut quote = None;
+    for c in line.chars() {
+        match (quote, c) {
+            (None, '"' | '\'') => quote = Some(c),
+            (Some(q), c) if c == q => quote = None,
+            (None, ' ') => {
+                if !cur.is_empty() {
+                    out.push(std::mem::take(&mut cur));
+                }
+            }
+            _ => cur.push(c),
+        }
+    }
+    if !cur.is_empty() {
+        out.push(cur);
+    }
+    out
+}
+
+#[test]
+fn every_documented_command_parses() {
+    let mut checked = 0;
+    let mut bad = Vec::new();
+    for f in doc_files() {
+        let text = std::fs::read_to_string(&f).unwrap();
+        for cmd in commands(&text) {
+            let w = words(&cmd);
+            let (tool, args): (&str, Vec<&str>) =
+                if let Some(i) = w.iter().position(|x| x == "--bin") {
+                    // cargo run ... --bin lbctl -- ARGS
+                    let tool = w[i + 1].as_str();
+                    let rest = w
+                        .iter()
+                        .position(|x| x == "--")
+                        .map(|j| w[j + 1..].iter().map(String::as_str).collect())
+                        .unwrap_or_default();
+                    (tool, rest)
+                } else if w[0] == "cargo" {
+                    ("xtask", w[2..].iter().map(String::as_str).collect())
+                } else {
+                    (w[0].as_str(), w[1..].iter().map(String::as_str).collect())
+                };
+            let res = match tool {
+                "lbd" => lb_userspace::cli::parses(&args),
+                "lbctl" => lb_userspace::ctl::parses(&args),
+                "xtask" => match args.first().copied() {
+                    Some("setup" | "test" | "demo" | "bench") => Ok(()),
+                    other => Err(format!("no xtask subcommand {other:?}")),
+                },
+                _ => Ok(()),
+            };
+            checked += 1;
+            if let Err(e) = res {
+                bad.push(format!(
+                    "{}: `{cmd}`: {}",
+                    f.display(),
+                    e.lines().next().unwrap_or("")
+                ));
+            }
+        }
+    }
+    println!("{checked} documented commands checked");
+    assert!(checked >= 10, "only {checked} commands found in the docs");
+    assert!(
+        bad.is_empty(),
+        "documented commands that do not parse:\n{}",
+        bad.join("\n")
+    );
+}
