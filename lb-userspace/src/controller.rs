@@ -308,6 +308,7 @@ impl Controller {
                 .map(|v| VipSnap {
                     name: v.cfg.name.clone(),
                     vip_id: v.meta.vip_id,
+                    on_backup: v.on_backup,
                     backends: v
                         .backends
                         .iter()
@@ -475,6 +476,7 @@ impl Controller {
                 "primaries recovered: backup pool hands back"
             };
             self.event(&name, None, what.into());
+            self.publish();
         }
         Ok(written)
     }

@@ -46,6 +46,8 @@ pub struct Snapshot {
 pub struct VipSnap {
     pub name: String,
     pub vip_id: u32,
+    /// Serving from its backup pool.
+    pub on_backup: bool,
     pub backends: Vec<BackendSnap>,
 }
 
@@ -266,6 +268,17 @@ impl Collector for Dataplane {
             "backend_state",
             "1 for the state a backend is in",
             &states,
+        )?;
+        let backup: Vec<(Labels, i64)> = snap
+            .vips
+            .iter()
+            .map(|v| (vec![("vip", v.name.clone())], v.on_backup as i64))
+            .collect();
+        gauge_family(
+            &mut enc,
+            "vip_on_backup",
+            "1 while a VIP is served by its backup pool",
+            &backup,
         )?;
         if let Some(flows) = open(&self.pin_dir, MAP_FLOWS)
             .and_then(|d| BpfHashMap::<_, FlowKey, FlowEntry>::try_from(Map::LruHashMap(d)).ok())

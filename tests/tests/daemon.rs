@@ -269,6 +269,11 @@ fn backup_pool_takes_over_and_hands_back() {
     t.stop_server(0);
     t.stop_server(1);
     d.wait_log("backup pool takes over", 10);
+    let m = lb_tests::scrape::scrape(&t.lb_host.ns.name, "127.0.0.1:9469");
+    assert_eq!(
+        lb_tests::scrape::value(&m, "lb_vip_on_backup", &[("vip", "web")]),
+        1.0
+    );
     t.wait_served(&web(), 10, 5);
     let (seen, failed) = t.requests("--tcp", &web(), 30);
     assert_eq!(
