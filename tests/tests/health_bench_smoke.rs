@@ -1,0 +1,20 @@
+//! The health-check capacity benchmark runs on a tiny size (numbers are not checked: they
+//! are `cargo xtask bench`'s business).
+
+#[test]
+fn health_bench_runs() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_lbt-health-bench"))
+        .args(["20", "1"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_str(text.trim()).expect("one JSON line");
+    assert_eq!(v["backends"], 20);
+    assert!(v["probes_ok"].as_u64().unwrap() >= 20, "{v}");
+    assert!(v["core_share"].as_f64().unwrap() > 0.0);
+}
