@@ -748,6 +748,7 @@ impl Controller {
         }
         let b = &mut self.vips[i].backends[j];
         let before = b.state();
+        let was_down = b.dataplane_down();
         b.last_check = Some(SystemTime::now());
         b.recent.push_back(p.result.is_ok());
         while b.recent.len() > ERROR_WINDOW {
@@ -811,6 +812,26 @@ impl Controller {
         }
         let after = b.state();
         if before == after {
+            // A draining (or disabled) backend that fails or recovers keeps the state shown,
+            // but the dataplane must still learn it is down (its flows move) or back.
+            if b.dataplane_down() != was_down {
+                let (addr, down) = (b.cfg.address, b.dataplane_down());
+                let name = self.vips[i].cfg.name.clone();
+                self.sync_backend(i, j)?;
+                self.event(
+                    &name,
+                    Some(addr),
+                    format!(
+                        "{} and {}",
+                        before.as_str(),
+                        if down {
+                            "failing its checks: marked down"
+                        } else {
+                            "passing its checks again"
+                        }
+                    ),
+                );
+            }
             return Ok(None);
         }
         let reason = reason.unwrap_or_default();

@@ -230,9 +230,10 @@ fn request(cli: &Cli, op: &str, args: Value, base: Option<u64>) -> Result<Value,
     ))
 }
 
+/// A local file the command names (exit 2 when unusable: it is the command line's fault).
 fn read_file(path: &PathBuf) -> Result<String, Fail> {
     std::fs::read_to_string(path)
-        .map_err(|e| Fail(1, format!("cannot read {}: {e}", path.display())))
+        .map_err(|e| Fail(2, format!("cannot read {}: {e}", path.display())))
 }
 
 fn table(rows: &[Value], cols: &[(&str, &str)]) -> String {
@@ -276,8 +277,11 @@ fn backend_change(cli: &Cli, vip: &str, address: &IpAddr, fields: Value) -> Resu
     request(cli, "backend.set", args, None)
 }
 
-fn changed(answer: &Value) -> String {
+fn changed(answer: &Value, json_out: bool) -> String {
     let d = &answer["data"];
+    if json_out {
+        return format!("{}\n", serde_json::to_string_pretty(d).unwrap_or_default());
+    }
     format!(
         "revision {} ({})\n",
         d["revision"],
@@ -332,11 +336,14 @@ fn run(cli: &Cli) -> Result<String, Fail> {
                 },
         } => {
             let args = json!({"name": name, "address": address.to_string(), "port": port, "protocol": protocol, "scheduler": scheduler, "forward": forward});
-            changed(&request(cli, "vip.add", args, None)?)
+            changed(&request(cli, "vip.add", args, None)?, cli.json)
         }
         Cmd::Vip {
             cmd: VipCmd::Remove { name },
-        } => changed(&request(cli, "vip.remove", json!({"name": name}), None)?),
+        } => changed(
+            &request(cli, "vip.remove", json!({"name": name}), None)?,
+            cli.json,
+        ),
         Cmd::Vip {
             cmd: VipCmd::Set { name, settings },
         } => {
@@ -345,7 +352,7 @@ fn run(cli: &Cli) -> Result<String, Fail> {
             for kv in settings {
                 let (k, v) = kv
                     .split_once('=')
-                    .ok_or_else(|| Fail(1, format!("{kv:?}: write KEY=VALUE")))?;
+                    .ok_or_else(|| Fail(2, format!("{kv:?}: write KEY=VALUE")))?;
                 let v = v
                     .parse::<i64>()
                     .map(Value::from)
@@ -353,7 +360,10 @@ fn run(cli: &Cli) -> Result<String, Fail> {
                     .unwrap_or_else(|_| json!(v));
                 args.insert(k.into(), v);
             }
-            changed(&request(cli, "vip.set", Value::Object(args), None)?)
+            changed(
+                &request(cli, "vip.set", Value::Object(args), None)?,
+                cli.json,
+            )
         }
         Cmd::Backend {
             cmd: BackendCmd::List { vip },
@@ -398,35 +408,37 @@ fn run(cli: &Cli) -> Result<String, Fail> {
             if let Some(m) = mac {
                 args["mac"] = json!(m);
             }
-            changed(&request(cli, "backend.add", args, None)?)
+            changed(&request(cli, "backend.add", args, None)?, cli.json)
         }
         Cmd::Backend {
             cmd: BackendCmd::Remove { vip, address },
-        } => changed(&request(
-            cli,
-            "backend.remove",
-            json!({"vip": vip, "address": address.to_string()}),
-            None,
-        )?),
+        } => changed(
+            &request(
+                cli,
+                "backend.remove",
+                json!({"vip": vip, "address": address.to_string()}),
+                None,
+            )?,
+            cli.json,
+        ),
         Cmd::Backend {
             cmd: BackendCmd::Drain { vip, address },
-        } => changed(&backend_change(cli, vip, address, json!({"drain": true}))?),
+        } => changed(
+            &backend_change(cli, vip, address, json!({"drain": true}))?,
+            cli.json,
+        ),
         Cmd::Backend {
             cmd: BackendCmd::Enable { vip, address },
-        } => changed(&backend_change(
-            cli,
-            vip,
-            address,
-            json!({"drain": null, "disabled": null}),
-        )?),
+        } => changed(
+            &backend_change(cli, vip, address, json!({"drain": null, "disabled": null}))?,
+            cli.json,
+        ),
         Cmd::Backend {
             cmd: BackendCmd::Disable { vip, address },
-        } => changed(&backend_change(
-            cli,
-            vip,
-            address,
-            json!({"disabled": true}),
-        )?),
+        } => changed(
+            &backend_change(cli, vip, address, json!({"disabled": true}))?,
+            cli.json,
+        ),
         Cmd::Backend {
             cmd:
                 BackendCmd::Weight {
@@ -434,12 +446,10 @@ fn run(cli: &Cli) -> Result<String, Fail> {
                     address,
                     weight,
                 },
-        } => changed(&backend_change(
-            cli,
-            vip,
-            address,
-            json!({"weight": weight}),
-        )?),
+        } => changed(
+            &backend_change(cli, vip, address, json!({"weight": weight}))?,
+            cli.json,
+        ),
         Cmd::Stats => show(request(cli, "stats", json!({}), None)?, &|d| {
             let mut out = String::from("REASON                  PACKETS\n");
             for (k, v) in d["reasons"].as_object().cloned().unwrap_or_default() {
@@ -499,7 +509,7 @@ fn run(cli: &Cli) -> Result<String, Fail> {
                 request(
                     cli,
                     "config.validate",
-                    json!({"config": read_file(file)?}),
+                    json!({"config": read_file(file)?, "name": file.display().to_string()}),
                     None,
                 )?;
                 format!("{}: valid\n", file.display())
@@ -508,12 +518,15 @@ fn run(cli: &Cli) -> Result<String, Fail> {
                 file,
                 comment,
                 base,
-            } => changed(&request(
-                cli,
-                "config.apply",
-                json!({"config": read_file(file)?, "comment": comment}),
-                *base,
-            )?),
+            } => changed(
+                &request(
+                    cli,
+                    "config.apply",
+                    json!({"config": read_file(file)?, "comment": comment}),
+                    *base,
+                )?,
+                cli.json,
+            ),
             ConfigCmd::Diff { from, to } => {
                 let mut args = json!({"from": from});
                 if let Some(t) = to {
@@ -540,7 +553,7 @@ fn run(cli: &Cli) -> Result<String, Fail> {
                     (None, Some(a)) => json!({"at": a}),
                     (None, None) => return Err(Fail(2, "give --to REVISION or --at TIME".into())),
                 };
-                changed(&request(cli, "config.rollback", args, None)?)
+                changed(&request(cli, "config.rollback", args, None)?, cli.json)
             }
             ConfigCmd::Export { file } => {
                 let answer = request(cli, "config.export", json!({}), None)?;
@@ -556,12 +569,10 @@ fn run(cli: &Cli) -> Result<String, Fail> {
             ConfigCmd::Import { file } => {
                 let revisions: Value = serde_json::from_str(&read_file(file)?)
                     .map_err(|e| Fail(1, format!("{} is not an export: {e}", file.display())))?;
-                changed(&request(
-                    cli,
-                    "config.import",
-                    json!({"revisions": revisions}),
-                    None,
-                )?)
+                changed(
+                    &request(cli, "config.import", json!({"revisions": revisions}), None)?,
+                    cli.json,
+                )
             }
         },
         Cmd::Top {

@@ -3,8 +3,8 @@
 //! A client, the balancer (native XDP on a veth, driven by a real `lbd run` process) and
 //! three HTTP backends (IPv4 and IPv6, IP-in-IP stripped by our decap program). The demo
 //! shows weighted spreading, a backend killed and traffic moved within the health-check
-//! window, a drain that keeps a long-lived connection, a configuration change undone by
-//! reloading the previous file, and the dataplane's counters.
+//! window, a drain that keeps a long-lived connection, a configuration change rolled back
+//! through the control API, and the dataplane's counters.
 
 use std::{
     collections::BTreeMap,

@@ -44,13 +44,29 @@ fn meta_json(m: &Meta) -> Value {
     json!({"revision": m.id, "at": rfc3339(m.at_ms), "source": m.source, "comment": m.comment})
 }
 
+/// `RoundRobin` -> `round_robin`: the spelling of the config file.
+fn snake(s: &str) -> String {
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if c.is_uppercase() && i > 0 {
+            out.push('_');
+        }
+        out.push(c.to_ascii_lowercase());
+    }
+    out
+}
+
 fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
     use std::io::Write;
     let tmp = path.with_extension("tmp-lbd");
     let mut f = std::fs::File::create(&tmp)?;
     f.write_all(text.as_bytes())?;
     f.sync_all()?;
-    std::fs::rename(&tmp, path)
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
 }
 
 impl Service {
@@ -130,10 +146,15 @@ impl Service {
         {
             error!(error = %e, path = %self.path.display(), "could not write the configuration file back");
         }
-        let meta = self
-            .store
-            .commit(&text, source, comment)
-            .map_err(|e| ("internal", e.to_string()))?;
+        // The dataplane is in the new state now: so is our view, even if recording fails.
+        self.cfg = new;
+        self.text = text.clone();
+        let meta = self.store.commit(&text, source, comment).map_err(|e| {
+            (
+                "internal",
+                format!("applied, but recording the revision failed: {e}"),
+            )
+        })?;
         self.ctl.event(
             "*",
             None,
@@ -147,8 +168,6 @@ impl Service {
                 }
             ),
         );
-        self.cfg = new;
-        self.text = text;
         info!(revision = meta.id, source, "configuration applied");
         Ok(meta)
     }
@@ -164,6 +183,9 @@ impl Service {
                 );
             }
         };
+        if text == self.text {
+            return info!("configuration reloaded: the file is unchanged, nothing to do");
+        }
         match self.apply_text(text, "reload", "") {
             Ok(m) => info!(
                 revision = m.id,
@@ -230,6 +252,11 @@ impl Service {
                     "pin_dir": self.cfg.daemon.pin_dir,
                 }))
             }
+            "vip.list"
+                if vip_filter.is_some_and(|f| !self.ctl.vips.iter().any(|v| v.cfg.name == f)) =>
+            {
+                Err(("not_found", format!("unknown VIP {:?} (`lbctl vip list` shows them)", vip_filter.unwrap_or_default())))
+            }
             "vip.list" => Ok(Value::Array(
                 self.ctl
                     .vips
@@ -239,7 +266,7 @@ impl Service {
                         json!({
                             "name": v.cfg.name, "address": v.cfg.address, "port": v.cfg.port,
                             "protocol": format!("{:?}", v.cfg.protocol).to_lowercase(),
-                            "scheduler": format!("{:?}", v.cfg.scheduler), "forward": format!("{:?}", v.cfg.forward),
+                            "scheduler": snake(&format!("{:?}", v.cfg.scheduler)), "forward": format!("{:?}", v.cfg.forward).to_lowercase(),
                             "ring_size": v.cfg.ring_size, "backends": v.backends.len(),
                             "usable": v.backends.iter().filter(|b| b.state().as_str() == "up").count(),
                             "on_backup": v.on_backup,
@@ -317,7 +344,8 @@ impl Service {
             }
             "config.validate" => {
                 let text = args.get("config").and_then(Value::as_str).ok_or(("bad_request", "config.validate needs args.config".to_string()))?;
-                Config::parse(text, &self.path).map_err(|e| ("invalid", e.to_string()))?;
+                let name = args.get("name").and_then(Value::as_str).unwrap_or("config");
+                Config::parse(text, Path::new(name)).map_err(|e| ("invalid", e.to_string()))?;
                 Ok(json!({"valid": true}))
             }
             "config.history" => Ok(Value::Array(
@@ -402,12 +430,19 @@ impl Service {
                 let last = revs
                     .last()
                     .ok_or(("bad_request", "no revisions to import".to_string()))?;
-                Config::parse(&last.config, &self.path).map_err(|e| {
+                let newest = Config::parse(&last.config, &self.path).map_err(|e| {
                     (
                         "invalid",
                         format!("the newest imported revision does not validate: {e}"),
                     )
                 })?;
+                // Nothing is recorded unless the newest can be applied here.
+                if newest.daemon != self.cfg.daemon {
+                    return Err((
+                        "invalid",
+                        "the newest imported revision has other [daemon] settings than this node: make them match first".into(),
+                    ));
+                }
                 for r in &revs[..revs.len() - 1] {
                     self.store
                         .commit(

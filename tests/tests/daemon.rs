@@ -212,7 +212,7 @@ fn sigkill_restart_drops_nothing_and_moves_no_flow() {
 
 #[test]
 fn drain_by_reload_keeps_established_flows() {
-    let t = Topology::new(3, Forward::IpIp, ECHO);
+    let mut t = Topology::new(3, Forward::IpIp, ECHO);
     let mut d = Daemon::start(&t, LBD, &three());
     d.wait_served(&t, &web());
     let hold = t.hold(&web(), 30, 2500);
@@ -243,6 +243,9 @@ fn drain_by_reload_keeps_established_flows() {
         held.broken.is_empty(),
         "draining broke established connections: {held:?}"
     );
+    // A draining backend that then fails is down for the dataplane: its flows move.
+    t.stop_server(0);
+    d.wait_log("draining and failing its checks: marked down", 10);
 }
 
 #[test]
