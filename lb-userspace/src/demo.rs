@@ -163,6 +163,18 @@ impl Lab {
         if !on_bpffs(std::path::Path::new(BPFFS)) {
             sh(&format!("mount -t bpf bpf {BPFFS}"));
         }
+        // An earlier demo killed mid-way (Ctrl-C) left its pins and files: take them now.
+        for e in std::fs::read_dir(BPFFS)?.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let pid = name
+                .strip_prefix("lbt-")
+                .and_then(|r| r.split('-').next())
+                .and_then(|p| p.parse::<u32>().ok());
+            if pid.is_some_and(|p| !std::path::Path::new(&format!("/proc/{p}")).exists()) {
+                let _ = crate::daemon::purge_pins(&e.path());
+                let _ = std::fs::remove_dir_all(std::env::temp_dir().join(&name));
+            }
+        }
         let dir = std::env::temp_dir().join(&lb.name);
         std::fs::create_dir_all(&dir)?;
         let pin_dir = PathBuf::from(BPFFS).join(&lb.name);
