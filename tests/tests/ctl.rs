@@ -333,7 +333,10 @@ fn sigkill_during_applies_keeps_the_store_intact() {
 }
 
 /// Everything the dataplane reads, from the pinned maps.
-fn dump(d: &Daemon) -> (Vec<(VipKey, VipMeta)>, Vec<(u32, Backend)>, Vec<u32>) {
+/// LB_VIPS entries, LB_BACKENDS entries in use, and the VIPs' ring slots in order.
+type Maps = (Vec<(VipKey, VipMeta)>, Vec<(u32, Backend)>, Vec<u32>);
+
+fn dump(d: &Daemon) -> Maps {
     let open = |n: &str| MapData::from_pin(d.pin_dir.join(n)).unwrap();
     let vips: HashMap<_, VipKey, VipMeta> =
         HashMap::try_from(Map::HashMap(open("LB_VIPS"))).unwrap();

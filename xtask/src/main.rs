@@ -1,5 +1,6 @@
 //! Project tasks: `cargo xtask setup | test | demo | bench` (the alias is in .cargo/config.toml).
 
+mod bench;
 mod cmd;
 mod setup;
 mod testrun;
@@ -37,8 +38,14 @@ enum Task {
         #[arg(last = true)]
         args: Vec<String>,
     },
-    /// Benchmarks (not implemented yet).
-    Bench,
+    /// Run setup, then the benchmarks (needs root): per-packet cost with BPF_PROG_TEST_RUN
+    /// and control-plane times, each beside a baseline of the same run. Writes
+    /// target/bench/results.json and results.md. Arguments after `--` go to the benchmark
+    /// driver (`-- --help`).
+    Bench {
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -47,10 +54,7 @@ fn main() -> ExitCode {
         Task::Setup(a) => setup::run(&a).map(|()| 0),
         Task::Test { args } => testrun::run(&args),
         Task::Demo { args } => demo(&args).map(|()| 0),
-        Task::Bench => {
-            println!("benchmarks are not implemented yet (see issue 6)");
-            Ok(0)
-        }
+        Task::Bench { args } => bench::run(&args).map(|()| 0),
     };
     match r {
         Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),

@@ -1,0 +1,86 @@
+//! `cargo xtask bench`: setup, build the benchmark driver (`lbt-bench` in the test crate,
+//! which embeds the XDP programs) in release mode, and run it. The driver prints the
+//! tables and writes `target/bench/results.json` and `target/bench/results.md`;
+//! BENCHMARKS.md explains the method.
+
+use std::process::Command;
+
+use anyhow::{Result, bail};
+
+use crate::{
+    cmd::{self, show},
+    setup::{self, SetupArgs},
+};
+
+const PACKAGE: &str = "lb-tests";
+const BIN: &str = "lbt-bench";
+
+fn say(msg: impl AsRef<str>) {
+    println!("[bench] {}", msg.as_ref());
+}
+
+/// Arguments after `--` go to the driver (`-- --help` lists them).
+pub fn run(extra: &[String]) -> Result<()> {
+    setup::run(&SetupArgs::default())?;
+    if !cmd::output(Command::new("id").arg("-u")).is_ok_and(|u| u.trim() == "0") {
+        say(
+            "warning: not root; loading the XDP programs needs CAP_BPF, CAP_NET_ADMIN and \
+             CAP_SYS_ADMIN, so the run will likely fail",
+        );
+    }
+    let mut build = cmd::cargo();
+    build.args(["build", "--release", "-p", PACKAGE, "--bin", BIN]);
+    say(format!("building: {}", show(&build)));
+    let st = cmd::status(&mut build)?;
+    if !st.success() {
+        bail!(
+            "building `{BIN}` failed ({st}); cargo's errors are above. If the eBPF programs \
+             failed to build (rust-src, bpf-linker), run `cargo xtask setup`"
+        );
+    }
+    let out = cmd::workspace_root().join("target").join("bench");
+    let mut run = cmd::cargo();
+    run.args([
+        "run",
+        "--release",
+        "--quiet",
+        "-p",
+        PACKAGE,
+        "--bin",
+        BIN,
+        "--",
+    ])
+    .arg("--json")
+    .arg(out.join("results.json"))
+    .arg("--markdown")
+    .arg(out.join("results.md"))
+    .args(extra);
+    say(format!("running: {}", show(&run)));
+    let st = cmd::status(&mut run)?;
+    if !st.success() {
+        bail!("the benchmark failed ({st}); see its output above");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use crate::{Cli, Task};
+
+    #[test]
+    fn passes_what_follows_the_double_dash_to_the_driver() {
+        match Cli::try_parse_from(["xtask", "bench", "--", "--rounds", "3"])
+            .unwrap()
+            .task
+        {
+            Task::Bench { args } => assert_eq!(args, ["--rounds", "3"]),
+            _ => panic!("not the bench task"),
+        }
+        assert!(matches!(
+            Cli::try_parse_from(["xtask", "bench"]).unwrap().task,
+            Task::Bench { args } if args.is_empty()
+        ));
+    }
+}
