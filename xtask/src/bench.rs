@@ -60,6 +60,28 @@ pub fn run(extra: &[String]) -> Result<()> {
     if !st.success() {
         bail!("the benchmark failed ({st}); see its output above");
     }
+    health_checks(&out)
+}
+
+/// Health-check capacity: CPU share of one core for 1,000 and 10,000 backends probed at a
+/// 1 s interval (each beside a baseline of the same tasks only sleeping).
+fn health_checks(out: &std::path::Path) -> Result<()> {
+    const HEALTH: &str = "lbt-health-bench";
+    let mut build = cmd::cargo();
+    build.args(["build", "--release", "-p", PACKAGE, "--bin", HEALTH]);
+    say(format!("building: {}", show(&build)));
+    if !cmd::status(&mut build)?.success() {
+        bail!("building `{HEALTH}` failed; cargo's errors are above");
+    }
+    let mut lines = Vec::new();
+    for n in ["1000", "10000"] {
+        let exe = cmd::workspace_root().join("target/release").join(HEALTH);
+        let line = cmd::output(Command::new(exe).args([n, "5"]))?;
+        say(format!("health checks: {}", line.trim()));
+        lines.push(line.trim().to_string());
+    }
+    std::fs::create_dir_all(out)?;
+    std::fs::write(out.join("health.jsonl"), lines.join("\n") + "\n")?;
     Ok(())
 }
 
