@@ -385,6 +385,13 @@ fn rollback_reproduces_the_maps_bit_for_bit() {
     assert_eq!(after.0, before.0, "LB_VIPS differ after rollback");
     assert_eq!(after.1, before.1, "LB_BACKENDS differ after rollback");
     assert!(after.2 == before.2, "LB_RINGS differ after rollback");
+    // Restore from a backup (export, change, import) reproduces them too.
+    let backup = d.dir.join("backup.json");
+    ok(&d, &["config", "export", backup.to_str().unwrap()]);
+    ok(&d, &["backend", "weight", "web", "198.18.0.23", "7"]);
+    assert_ne!(dump(&d), before);
+    ok(&d, &["config", "import", backup.to_str().unwrap()]);
+    assert!(dump(&d) == before, "maps differ after restoring the backup");
     println!(
         "rollback: {} VIP entries, {} backends, {} ring slots identical",
         after.0.len(),
