@@ -37,6 +37,10 @@ fn commands(text: &str) -> Vec<String> {
                 .trim_start_matches("$ ")
                 .trim_start_matches("sudo ");
             let p = p.split(['|', '>', '#']).next().unwrap_or("").trim();
+            // A synopsis (`lbctl [--socket PATH] COMMAND ...`) is not a command line.
+            if p.contains("[--") || p.ends_with("...") {
+                continue;
+            }
             if p.starts_with("lbd ")
                 || p.starts_with("lbctl ")
                 || p.starts_with("cargo xtask ")
