@@ -58,6 +58,13 @@ pub fn err(code: &str, message: impl std::fmt::Display) -> Value {
 
 /// Listen on `path` until the task is aborted, forwarding requests to `tx`.
 pub async fn serve(path: PathBuf, tx: mpsc::Sender<Call>) -> Result<()> {
+    // A socket someone answers on belongs to another daemon: never take it over.
+    if std::os::unix::net::UnixStream::connect(&path).is_ok() {
+        anyhow::bail!(
+            "{} is served by another process (another lbd?): set a different [daemon] api_socket",
+            path.display()
+        );
+    }
     let _ = std::fs::remove_file(&path);
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;

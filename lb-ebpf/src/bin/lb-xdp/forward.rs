@@ -43,7 +43,7 @@ pub fn forward(
     }
     nexthop::resolve(ctx, cfg, be, pkt)?;
     ipip(ctx, cfg, pkt, be)?;
-    Ok(nexthop::send(&pkt.hop, Reason::TxIpip))
+    nexthop::send(&pkt.hop, Reason::TxIpip)
 }
 
 /// Low `bits` bits of `base` replaced by the flow hash: one outer source per flow bucket,

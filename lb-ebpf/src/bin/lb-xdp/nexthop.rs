@@ -77,19 +77,17 @@ pub fn resolve(
 
 /// The XDP verdict that sends the rewritten frame toward `hop`.
 #[inline(always)]
-pub fn send(hop: &NextHop, tx_reason: Reason) -> u32 {
+/// A failed redirect is an error like the other drops: counted and logged by the caller.
+pub fn send(hop: &NextHop, tx_reason: Reason) -> Result<u32, Reason> {
     if hop.redirect_ifindex == 0 {
         count(tx_reason);
-        return xdp_action::XDP_TX;
+        return Ok(xdp_action::XDP_TX);
     }
     match LB_TX_PORTS.redirect(hop.redirect_ifindex, 0) {
         Ok(action) => {
             count(Reason::Redirect);
-            action
+            Ok(action)
         }
-        Err(_) => {
-            count(Reason::DropRedirect);
-            xdp_action::XDP_DROP
-        }
+        Err(_) => Err(Reason::DropRedirect),
     }
 }
