@@ -341,14 +341,11 @@ impl Dataplane {
     }
 
     /// Write a whole ring window. Returns the number of slots written.
+    /// Write a whole ring window. Returns the number of slots written.
     pub fn write_ring(&mut self, offset: u32, slots: &[u32]) -> Result<usize, DataplaneError> {
         self.check_window(offset, slots.len())?;
-        let mut rings = self.array::<u32>(MAP_RINGS)?;
-        for (i, s) in slots.iter().enumerate() {
-            rings
-                .set(offset + i as u32, s, 0)
-                .map_err(map_err(MAP_RINGS))?;
-        }
+        let keys: Vec<u32> = (0..slots.len() as u32).map(|i| offset + i).collect();
+        self.write_slots(&keys, slots)?;
         Ok(slots.len())
     }
 
@@ -361,17 +358,34 @@ impl Dataplane {
         new: &[u32],
     ) -> Result<usize, DataplaneError> {
         self.check_window(offset, new.len())?;
-        let mut rings = self.array::<u32>(MAP_RINGS)?;
-        let mut written = 0;
-        for (i, s) in new.iter().enumerate() {
-            if old.get(i) != Some(s) {
-                rings
-                    .set(offset + i as u32, s, 0)
-                    .map_err(map_err(MAP_RINGS))?;
-                written += 1;
-            }
+        let (keys, values): (Vec<u32>, Vec<u32>) = new
+            .iter()
+            .enumerate()
+            .filter(|(i, s)| old.get(*i) != Some(*s))
+            .map(|(i, s)| (offset + i as u32, *s))
+            .unzip();
+        self.write_slots(&keys, &values)?;
+        Ok(keys.len())
+    }
+
+    /// One BPF_MAP_UPDATE_BATCH; slot by slot where the kernel refuses batches.
+    fn write_slots(&mut self, keys: &[u32], values: &[u32]) -> Result<(), DataplaneError> {
+        use std::os::fd::AsFd;
+        let map = self
+            .ebpf
+            .map(MAP_RINGS)
+            .ok_or(DataplaneError::MissingMap(MAP_RINGS))?;
+        let aya::maps::Map::Array(data) = map else {
+            return Err(DataplaneError::MissingMap(MAP_RINGS));
+        };
+        if crate::batch::update_u32(data.fd().as_fd(), keys, values).is_ok() {
+            return Ok(());
         }
-        Ok(written)
+        let mut rings = self.array::<u32>(MAP_RINGS)?;
+        for (k, v) in keys.iter().zip(values) {
+            rings.set(*k, v, 0).map_err(map_err(MAP_RINGS))?;
+        }
+        Ok(())
     }
 
     pub fn read_ring(&mut self, offset: u32, len: usize) -> Result<Vec<u32>, DataplaneError> {

@@ -1,6 +1,7 @@
 //! The control plane's library: loading the dataplane, building rings, writing maps.
 
 pub mod api;
+pub mod batch;
 pub mod cli;
 pub mod config;
 pub mod controller;

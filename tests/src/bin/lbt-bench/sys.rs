@@ -2,12 +2,11 @@
 //! written with one `BPF_MAP_UPDATE_BATCH` call (the kernel's cheapest way to write many
 //! elements), through the raw bpf(2) syscall since aya 0.14 has no batch operations.
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{FromRawFd, OwnedFd};
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 
 const BPF_MAP_CREATE: libc::c_long = 0;
-const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
 const BPF_MAP_TYPE_ARRAY: u32 = 2;
 
 /// A zeroed `union bpf_attr` prefix (the kernel zero-fills the rest).
@@ -21,14 +20,6 @@ impl Attr {
 
     fn put_u32(&mut self, at: usize, v: u32) {
         self.0[at..at + 4].copy_from_slice(&v.to_ne_bytes());
-    }
-
-    fn put_u64(&mut self, at: usize, v: u64) {
-        self.0[at..at + 8].copy_from_slice(&v.to_ne_bytes());
-    }
-
-    fn get_u32(&self, at: usize) -> u32 {
-        u32::from_ne_bytes(self.0[at..at + 4].try_into().unwrap())
     }
 }
 
@@ -71,23 +62,8 @@ impl U32Array {
 
     /// Write `values[i]` at `keys[i]` in one syscall.
     pub fn update_batch(&self, keys: &[u32], values: &[u32]) -> Result<()> {
-        assert_eq!(keys.len(), values.len());
-        let mut a = Attr::new();
-        // struct { in_batch, out_batch, keys, values: u64; count, map_fd: u32;
-        //          elem_flags, flags: u64 } batch;
-        a.put_u64(16, keys.as_ptr() as u64);
-        a.put_u64(24, values.as_ptr() as u64);
-        a.put_u32(32, keys.len() as u32);
-        a.put_u32(36, self.fd.as_raw_fd() as u32);
-        bpf(BPF_MAP_UPDATE_BATCH, &mut a)
-            .map_err(|e| anyhow::anyhow!("BPF_MAP_UPDATE_BATCH: {e}"))?;
-        let done = a.get_u32(32) as usize;
-        if done != keys.len() {
-            bail!(
-                "BPF_MAP_UPDATE_BATCH wrote {done} of {} elements",
-                keys.len()
-            );
-        }
-        Ok(())
+        use std::os::fd::AsFd;
+        lb_userspace::batch::update_u32(self.fd.as_fd(), keys, values)
+            .map_err(|e| anyhow::anyhow!("BPF_MAP_UPDATE_BATCH: {e}"))
     }
 }
