@@ -41,6 +41,21 @@ pub const DEFAULT_FLOWS: u32 = 262_144;
 pub const DEFAULT_RING_SIZE: u32 = 65_537;
 pub const DEFAULT_RING_CAPACITY: u32 = 16 * DEFAULT_RING_SIZE;
 
+pub const MAP_VIP_FILTER: &str = "LB_VIP_FILTER";
+
+/// Bits of the VIP address filter: one array of u64 words, a bit set for every VIP address.
+/// Most packets on a gateway are not for a VIP; a clear bit sends them on with one array
+/// read instead of two hash lookups. A set bit only means "look it up".
+pub const VIP_FILTER_BITS: u32 = 1 << 16;
+
+/// The filter bit of a destination address (network byte order, IPv4 in the first 4 bytes).
+#[inline(always)]
+pub fn vip_filter_bit(addr: &[u8; 16]) -> u32 {
+    let lo = u32::from_le_bytes([addr[0], addr[1], addr[2], addr[3]]);
+    let hi = u32::from_le_bytes([addr[12], addr[13], addr[14], addr[15]]);
+    (lo ^ hi.rotate_left(16)).wrapping_mul(0x9e37_79b1) >> 16
+}
+
 /// Backend id 0 never names a backend: an unfilled ring slot holds 0.
 pub const NO_BACKEND: u32 = 0;
 

@@ -670,6 +670,7 @@ impl Controller {
             self.dp.set_backend(id, &Backend::default())?;
         }
         self.sync_fragment_aliases()?;
+        self.dp.rebuild_vip_filter()?;
         for (vip, addr, before, after) in changed {
             self.count_transition(&vip, addr, after);
             self.event(

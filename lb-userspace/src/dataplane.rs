@@ -40,6 +40,7 @@ pub const PINNED_MAPS: &[&str] = &[
     lb_common::MAP_RR,
     lb_common::MAP_CONNS,
     lb_common::MAP_TX_PORTS,
+    lb_common::MAP_VIP_FILTER,
 ];
 
 #[derive(Debug, Error)]
@@ -267,8 +268,39 @@ impl Dataplane {
             .map_err(map_err(MAP_CONFIG))
     }
 
+    /// The filter bit first, then the entry: the dataplane never skips an installed VIP.
     pub fn set_vip(&mut self, key: &VipKey, meta: &VipMeta) -> Result<(), DataplaneError> {
+        let bit = lb_common::vip_filter_bit(&key.addr);
+        let mut filter = self.array::<u64>(lb_common::MAP_VIP_FILTER)?;
+        let word = filter
+            .get(&(bit >> 6), 0)
+            .map_err(map_err(lb_common::MAP_VIP_FILTER))?;
+        filter
+            .set(bit >> 6, word | (1u64 << (bit & 63)), 0)
+            .map_err(map_err(lb_common::MAP_VIP_FILTER))?;
         self.vips()?.insert(key, meta, 0).map_err(map_err(MAP_VIPS))
+    }
+
+    /// Recompute the VIP address filter from LB_VIPS (clears the bits of removed VIPs).
+    pub fn rebuild_vip_filter(&mut self) -> Result<(), DataplaneError> {
+        let mut words = vec![0u64; (lb_common::VIP_FILTER_BITS / 64) as usize];
+        for (k, _) in self.vip_entries()? {
+            let bit = lb_common::vip_filter_bit(&k.addr);
+            words[(bit >> 6) as usize] |= 1u64 << (bit & 63);
+        }
+        let mut filter = self.array::<u64>(lb_common::MAP_VIP_FILTER)?;
+        for (i, w) in words.iter().enumerate() {
+            if filter
+                .get(&(i as u32), 0)
+                .map_err(map_err(lb_common::MAP_VIP_FILTER))?
+                != *w
+            {
+                filter
+                    .set(i as u32, w, 0)
+                    .map_err(map_err(lb_common::MAP_VIP_FILTER))?;
+            }
+        }
+        Ok(())
     }
 
     pub fn remove_vip(&mut self, key: &VipKey) -> Result<(), DataplaneError> {

@@ -7,7 +7,8 @@ use aya_ebpf::{
 };
 use lb_common::{
     Backend, BackendStats, DEFAULT_FLOWS, DEFAULT_RING_CAPACITY, FlowEntry, FlowKey, GlobalConfig,
-    MAX_BACKENDS, MAX_TX_PORTS, MAX_VIPS, VipKey, VipMeta, VipStats, reason::REASON_COUNT,
+    MAX_BACKENDS, MAX_TX_PORTS, MAX_VIPS, VIP_FILTER_BITS, VipKey, VipMeta, VipStats,
+    reason::REASON_COUNT,
 };
 
 /// Per-CPU LRU lists (BPF_F_NO_COMMON_LRU) over one shared table: evictions never take a
@@ -39,6 +40,10 @@ pub static LB_VIP_STATS: PerCpuArray<VipStats> = PerCpuArray::with_max_entries(M
 
 #[map(name = "LB_BE_STATS")]
 pub static LB_BE_STATS: PerCpuArray<BackendStats> = PerCpuArray::with_max_entries(MAX_BACKENDS, 0);
+
+/// A bit per VIP address hash (see `lb_common::vip_filter_bit`).
+#[map(name = "LB_VIP_FILTER")]
+pub static LB_VIP_FILTER: Array<u64> = Array::with_max_entries(VIP_FILTER_BITS / 64, 0);
 
 /// Round-robin cursor per VIP, per CPU: no cross-CPU cache line bouncing.
 #[map(name = "LB_RR")]
