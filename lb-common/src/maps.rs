@@ -164,6 +164,8 @@ pub const FLOW_F_COUNTED: u32 = 1 << 0;
 pub struct FlowEntry {
     pub backend_id: u32,
     pub flags: u32,
+    /// `flow_hash` of the key, kept so established packets need not hash again.
+    pub hash: u32,
 }
 
 #[repr(C)]

@@ -7,7 +7,7 @@ use core::intrinsics::{AtomicOrdering, atomic_xadd};
 use aya_ebpf::helpers::bpf_get_prandom_u32;
 use lb_common::{
     BACKEND_F_DOWN, Backend, FLOW_F_COUNTED, FlowEntry, FlowKey, NO_BACKEND, Reason, Scheduler,
-    VipMeta, source_hash,
+    VipMeta, flow_hash, source_hash,
 };
 
 use crate::{
@@ -19,7 +19,6 @@ use crate::{
 /// The flow to place (bundled: a BPF call takes at most five arguments).
 pub struct Flow<'a> {
     pub key: &'a FlowKey,
-    pub hash: u32,
     pub tcp_flags: u8,
     /// False for fragments and ICMP errors, which must not create flows.
     pub remember: bool,
@@ -29,6 +28,8 @@ pub struct Choice {
     pub id: u32,
     pub backend: Backend,
     pub new_flow: bool,
+    /// The flow's hash (from the table on a hit).
+    pub hash: u32,
 }
 
 #[inline(always)]
@@ -121,7 +122,7 @@ fn stateless(vip: &VipMeta, key: &FlowKey, hash: u32) -> u32 {
 /// Not inlined: its temporaries do not add to the forwarding path's stack.
 #[inline(never)]
 pub fn choose(vip: &VipMeta, flow: &Flow) -> Option<Choice> {
-    let (key, hash, tcp_flags, remember) = (flow.key, flow.hash, flow.tcp_flags, flow.remember);
+    let (key, tcp_flags, remember) = (flow.key, flow.tcp_flags, flow.remember);
     let mut rescheduled = false;
     if remember {
         if let Some(entry) = LB_FLOWS.get_ptr_mut(key) {
@@ -144,6 +145,8 @@ pub fn choose(vip: &VipMeta, flow: &Flow) -> Option<Choice> {
                     id,
                     backend,
                     new_flow: false,
+                    // SAFETY: as above.
+                    hash: unsafe { (*entry).hash },
                 });
             }
             // Uncount it from its dead backend once, even if no new backend is found.
@@ -164,9 +167,13 @@ pub fn choose(vip: &VipMeta, flow: &Flow) -> Option<Choice> {
                 id,
                 backend,
                 new_flow: false,
+                // SAFETY: as above.
+                hash: unsafe { (*entry).hash },
             });
         }
     }
+    // Hashed only here, for a flow the table does not know.
+    let hash = flow_hash(key);
     let id = if remember {
         schedule(vip, key, hash)
     } else {
@@ -182,6 +189,7 @@ pub fn choose(vip: &VipMeta, flow: &Flow) -> Option<Choice> {
         let entry = FlowEntry {
             backend_id: id,
             flags: if counted { FLOW_F_COUNTED } else { 0 },
+            hash,
         };
         let _ = LB_FLOWS.insert(key, &entry, 0);
         count(if rescheduled {
@@ -194,5 +202,6 @@ pub fn choose(vip: &VipMeta, flow: &Flow) -> Option<Choice> {
         id,
         backend,
         new_flow: remember,
+        hash,
     })
 }

@@ -20,9 +20,7 @@ mod stats;
 mod vip;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
-use lb_common::{
-    FAMILY_V4, PROTO_ICMP, PROTO_ICMPV6, Reason, VIP_F_NO_BACKEND_PASS, VipMeta, flow_hash,
-};
+use lb_common::{FAMILY_V4, PROTO_ICMP, PROTO_ICMPV6, Reason, VIP_F_NO_BACKEND_PASS, VipMeta};
 use lb_ebpf::l2::{self, ETH_P_IP, ETH_P_IPV6, L2, L2Error};
 
 use bytemuck::Zeroable;
@@ -109,16 +107,15 @@ fn try_lb_xdp(ctx: &XdpContext) -> Result<u32, Reason> {
         return Err(Reason::DropMalformed);
     }
     let cfg = LB_CONFIG.get(0).ok_or(Reason::DropNoNexthop)?;
-    pkt.hash = flow_hash(key);
     pkt.forward = vip.forward;
     pkt.check_mtu = !icmp_error;
     let flow = Flow {
         key,
-        hash: pkt.hash,
         tcp_flags: if icmp_error { 0 } else { l3.tcp_flags },
         remember: !fragment && !icmp_error,
     };
     let choice = flow::choose(&vip, &flow).ok_or_else(|| no_backend(&vip))?;
+    pkt.hash = choice.hash;
     if fragment {
         count(Reason::Fragment);
     }
