@@ -484,6 +484,12 @@ impl Controller {
     /// Make the dataplane match `cfg`. Health and admin state of backends that stay are kept.
     pub fn apply(&mut self, cfg: &Config) -> Result<(), DataplaneError> {
         self.dp.set_config(&global_config(cfg))?;
+        // Ids in use or pinned: none is handed out again in this apply (removed backends are
+        // cleared only at its end). Computed once: per-allocation scans made large
+        // configurations quadratic.
+        let mut taken_vips = self.used_vip_ids();
+        let mut taken_backends = self.used_backend_ids();
+        let mut next_backend = 1u32;
         let old: HashMap<String, VipState> = self
             .vips
             .drain(..)
@@ -520,12 +526,9 @@ impl Controller {
                     }
                     _ => {
                         let vip_id = (1..MAX_VIPS)
-                            .find(|id| {
-                                !self.used_vip_ids().contains(id)
-                                    && !new_vips.iter().any(|v| v.meta.vip_id == *id)
-                                    && !old.values().any(|v| v.meta.vip_id == *id)
-                            })
+                            .find(|id| !taken_vips.contains(id))
                             .ok_or(DataplaneError::Full("VIP ids"))?;
+                        taken_vips.insert(vip_id);
                         let offset = self
                             .alloc_window(vc.ring_size)
                             .ok_or(DataplaneError::Full("LB_RINGS windows"))?;
@@ -577,20 +580,14 @@ impl Controller {
                         let adopted = self.adopted_backends.remove(&(meta.vip_id, bc.address));
                         let id = match adopted {
                             Some((id, _)) => id,
-                            None => (1..MAX_BACKENDS)
-                                .find(|id| {
-                                    !self.used_backend_ids().contains(id)
-                                        && !backends.iter().any(|b: &BackendState| b.id == *id)
-                                        && !new_vips
-                                            .iter()
-                                            .any(|v| v.backends.iter().any(|b| b.id == *id))
-                                        && !old
-                                            .values()
-                                            .any(|v| v.backends.iter().any(|b| b.id == *id))
-                                        && !prev_backends.iter().any(|b| b.id == *id)
-                                        && !to_clear.contains(id)
-                                })
-                                .ok_or(DataplaneError::Full("backend ids"))?,
+                            None => {
+                                let id = (next_backend..MAX_BACKENDS)
+                                    .find(|id| !taken_backends.contains(id))
+                                    .ok_or(DataplaneError::Full("backend ids"))?;
+                                taken_backends.insert(id);
+                                next_backend = id + 1;
+                                id
+                            }
                         };
                         let down = adopted.map(|(_, down)| down).unwrap_or(false)
                             && health.kind != CheckKind::None;

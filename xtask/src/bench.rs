@@ -82,6 +82,22 @@ fn health_checks(out: &std::path::Path) -> Result<()> {
     }
     std::fs::create_dir_all(out)?;
     std::fs::write(out.join("health.jsonl"), lines.join("\n") + "\n")?;
+    memory(out)
+}
+
+/// Map memory at the default sizes and daemon RSS with 1,000 VIPs and 10,000 backends.
+fn memory(out: &std::path::Path) -> Result<()> {
+    const MEM: &str = "lbt-mem-bench";
+    let mut build = cmd::cargo();
+    build.args(["build", "--release", "-p", PACKAGE, "--bin", MEM]);
+    if !cmd::status(&mut build)?.success() {
+        bail!("building `{MEM}` failed; cargo's errors are above");
+    }
+    let exe = cmd::workspace_root().join("target/release").join(MEM);
+    let line = cmd::output(Command::new(exe).args(["1000", "10"]))?;
+    let line = line.lines().last().unwrap_or("").to_string();
+    say(format!("memory: {line}"));
+    std::fs::write(out.join("memory.json"), line + "\n")?;
     Ok(())
 }
 
