@@ -24,6 +24,12 @@ pub struct L2 {
     pub proto: u16,
 }
 
+impl Default for L2 {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl L2 {
     pub const fn new() -> Self {
         L2 {

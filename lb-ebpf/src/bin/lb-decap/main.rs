@@ -54,7 +54,7 @@ fn ours(addr: [u8; 16], family: u8) -> bool {
         _pad: [0; 3],
     };
     // SAFETY: presence check only.
-    unsafe { LB_DECAP_ADDRS.get(&key) }.is_some()
+    unsafe { LB_DECAP_ADDRS.get(key) }.is_some()
 }
 
 #[inline(always)]

@@ -191,7 +191,7 @@ pub fn choose(vip: &VipMeta, flow: &Flow) -> Option<Choice> {
             flags: if counted { FLOW_F_COUNTED } else { 0 },
             hash,
         };
-        let _ = LB_FLOWS.insert(key, &entry, 0);
+        let _ = LB_FLOWS.insert(key, entry, 0);
         count(if rescheduled {
             Reason::FlowRescheduled
         } else {

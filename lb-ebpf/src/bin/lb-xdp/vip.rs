@@ -23,15 +23,15 @@ pub fn lookup(key: &FlowKey, fragment: bool) -> Option<VipMeta> {
     };
     if !fragment && vk.port != 0 {
         // SAFETY: values are plain data copied out at once.
-        if let Some(meta) = unsafe { LB_VIPS.get(&vk) } {
-            if meta.flags & VIP_F_FRAGMENTS_ONLY == 0 {
-                return Some(*meta);
-            }
+        if let Some(meta) = unsafe { LB_VIPS.get(vk) }
+            && meta.flags & VIP_F_FRAGMENTS_ONLY == 0
+        {
+            return Some(*meta);
         }
     }
     vk.port = 0;
     // SAFETY: as above.
-    let meta = unsafe { LB_VIPS.get(&vk) }?;
+    let meta = unsafe { LB_VIPS.get(vk) }?;
     if meta.flags & VIP_F_FRAGMENTS_ONLY != 0 && !fragment {
         return None;
     }
