@@ -1,39 +1,30 @@
-//! The health-check capacity benchmark runs on a tiny size (numbers are not checked: they
-//! are `cargo xtask bench`'s business).
+//! The health-check and memory benchmarks run on a tiny size (numbers are not checked:
+//! they are `cargo xtask bench`'s business).
 
-#[test]
-fn health_bench_runs() {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_lbt-health-bench"))
-        .args(["20", "1"])
-        .output()
-        .unwrap();
+/// Run a benchmark binary; its last stdout line, parsed as JSON.
+fn run_json(exe: &str, args: &[&str]) -> serde_json::Value {
+    let out = std::process::Command::new(exe).args(args).output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
         "{text}{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let v: serde_json::Value = serde_json::from_str(text.trim()).expect("one JSON line");
+    serde_json::from_str(text.lines().last().unwrap_or("")).expect("one JSON line")
+}
+
+#[test]
+fn health_bench_runs() {
+    let v = run_json(env!("CARGO_BIN_EXE_lbt-health-bench"), &["20", "1"]);
     assert_eq!(v["backends"], 20);
     assert!(v["probes_ok"].as_u64().unwrap() >= 20, "{v}");
     assert!(v["core_share"].as_f64().unwrap() > 0.0);
 }
 
-/// The memory benchmark runs on a tiny size and reports every map.
+/// Every map is reported.
 #[test]
 fn memory_bench_runs() {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_lbt-mem-bench"))
-        .args(["5", "2"])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{text}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value =
-        serde_json::from_str(text.lines().last().unwrap_or("")).expect("one JSON line");
+    let v = run_json(env!("CARGO_BIN_EXE_lbt-mem-bench"), &["5", "2"]);
     assert_eq!(v["backends"], 10);
     for m in ["LB_FLOWS", "LB_RINGS", "LB_VIPS", "LB_BACKENDS", "LB_STATS"] {
         assert!(
