@@ -950,46 +950,6 @@ impl Controller {
         out
     }
 
-    /// Operator action on a backend (drain, enable, disable).
-    pub fn set_admin(
-        &mut self,
-        vip: &str,
-        addr: IpAddr,
-        admin: Admin,
-    ) -> Result<bool, DataplaneError> {
-        let Some(i) = self.vips.iter().position(|v| v.cfg.name == vip) else {
-            return Ok(false);
-        };
-        let Some(j) = self.vips[i]
-            .backends
-            .iter()
-            .position(|b| b.cfg.address == addr)
-        else {
-            return Ok(false);
-        };
-        let b = &mut self.vips[i].backends[j];
-        if b.admin == admin {
-            return Ok(true);
-        }
-        let before = b.state();
-        b.admin = admin;
-        b.since = SystemTime::now();
-        b.reason = "operator".into();
-        let after = b.state();
-        let written = self.sync_backend(i, j)?;
-        self.count_transition(vip, addr, after);
-        self.event(
-            vip,
-            Some(addr),
-            format!(
-                "{} -> {} by operator; {written} ring slots written",
-                before.as_str(),
-                after.as_str()
-            ),
-        );
-        Ok(true)
-    }
-
     /// Every (VIP, backend id, health settings, address to probe) that needs probing.
     pub fn probes(&self) -> Vec<(String, u32, Health, SocketAddr)> {
         let mut out = Vec::new();

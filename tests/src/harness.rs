@@ -37,6 +37,18 @@ pub struct TestVip {
     pub ring: Vec<u32>,
 }
 
+/// The balancer with the tests' sizes (not attached, not pinned).
+pub fn load() -> Dataplane {
+    Dataplane::load(
+        LoadOptions {
+            flows: 65_536,
+            ring_capacity: 8 * RING,
+        },
+        None,
+    )
+    .expect("load lb_xdp (needs root)")
+}
+
 pub struct Harness {
     pub dp: Dataplane,
     next_offset: u32,
@@ -47,14 +59,7 @@ impl Harness {
     /// Loaded, not attached; FIB lookups off so outputs are deterministic (the FIB path is
     /// exercised by the namespace tests).
     pub fn new() -> Self {
-        let dp = Dataplane::load(
-            LoadOptions {
-                flows: 65_536,
-                ring_capacity: 8 * RING,
-            },
-            None,
-        )
-        .expect("load lb_xdp (needs root)");
+        let dp = load();
         Self::with(dp, |_| {})
     }
 

@@ -15,13 +15,10 @@ use std::{
 
 use aya::programs::XdpMode;
 use lb_common::Forward;
-use lb_userspace::{
-    dataplane::{Dataplane, LoadOptions},
-    decap::Decap,
-};
+use lb_userspace::decap::Decap;
 
 use crate::{
-    harness::{Harness, RING},
+    harness::Harness,
     netns::{Netns, sh, sweep_stale},
 };
 
@@ -151,14 +148,7 @@ impl Topology {
     pub fn with_balancer(backends: usize, forward: Forward, echo: &'static str) -> Topology {
         let mut t = Topology::new(backends, forward, echo);
         let dp = t.lb_host.ns.enter(|| {
-            let mut dp = Dataplane::load(
-                LoadOptions {
-                    flows: 65_536,
-                    ring_capacity: 8 * RING,
-                },
-                None,
-            )
-            .expect("load lb_xdp");
+            let mut dp = crate::harness::load();
             dp.attach("eth0", XdpMode::Driver)
                 .expect("attach lb_xdp in native mode");
             dp

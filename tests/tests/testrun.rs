@@ -902,3 +902,29 @@ fn a_new_syn_on_an_old_flow_follows_the_current_ring() {
     );
     assert_eq!(h.dp.reason(Reason::FlowRescheduled).unwrap(), 0);
 }
+
+/// With the FIB on and no route answer (a fresh namespace: forwarding off, so
+/// bpf_fib_lookup declines), the configured gateway MAC is the next hop; without one the
+/// packet is dropped and counted, never sent to a wrong MAC.
+#[test]
+fn without_a_fib_answer_the_gateway_mac_is_used_or_the_packet_dropped() {
+    let ns = lb_tests::netns::Netns::new(lb_tests::netns::Netns::group(), "fib");
+    let (mut h, _) = setup(Scheduler::Maglev, Forward::IpIp);
+    h.set_config(|c| c.flags = 0);
+    let f = Frame::tcp(CLIENT4, 40100, VIP4, 80, TCP_SYN);
+    let input = f.bytes();
+    let (h, with_gateway, without) = ns.enter(move || {
+        let with_gateway = h.run(&input);
+        h.set_config(|c| {
+            c.flags = 0;
+            c.gateway_mac = [0; 6];
+        });
+        let without = h.run(&input);
+        (h, with_gateway, without)
+    });
+    assert_eq!(with_gateway.0, XDP_TX);
+    assert_eq!(check_frame(&with_gateway.1).unwrap().dst_mac, GATEWAY_MAC);
+    assert_eq!(without.0, XDP_DROP);
+    assert_eq!(h.dp.reason(Reason::FibFallback).unwrap(), 1);
+    assert_eq!(h.dp.reason(Reason::DropNoNexthop).unwrap(), 1);
+}

@@ -23,13 +23,10 @@ use std::{
 use aya::programs::XdpMode;
 use lb_common::{Forward, PROTO_TCP, PROTO_UDP, Reason, Scheduler};
 use lb_tests::{
-    harness::{Harness, RING, vip_key},
+    harness::{Harness, vip_key},
     netns::{Netns, sh, sweep_stale},
 };
-use lb_userspace::{
-    dataplane::{Dataplane, LoadOptions},
-    decap::Decap,
-};
+use lb_userspace::decap::Decap;
 
 const N: u32 = 40;
 const BACKENDS: usize = 3;
@@ -188,14 +185,7 @@ impl TwoArm {
         }
 
         let dp = lb_ns.enter(|| {
-            let mut dp = Dataplane::load(
-                LoadOptions {
-                    flows: 65_536,
-                    ring_capacity: 8 * RING,
-                },
-                None,
-            )
-            .expect("load lb_xdp");
+            let mut dp = lb_tests::harness::load();
             for nic in ["eth0", "eth1"] {
                 dp.attach(nic, XdpMode::Driver)
                     .unwrap_or_else(|e| panic!("attach lb_xdp on {nic} in native mode: {e}"));
