@@ -151,6 +151,22 @@ impl Harness {
     }
 
     /// Run the program once on `pkt`: (XDP action, output frame).
+    /// Asserts that `pkt` is passed to the stack byte for byte and counted once under
+    /// `reason`.
+    pub fn assert_passed(&self, pkt: &[u8], reason: lb_common::Reason) {
+        let before = self.dp.reason(reason).unwrap();
+        assert_eq!(
+            self.run(pkt),
+            (XDP_PASS, pkt.to_vec()),
+            "{reason:?}: passed untouched"
+        );
+        assert_eq!(
+            self.dp.reason(reason).unwrap(),
+            before + 1,
+            "{reason:?} counted once"
+        );
+    }
+
     pub fn run(&self, pkt: &[u8]) -> (u32, Vec<u8>) {
         let mut out = vec![0u8; pkt.len() + 256];
         let prog = self.dp.program().unwrap();

@@ -88,6 +88,17 @@ fn predicted(h: &mut Harness, v: &TestVip, f: &Frame) -> IpAddr {
     backend_addr(h, id)
 }
 
+/// Runs `f` and asserts it leaves (XDP_TX) tunnelled to `to` with its IP packet unchanged;
+/// returns the frame sent and what `check_frame` read from it.
+fn assert_tunnelled(h: &Harness, f: &Frame, to: IpAddr) -> (Vec<u8>, Checked) {
+    let (action, out) = h.run(&f.bytes());
+    assert_eq!(action, XDP_TX);
+    let c = check_frame(&out).unwrap();
+    assert_eq!(c.outer_dst, to);
+    assert_eq!(c.ip_payload, f.ip_packet());
+    (out, c)
+}
+
 fn flow_key(f: &Frame) -> lb_common::FlowKey {
     let (src, family) = addr16(f.src);
     let (dst, _) = addr16(f.dst);
@@ -182,15 +193,12 @@ fn ipv6_in_ipv6() {
     backends(&mut h);
     let v = maglev(&mut h, VIP6, 443, PROTO_TCP, &v6_set());
     let f = Frame::tcp(CLIENT6, 50000, VIP6, 443, TCP_SYN | TCP_ACK);
-    let (action, out) = h.run(&f.bytes());
-    assert_eq!(action, XDP_TX);
-    let c = check_frame(&out).unwrap();
+    let to = predicted(&mut h, &v, &f);
+    let (out, c) = assert_tunnelled(&h, &f, to);
     assert_eq!(c.ip_proto, 41);
-    assert_eq!(c.outer_dst, predicted(&mut h, &v, &f));
     assert!(
         matches!(c.outer_src, IpAddr::V6(a) if a.segments()[..6] == [0x2001, 0xdb8, 0xff, 0, 0, 0])
     );
-    assert_eq!(c.ip_payload, f.ip_packet());
     check_ip(&c.ip_payload).unwrap();
     assert_eq!(&out[12..14], &[0x86, 0xdd]);
     assert_eq!(out.len(), f.bytes().len() + 40);
@@ -202,13 +210,10 @@ fn ipv4_in_ipv6_toward_an_ipv6_backend() {
     backends(&mut h);
     let v = maglev(&mut h, VIP4, 80, PROTO_TCP, &v6_set());
     let f = Frame::tcp(CLIENT4, 40001, VIP4, 80, TCP_SYN);
-    let (action, out) = h.run(&f.bytes());
-    assert_eq!(action, XDP_TX);
-    let c = check_frame(&out).unwrap();
+    let to = predicted(&mut h, &v, &f);
+    assert!(to.is_ipv6());
+    let (_, c) = assert_tunnelled(&h, &f, to);
     assert_eq!(c.ip_proto, 4, "next header: IPv4");
-    assert!(c.outer_dst.is_ipv6());
-    assert_eq!(c.outer_dst, predicted(&mut h, &v, &f));
-    assert_eq!(c.ip_payload, f.ip_packet());
 }
 
 #[test]
@@ -227,11 +232,8 @@ fn udp_v4() {
     backends(&mut h);
     let v = maglev(&mut h, VIP4, 53, PROTO_UDP, &v4_set());
     let f = Frame::udp(CLIENT4, 5353, VIP4, 53);
-    let (action, out) = h.run(&f.bytes());
-    assert_eq!(action, XDP_TX);
-    let c = check_frame(&out).unwrap();
-    assert_eq!(c.outer_dst, predicted(&mut h, &v, &f));
-    assert_eq!(c.ip_payload, f.ip_packet());
+    let to = predicted(&mut h, &v, &f);
+    let (_, c) = assert_tunnelled(&h, &f, to);
     check_ip(&c.ip_payload).unwrap();
     // TCP to the same address and port is not this VIP.
     let t = Frame::tcp(CLIENT4, 5353, VIP4, 53, TCP_SYN).bytes();
@@ -245,9 +247,8 @@ fn vlan_tags_are_kept() {
         let mut f = Frame::tcp(CLIENT4, 40002, VIP4, 80, TCP_SYN);
         f.vlans = vlans.clone();
         let input = f.bytes();
-        let (action, out) = h.run(&input);
-        assert_eq!(action, XDP_TX, "{vlans:?}");
-        let c = check_frame(&out).unwrap();
+        let to = predicted(&mut h, &v, &f);
+        let (out, c) = assert_tunnelled(&h, &f, to);
         assert_eq!(c.vlans, vlans.len());
         let tags = 4 * vlans.len();
         assert_eq!(
@@ -255,18 +256,10 @@ fn vlan_tags_are_kept() {
             &input[12..12 + tags],
             "tags as they came"
         );
-        assert_eq!(c.outer_dst, predicted(&mut h, &v, &f));
-        assert_eq!(c.ip_payload, f.ip_packet());
     }
     let mut f = Frame::tcp(CLIENT4, 40002, VIP4, 80, TCP_SYN);
     f.vlans = vec![(0x88a8, 1), (0x8100, 2), (0x8100, 3)];
-    let input = f.bytes();
-    assert_eq!(
-        h.run(&input),
-        (XDP_PASS, input.clone()),
-        "three tags: passed untouched"
-    );
-    assert_eq!(h.dp.reason(Reason::PassVlanDepth).unwrap(), 1);
+    h.assert_passed(&f.bytes(), Reason::PassVlanDepth);
 }
 
 #[test]
@@ -274,11 +267,8 @@ fn ipv4_options_are_carried() {
     let (mut h, v) = setup(Scheduler::Maglev, Forward::IpIp);
     let mut f = Frame::tcp(CLIENT4, 40003, VIP4, 80, TCP_SYN);
     f.ipv4_options = vec![0x94, 0x04, 0, 0, 1, 1, 1, 0]; // router alert, NOPs, EOL
-    let (action, out) = h.run(&f.bytes());
-    assert_eq!(action, XDP_TX);
-    let c = check_frame(&out).unwrap();
-    assert_eq!(c.outer_dst, predicted(&mut h, &v, &f));
-    assert_eq!(c.ip_payload, f.ip_packet());
+    let to = predicted(&mut h, &v, &f);
+    let (_, c) = assert_tunnelled(&h, &f, to);
     check_ip(&c.ip_payload).unwrap();
 }
 
@@ -297,11 +287,8 @@ fn ipv6_extension_headers_are_walked() {
     let v = maglev(&mut h, VIP6, 443, PROTO_TCP, &v6_set());
     let mut f = Frame::tcp(CLIENT6, 50001, VIP6, 443, TCP_SYN);
     f.ipv6_ext = vec![(0, ext(1)), (60, ext(2))]; // hop-by-hop, destination options
-    let (action, out) = h.run(&f.bytes());
-    assert_eq!(action, XDP_TX);
-    let c = check_frame(&out).unwrap();
-    assert_eq!(c.outer_dst, predicted(&mut h, &v, &f));
-    assert_eq!(c.ip_payload, f.ip_packet());
+    let to = predicted(&mut h, &v, &f);
+    assert_tunnelled(&h, &f, to);
     // More than we walk: passed untouched, counted.
     f.ipv6_ext = vec![
         (0, ext(1)),
@@ -310,9 +297,7 @@ fn ipv6_extension_headers_are_walked() {
         (60, ext(1)),
         (60, ext(1)),
     ];
-    let input = f.bytes();
-    assert_eq!(h.run(&input), (XDP_PASS, input.clone()));
-    assert_eq!(h.dp.reason(Reason::PassExtHeaders).unwrap(), 1);
+    h.assert_passed(&f.bytes(), Reason::PassExtHeaders);
 }
 
 /// Fragments of one datagram all reach one backend: hashed on addresses and protocol with
@@ -348,11 +333,7 @@ fn fragments_of_a_datagram_share_a_backend() {
     let want = predict(&v.meta, &v.ring, &l3).unwrap();
     let want = backend_addr(&mut h, want);
     for f in [&first, &rest] {
-        let (action, out) = h.run(&f.bytes());
-        assert_eq!(action, XDP_TX);
-        let c = check_frame(&out).unwrap();
-        assert_eq!(c.outer_dst, want);
-        assert_eq!(c.ip_payload, f.ip_packet());
+        assert_tunnelled(&h, f, want);
     }
     assert_eq!(h.dp.reason(Reason::Fragment).unwrap(), 2);
     assert_eq!(
@@ -492,11 +473,7 @@ fn icmp_error_about_a_vip_flow_goes_to_its_backend() {
     );
     let mut err = err;
     err.payload = vec![];
-    let (action, out) = h.run(&err.bytes());
-    assert_eq!(action, XDP_TX);
-    let c = check_frame(&out).unwrap();
-    assert_eq!(c.outer_dst, owner);
-    assert_eq!(c.ip_payload, err.ip_packet());
+    assert_tunnelled(&h, &err, owner);
     assert_eq!(h.dp.reason(Reason::IcmpErrorSteered).unwrap(), 1);
     // An echo request to the VIP address is the host's business.
     let mut echo = Frame::new(
@@ -508,9 +485,7 @@ fn icmp_error_about_a_vip_flow_goes_to_its_backend() {
         },
     );
     echo.payload = vec![];
-    let input = echo.bytes();
-    assert_eq!(h.run(&input), (XDP_PASS, input.clone()));
-    assert_eq!(h.dp.reason(Reason::PassIcmpLocal).unwrap(), 1);
+    h.assert_passed(&echo.bytes(), Reason::PassIcmpLocal);
 }
 
 #[test]
@@ -551,11 +526,7 @@ fn icmpv6_error_about_a_vip_flow_goes_to_its_backend() {
         },
     );
     err.payload = vec![];
-    let (action, out) = h.run(&err.bytes());
-    assert_eq!(action, XDP_TX);
-    let c = check_frame(&out).unwrap();
-    assert_eq!(c.outer_dst, owner);
-    assert_eq!(c.ip_payload, err.ip_packet());
+    assert_tunnelled(&h, &err, owner);
 }
 
 #[test]
@@ -569,20 +540,29 @@ fn non_vip_traffic_passes_byte_identical() {
         a.extend_from_slice(&[0; 20]);
         a
     };
-    let cases = vec![
-        Frame::tcp(CLIENT4, 1, "198.18.100.2", 80, TCP_SYN).bytes(),
-        Frame::tcp(CLIENT4, 1, VIP4, 81, TCP_SYN).bytes(),
-        Frame::udp(CLIENT6, 1, "2001:db8::99", 53).bytes(),
-        arp,
+    let cases = [
+        (
+            Frame::tcp(CLIENT4, 1, "198.18.100.2", 80, TCP_SYN).bytes(),
+            Reason::PassNotVip,
+        ),
+        (
+            Frame::tcp(CLIENT4, 1, VIP4, 81, TCP_SYN).bytes(),
+            Reason::PassNotVip,
+        ),
+        (
+            Frame::udp(CLIENT6, 1, "2001:db8::99", 53).bytes(),
+            Reason::PassNotVip,
+        ),
+        (arp, Reason::PassNotIp),
         // IPv4 cut inside its header (the kernel refuses frames under 14 bytes).
-        Frame::tcp(CLIENT4, 1, VIP4, 80, TCP_SYN).bytes()[..24].to_vec(),
+        (
+            Frame::tcp(CLIENT4, 1, VIP4, 80, TCP_SYN).bytes()[..24].to_vec(),
+            Reason::PassMalformed,
+        ),
     ];
-    for input in cases {
-        assert_eq!(h.run(&input), (XDP_PASS, input.clone()));
+    for (input, reason) in cases {
+        h.assert_passed(&input, reason);
     }
-    assert_eq!(h.dp.reason(Reason::PassNotVip).unwrap(), 3);
-    assert_eq!(h.dp.reason(Reason::PassNotIp).unwrap(), 1);
-    assert_eq!(h.dp.reason(Reason::PassMalformed).unwrap(), 1);
 }
 
 #[test]
@@ -596,7 +576,7 @@ fn lying_length_to_a_vip_is_dropped_and_counted() {
 
 #[test]
 fn l2_dsr_rewrites_macs_only() {
-    let (mut h, v) = setup(Scheduler::Maglev, Forward::L2Dsr);
+    let (h, v) = setup(Scheduler::Maglev, Forward::L2Dsr);
     let f = Frame::tcp(CLIENT4, 40007, VIP4, 80, TCP_SYN);
     let input = f.bytes();
     let (action, out) = h.run(&input);
@@ -607,7 +587,6 @@ fn l2_dsr_rewrites_macs_only() {
     assert_eq!(&out[12..], &input[12..], "nothing else changes");
     check_frame(&out).unwrap();
     assert_eq!(h.dp.reason(Reason::TxL2Dsr).unwrap(), 1);
-    let _ = backend_addr(&mut h, want);
 }
 
 /// Established flows keep their backend when the ring changes; a flow whose backend is

@@ -28,16 +28,7 @@ pub fn run(extra: &[String]) -> Result<()> {
              CAP_SYS_ADMIN, so the run will likely fail",
         );
     }
-    let mut build = cmd::cargo();
-    build.args(["build", "--release", "-p", PACKAGE, "--bin", BIN]);
-    say(format!("building: {}", show(&build)));
-    let st = cmd::status(&mut build)?;
-    if !st.success() {
-        bail!(
-            "building `{BIN}` failed ({st}); cargo's errors are above. If the eBPF programs \
-             failed to build (rust-src, bpf-linker), run `cargo xtask setup`"
-        );
-    }
+    cmd::build_release("bench", PACKAGE, BIN)?;
     let out = cmd::workspace_root().join("target").join("bench");
     let mut run = cmd::cargo();
     run.args([
@@ -67,16 +58,10 @@ pub fn run(extra: &[String]) -> Result<()> {
 /// 1 s interval (each beside a baseline of the same tasks only sleeping).
 fn health_checks(out: &std::path::Path) -> Result<()> {
     const HEALTH: &str = "lbt-health-bench";
-    let mut build = cmd::cargo();
-    build.args(["build", "--release", "-p", PACKAGE, "--bin", HEALTH]);
-    say(format!("building: {}", show(&build)));
-    if !cmd::status(&mut build)?.success() {
-        bail!("building `{HEALTH}` failed; cargo's errors are above");
-    }
+    let exe = cmd::build_release("bench", PACKAGE, HEALTH)?;
     let mut lines = Vec::new();
     for n in ["1000", "10000"] {
-        let exe = cmd::workspace_root().join("target/release").join(HEALTH);
-        let line = cmd::output(Command::new(exe).args([n, "5"]))?;
+        let line = cmd::output(Command::new(&exe).args([n, "5"]))?;
         say(format!("health checks: {}", line.trim()));
         lines.push(line.trim().to_string());
     }
@@ -88,12 +73,7 @@ fn health_checks(out: &std::path::Path) -> Result<()> {
 /// Map memory at the default sizes and daemon RSS with 1,000 VIPs and 10,000 backends.
 fn memory(out: &std::path::Path) -> Result<()> {
     const MEM: &str = "lbt-mem-bench";
-    let mut build = cmd::cargo();
-    build.args(["build", "--release", "-p", PACKAGE, "--bin", MEM]);
-    if !cmd::status(&mut build)?.success() {
-        bail!("building `{MEM}` failed; cargo's errors are above");
-    }
-    let exe = cmd::workspace_root().join("target/release").join(MEM);
+    let exe = cmd::build_release("bench", PACKAGE, MEM)?;
     let line = cmd::output(Command::new(exe).args(["1000", "10"]))?;
     let line = line.lines().last().unwrap_or("").to_string();
     say(format!("memory: {line}"));

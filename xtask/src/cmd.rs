@@ -49,6 +49,22 @@ fn quote(s: &OsStr) -> String {
     }
 }
 
+/// Builds `bin` of `package` in release mode (cargo's output shown, prefixed by `tag`) and
+/// returns the path of the executable.
+pub fn build_release(tag: &str, package: &str, bin: &str) -> Result<PathBuf> {
+    let mut build = cargo();
+    build.args(["build", "--release", "-p", package, "--bin", bin]);
+    println!("[{tag}] building: {}", show(&build));
+    let st = status(&mut build)?;
+    if !st.success() {
+        bail!(
+            "building `{bin}` failed ({st}); cargo's errors are above. If the eBPF programs \
+             failed to build (rust-src, bpf-linker), run `cargo xtask setup`"
+        );
+    }
+    Ok(workspace_root().join("target/release").join(bin))
+}
+
 /// Runs `cmd` with inherited stdio and returns its exit status.
 pub fn status(cmd: &mut Command) -> Result<ExitStatus> {
     cmd.status()

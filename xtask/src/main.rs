@@ -80,16 +80,7 @@ fn demo(extra: &[String]) -> Result<()> {
              (it will be `cargo run --release -p {DEMO_PACKAGE} --bin {DEMO_BIN} -- demo`)"
         );
     }
-    let mut build = cmd::cargo();
-    build.args(["build", "--release", "-p", DEMO_PACKAGE, "--bin", DEMO_BIN]);
-    println!("[demo] building: {}", cmd::show(&build));
-    let st = cmd::status(&mut build)?;
-    if !st.success() {
-        bail!(
-            "building `{DEMO_BIN}` failed ({st}); cargo's errors are above. If the eBPF \
-             programs failed to build (rust-src, bpf-linker), run `cargo xtask setup`"
-        );
-    }
+    cmd::build_release("demo", DEMO_PACKAGE, DEMO_BIN)?;
     let mut run = cmd::cargo();
     run.args([
         "run",
