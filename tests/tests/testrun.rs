@@ -781,7 +781,7 @@ fn random_spreads_new_flows() {
 
 #[test]
 fn least_connections_balances_open_flows_and_counts_closes() {
-    let (mut h, _) = setup(Scheduler::LeastConn, Forward::IpIp);
+    let (mut h, v) = setup(Scheduler::LeastConn, Forward::IpIp);
     let flows: Vec<Frame> = (0..600u16)
         .map(|p| Frame::tcp(CLIENT4, 1 + p, VIP4, 80, TCP_SYN))
         .collect();
@@ -811,6 +811,25 @@ fn least_connections_balances_open_flows_and_counts_closes() {
     }
     let after: u64 = (1..=3).map(|id| h.dp.connections(id).unwrap()).sum();
     assert_eq!(after, 500);
+    // Backend 1 fails (and leaves the ring): its open flows move and are counted on their
+    // new backends, taken off backend 1 once however many packets follow.
+    let on_1 = h.dp.connections(1).unwrap();
+    assert!(on_1 > 0);
+    let without_1: Vec<u32> = v
+        .ring
+        .iter()
+        .map(|&id| if id == 1 { 2 } else { id })
+        .collect();
+    h.dp.write_ring(v.meta.ring_offset, &without_1).unwrap();
+    h.set_backend_flags(1, BACKEND_F_DOWN);
+    for f in flows.iter().skip(100) {
+        h.run(&ack(f).bytes());
+        h.run(&ack(f).bytes());
+    }
+    assert_eq!(h.dp.connections(1).unwrap(), 0);
+    let open: u64 = (2..=3).map(|id| h.dp.connections(id).unwrap()).sum();
+    assert_eq!(open, 500);
+    assert_eq!(h.dp.reason(Reason::FlowRescheduled).unwrap(), on_1);
 }
 
 #[test]

@@ -76,6 +76,15 @@ fn conns_add(id: u32, delta: u64) {
     }
 }
 
+/// Takes a least-connections flow off its backend's open count, once.
+#[inline(always)]
+fn uncount(entry: &mut FlowEntry) {
+    if entry.flags & FLOW_F_COUNTED != 0 {
+        entry.flags &= !FLOW_F_COUNTED;
+        conns_add(entry.backend_id, u64::MAX); // wrapping minus one
+    }
+}
+
 /// The scheduler's pick for a new flow. `hash` is the flow hash.
 #[inline(always)]
 fn schedule(vip: &VipMeta, key: &FlowKey, hash: u32) -> u32 {
@@ -127,36 +136,25 @@ pub fn choose(vip: &VipMeta, flow: &Flow) -> Option<Choice> {
     if remember {
         if let Some(entry) = LB_FLOWS.get_ptr_mut(key) {
             // SAFETY: the entry stays valid during this program run (RCU).
-            let id = unsafe { (*entry).backend_id };
+            let entry = unsafe { &mut *entry };
+            let id = entry.backend_id;
             // A bare SYN opens a new connection: a client reusing the ports of an old one
             // must be placed by the current ring, not by what the old connection had.
             let opening = tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
             if !opening && let Some(backend) = usable(id) {
                 count(Reason::FlowHit);
-                // SAFETY: as above.
-                unsafe {
-                    if tcp_flags & (TCP_FIN | TCP_RST) != 0 && (*entry).flags & FLOW_F_COUNTED != 0
-                    {
-                        (*entry).flags &= !FLOW_F_COUNTED;
-                        conns_add(id, u64::MAX); // wrapping minus one
-                    }
+                if tcp_flags & (TCP_FIN | TCP_RST) != 0 {
+                    uncount(entry);
                 }
                 return Some(Choice {
                     id,
                     backend,
                     new_flow: false,
-                    // SAFETY: as above.
-                    hash: unsafe { (*entry).hash },
+                    hash: entry.hash,
                 });
             }
             // Uncount it from its dead backend once, even if no new backend is found.
-            // SAFETY: as above.
-            unsafe {
-                if (*entry).flags & FLOW_F_COUNTED != 0 {
-                    (*entry).flags &= !FLOW_F_COUNTED;
-                    conns_add(id, u64::MAX);
-                }
-            }
+            uncount(entry);
             rescheduled = !opening;
         }
     } else if let Some(entry) = LB_FLOWS.get_ptr(key) {

@@ -76,8 +76,6 @@ fn try_lb_xdp(ctx: &XdpContext) -> Result<u32, Reason> {
     })?;
     pkt.l3.key = FlowKey::zeroed();
     pkt.l3.tcp_flags = 0;
-    pkt.hash = 0;
-    pkt.check_mtu = true;
     match pkt.l2.proto {
         ETH_P_IP => parse::ipv4(ctx, pkt.l2.len, &mut pkt.l3)?,
         ETH_P_IPV6 => parse::ipv6(ctx, pkt.l2.len, &mut pkt.l3)?,
