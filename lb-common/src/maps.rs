@@ -53,6 +53,13 @@ pub const VIP_FILTER_BITS: u32 = 1 << 16;
 pub fn vip_filter_bit(addr: &[u8; 16]) -> u32 {
     let lo = u32::from_le_bytes([addr[0], addr[1], addr[2], addr[3]]);
     let hi = u32::from_le_bytes([addr[12], addr[13], addr[14], addr[15]]);
+    vip_filter_bit_of(lo, hi)
+}
+
+/// The same bit from the address's first and last four bytes, each read as a little-endian
+/// `u32` (an IPv4 address: `hi` = 0): the dataplane's early exit reads just these.
+#[inline(always)]
+pub fn vip_filter_bit_of(lo: u32, hi: u32) -> u32 {
     (lo ^ hi.rotate_left(16)).wrapping_mul(0x9e37_79b1) >> 16
 }
 

@@ -32,8 +32,7 @@ use aya_ebpf::{
     maps::{PerCpuArray, ProgramArray},
     programs::XdpContext,
 };
-use bytemuck::Zeroable;
-use lb_common::{FlowKey, Reason};
+use lb_common::Reason;
 use lb_ebpf::{
     l2::{self, ETH_P_IP, ETH_P_IPV6, L2},
     ptr::{adjust_head, frame_len, ptr_at_mut, read, write},
@@ -120,7 +119,6 @@ fn parse_only(ctx: &XdpContext) -> Result<(), Reason> {
     // SAFETY: this CPU's slot; nothing else runs on this CPU until we return.
     let s = unsafe { &mut *s };
     l2::parse(ctx, &mut s.l2).map_err(|_| Reason::PassMalformed)?;
-    s.l3.key = FlowKey::zeroed();
     s.l3.tcp_flags = 0;
     match s.l2.proto {
         ETH_P_IP => parse::ipv4(ctx, s.l2.len, &mut s.l3),

@@ -67,6 +67,9 @@ pub struct Packet {
 
 #[inline(always)]
 fn try_lb_xdp(ctx: &XdpContext) -> Result<u32, Reason> {
+    if vip::ruled_out(ctx) {
+        return Err(Reason::PassNotVip);
+    }
     let pkt = LB_SCRATCH.get_ptr_mut(0).ok_or(Reason::DropAdjustFailed)?;
     // SAFETY: this CPU's scratch slot; nothing else runs on this CPU until we return.
     let pkt = unsafe { &mut *pkt };
@@ -74,7 +77,6 @@ fn try_lb_xdp(ctx: &XdpContext) -> Result<u32, Reason> {
         L2Error::Truncated => Reason::PassMalformed,
         L2Error::TooManyTags => Reason::PassVlanDepth,
     })?;
-    pkt.l3.key = FlowKey::zeroed();
     pkt.l3.tcp_flags = 0;
     match pkt.l2.proto {
         ETH_P_IP => parse::ipv4(ctx, pkt.l2.len, &mut pkt.l3)?,

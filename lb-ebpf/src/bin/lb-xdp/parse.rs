@@ -55,6 +55,12 @@ impl L3 {
     }
 }
 
+/// An IPv4 address in the key's 16-byte field (the rest zero).
+#[inline(always)]
+fn v4_in_16(a: &[u8; 4]) -> [u8; 16] {
+    [a[0], a[1], a[2], a[3], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
+}
+
 /// Not inlined: the parser's temporaries then share stack with the forwarding path's
 /// instead of adding to it (the BPF stack is 512 bytes).
 #[inline(never)]
@@ -66,10 +72,16 @@ pub fn ipv4(ctx: &XdpContext, off: usize, l3: &mut L3) -> Result<(), Reason> {
     if h.vihl >> 4 != 4 || ihl < 20 {
         return Err(Reason::PassMalformed);
     }
-    l3.key.family = FAMILY_V4;
-    l3.key.src[..4].copy_from_slice(&h.src_addr);
-    l3.key.dst[..4].copy_from_slice(&h.dst_addr);
-    l3.key.proto = h.proto;
+    // Every key field is written here (no zeroing first: that was a call to a byte loop).
+    l3.key = FlowKey {
+        src: v4_in_16(&h.src_addr),
+        dst: v4_in_16(&h.dst_addr),
+        sport: 0,
+        dport: 0,
+        proto: h.proto,
+        family: FAMILY_V4,
+        _pad: [0; 2],
+    };
     l3.ip_len = u16::from_be_bytes(h.tot_len) as usize;
     let frame = lb_ebpf::ptr::frame_len(ctx);
     let frag = u16::from_be_bytes(h.frags);
@@ -90,9 +102,15 @@ pub fn ipv6(ctx: &XdpContext, off: usize, l3: &mut L3) -> Result<(), Reason> {
     if h.vcf[0] >> 4 != 6 {
         return Err(Reason::PassMalformed);
     }
-    l3.key.family = FAMILY_V6;
-    l3.key.src = h.src_addr;
-    l3.key.dst = h.dst_addr;
+    l3.key = FlowKey {
+        src: h.src_addr,
+        dst: h.dst_addr,
+        sport: 0,
+        dport: 0,
+        proto: 0,
+        family: FAMILY_V6,
+        _pad: [0; 2],
+    };
     let ip_len = 40 + u16::from_be_bytes(h.payload_len) as usize;
     let frame = lb_ebpf::ptr::frame_len(ctx);
     let tos = ((h.vcf[0] & 0x0f) << 4) | (h.vcf[1] >> 4);
