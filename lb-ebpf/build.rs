@@ -7,6 +7,13 @@ use which::which;
 /// `+allows-misaligned-mem-access` reads and writes packet fields with one load or store per
 /// field instead of one per byte. The kernel's verifier accepts misaligned packet access on
 /// architectures with efficient unaligned access (x86-64, arm64), where the balancer runs.
+/// Copies of byte arrays into the packet are still expanded a byte at a time (in order, by
+/// the known alignment), so packet writes store `u16`/`u32`/`u64` values instead. The
+/// in-order expansion stays on: without it, LLVM copies 4-aligned stack values with 8-byte
+/// stores, and the verifier refuses misaligned stack access.
+/// The feature also lets LLVM merge neighbouring stack stores into misaligned wider ones (it
+/// did when `flow::choose` was inlined: an 8-byte store at fp-20). The verifier refuses that
+/// at load time, and every test loads the programs, so such a build never passes CI.
 /// (Not `+alu32`: LLVM then does pointer arithmetic in 32-bit registers, which the verifier
 /// refuses.)
 fn main() {

@@ -89,14 +89,21 @@ pub fn write(
     src: &[u8; 6],
     proto: u16,
 ) -> Result<(), ()> {
-    use crate::ptr::write as put;
-    put(ctx, 0, *dst)?;
-    put(ctx, 6, *src)?;
+    use crate::ptr::write_bytes as put;
+    put(ctx, 0, dst)?;
+    put(ctx, 6, src)?;
     if l2.len >= ETH_HLEN + VLAN_HLEN {
-        put(ctx, 12, l2.tags[0])?;
+        put(ctx, 12, &l2.tags[0])?;
     }
     if l2.len >= ETH_HLEN + 2 * VLAN_HLEN {
-        put(ctx, 16, l2.tags[1])?;
+        put(ctx, 16, &l2.tags[1])?;
     }
-    put(ctx, l2.len - 2, proto.to_be_bytes())
+    // A constant offset per tag count: the verifier then proves the store in bounds
+    // whatever order LLVM computes the pointer and its bound in.
+    let proto = proto.to_be_bytes();
+    match l2.len {
+        ETH_HLEN => put(ctx, ETH_HLEN - 2, &proto),
+        18 => put(ctx, 16, &proto),
+        _ => put(ctx, 20, &proto),
+    }
 }

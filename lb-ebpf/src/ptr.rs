@@ -63,6 +63,38 @@ pub fn write<T: Copy>(ctx: &XdpContext, offset: usize, value: T) -> Result<(), (
     Ok(())
 }
 
+/// Store `bytes` at `offset` with the widest scalar stores that fit (4, 2, then 1 bytes).
+/// A plain copy of a byte array into the packet is expanded one byte at a time; scalar
+/// stores are single instructions (the object is built with misaligned access allowed).
+/// The source is read in the same 4-byte words: it may be a stack copy of a 4-aligned
+/// value, and the verifier refuses misaligned stack reads (so no 8-byte words).
+#[inline(always)]
+pub fn write_bytes<const N: usize>(
+    ctx: &XdpContext,
+    offset: usize,
+    bytes: &[u8; N],
+) -> Result<(), ()> {
+    let p = ptr_at_mut::<[u8; N]>(ctx, offset)? as *mut u8;
+    let b = bytes;
+    let mut i = 0;
+    // SAFETY (every store below): ptr_at checked that N bytes from p are in the packet,
+    // and each store ends at or before p + N.
+    while i + 4 <= N {
+        let w = [b[i], b[i + 1], b[i + 2], b[i + 3]];
+        unsafe { (p.add(i) as *mut u32).write_unaligned(u32::from_ne_bytes(w)) };
+        i += 4;
+    }
+    if i + 2 <= N {
+        let w = [b[i], b[i + 1]];
+        unsafe { (p.add(i) as *mut u16).write_unaligned(u16::from_ne_bytes(w)) };
+        i += 2;
+    }
+    if i < N {
+        unsafe { p.add(i).write(b[i]) };
+    }
+    Ok(())
+}
+
 /// Grow (negative `delta`) or shrink the packet at its head. Every pointer taken before
 /// is invalid afterwards: callers re-derive offsets through `ptr_at`.
 #[inline(always)]

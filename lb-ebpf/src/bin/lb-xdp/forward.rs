@@ -6,7 +6,7 @@ use lb_common::{Backend, FAMILY_V4, Forward, GlobalConfig, PROTO_IPIP, PROTO_IPV
 use lb_ebpf::{
     csum,
     l2::{self, ETH_P_IP, ETH_P_IPV6},
-    ptr::{adjust_head, write},
+    ptr::{adjust_head, write_bytes},
 };
 
 use crate::{Packet, flow::random, icmp, nexthop, stats::count};
@@ -111,13 +111,16 @@ fn ipip(ctx: &XdpContext, cfg: &GlobalConfig, pkt: &Packet, be: &Backend) -> Res
         let c = csum::ipv4_header(&h).to_be_bytes();
         h[10] = c[0];
         h[11] = c[1];
-        write(ctx, l2.len, h)
+        write_bytes(ctx, l2.len, &h)
     } else {
         let plen = (l3.ip_len as u16).to_be_bytes();
-        let mut src = cfg.encap_src_v6;
+        // The source is written from the config (map memory) and its low word from the hash:
+        // no stack copy of the address.
+        let src = &cfg.encap_src_v6;
+        // SAFETY: the first 12 of the address's 16 bytes.
+        let src_high = unsafe { &*(src.as_ptr() as *const [u8; 12]) };
         let low = u32::from_be_bytes([src[12], src[13], src[14], src[15]]);
         let low = spread(low, cfg.encap_v6_hash_bits, hash).to_be_bytes();
-        src[12..16].copy_from_slice(&low);
         let flow = hash & 0x000f_ffff;
         let h: [u8; 8] = [
             0x60 | (l3.tos >> 4),
@@ -129,9 +132,10 @@ fn ipip(ctx: &XdpContext, cfg: &GlobalConfig, pkt: &Packet, be: &Backend) -> Res
             inner_proto,
             TTL,
         ];
-        write(ctx, l2.len, h)
-            .and_then(|_| write(ctx, l2.len + 8, src))
-            .and_then(|_| write(ctx, l2.len + 24, be.addr))
+        write_bytes(ctx, l2.len, &h)
+            .and_then(|_| write_bytes(ctx, l2.len + 8, src_high))
+            .and_then(|_| write_bytes(ctx, l2.len + 20, &low))
+            .and_then(|_| write_bytes(ctx, l2.len + 24, &be.addr))
     };
     res.map_err(|_| Reason::DropAdjustFailed)
 }

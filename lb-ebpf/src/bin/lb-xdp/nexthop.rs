@@ -27,7 +27,7 @@ pub struct NextHop {
 
 /// Next hop toward backend `be`, into `pkt.hop`. Without a FIB answer the source MAC is
 /// the one the frame came in on: our own address on a one-arm balancer.
-#[inline(never)]
+#[inline(always)]
 pub fn resolve(
     ctx: &XdpContext,
     cfg: &GlobalConfig,

@@ -43,8 +43,8 @@ pub fn ruled_out(ctx: &XdpContext) -> bool {
     !may_be_vip(vip_filter_bit_of(lo, hi))
 }
 
-/// Not inlined: its temporaries do not add to the forwarding path's stack.
-#[inline(never)]
+/// Inlined, as the parser is (see `parse::ipv4`).
+#[inline(always)]
 pub fn lookup(key: &FlowKey, fragment: bool) -> Option<VipMeta> {
     // Not a VIP address for sure: one array read instead of two hash lookups.
     if !may_be_vip(vip_filter_bit(&key.dst)) {
