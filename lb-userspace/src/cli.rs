@@ -2,10 +2,10 @@
 
 use std::{path::PathBuf, process::ExitCode};
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
-use crate::config::Config;
+use crate::{clidoc::ManArgs, config::Config};
 
 #[derive(Parser)]
 #[command(name = "lbd", version, about = "XDP L4 load balancer daemon")]
@@ -52,6 +52,10 @@ enum Cmd {
         #[arg(long, default_value = "/sys/fs/bpf/lb")]
         pin_dir: PathBuf,
     },
+    /// Shell completions on stdout (bash, zsh, fish, elvish, powershell).
+    Completions { shell: clap_complete::Shell },
+    /// Man pages (roff): the top page on stdout, or every page into a directory.
+    Man(ManArgs),
 }
 
 fn init_logging(json: bool) {
@@ -65,6 +69,11 @@ fn init_logging(json: bool) {
         .with_ansi(ansi)
         .with_writer(std::io::stderr);
     if json { b.json().init() } else { b.init() }
+}
+
+/// `lbd`'s command-line definition (for its man pages and completions).
+pub fn command() -> clap::Command {
+    Cli::command()
 }
 
 /// Whether `args` (without the program name) is a valid `lbd` command line: lets the docs'
@@ -99,6 +108,14 @@ pub fn main() -> ExitCode {
         Cmd::Purge { pin_dir } => crate::daemon::purge_pins(&pin_dir),
         Cmd::Demo { keep } => crate::demo::run(keep),
         Cmd::DemoBackend { name, port } => crate::demo::backend(&name, port),
+        Cmd::Completions { shell } => {
+            print!("{}", crate::clidoc::completions(Cli::command(), shell));
+            Ok(())
+        }
+        Cmd::Man(args) => args
+            .run(Cli::command(), "lbctl")
+            .map(|out| print!("{out}"))
+            .map_err(Into::into),
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,

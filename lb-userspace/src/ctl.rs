@@ -18,7 +18,10 @@ use anyhow::{Context, Result, bail};
 use clap::{CommandFactory, Parser, Subcommand};
 use serde_json::{Map, Value, json};
 
-use crate::api::{Request, VERSION, call};
+use crate::{
+    api::{Request, VERSION, call},
+    clidoc::{self, ManArgs},
+};
 
 #[derive(Parser)]
 #[command(
@@ -84,8 +87,8 @@ enum Cmd {
     },
     /// Shell completions on stdout (bash, zsh, fish, elvish, powershell).
     Completions { shell: clap_complete::Shell },
-    /// The man page (roff) on stdout.
-    Man,
+    /// Man pages (roff): the top page on stdout, or every page into a directory.
+    Man(ManArgs),
 }
 
 #[derive(Subcommand)]
@@ -583,18 +586,10 @@ fn run(cli: &Cli) -> Result<String, Fail> {
             top(metrics, *interval, *once).map_err(|e| Fail(3, format!("{e:#}")))?;
             String::new()
         }
-        Cmd::Completions { shell } => {
-            let mut out = Vec::new();
-            clap_complete::generate(*shell, &mut Cli::command(), "lbctl", &mut out);
-            String::from_utf8_lossy(&out).into_owned()
-        }
-        Cmd::Man => {
-            let mut out = Vec::new();
-            clap_mangen::Man::new(Cli::command())
-                .render(&mut out)
-                .map_err(|e| Fail(1, e.to_string()))?;
-            String::from_utf8_lossy(&out).into_owned()
-        }
+        Cmd::Completions { shell } => clidoc::completions(Cli::command(), *shell),
+        Cmd::Man(args) => args
+            .run(Cli::command(), "lbd")
+            .map_err(|e| Fail(1, e.to_string()))?,
     })
 }
 
@@ -745,6 +740,11 @@ fn top(metrics: &str, interval: f64, once: bool) -> Result<()> {
         std::io::stdout().flush()?;
         (prev, at) = (now, Instant::now());
     }
+}
+
+/// `lbctl`'s command-line definition (for its man pages and completions).
+pub fn command() -> clap::Command {
+    Cli::command()
 }
 
 /// Whether `args` (without the program name) is a valid `lbctl` command line.

@@ -3,6 +3,7 @@
 pub mod api;
 pub mod batch;
 pub mod cli;
+pub mod clidoc;
 pub mod config;
 pub mod controller;
 pub mod ctl;

@@ -135,8 +135,12 @@ impl Daemon {
     }
 
     pub fn signal(&self, sig: &str) {
-        let pid = self.child.as_ref().expect("running").id();
-        sh(&format!("kill -{sig} {pid}"));
+        sh(&format!("kill -{sig} {}", self.pid()));
+    }
+
+    /// The daemon's pid (`ip netns exec` execs it, so the child's pid is the daemon's).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
     }
 
     /// The daemon's control API socket.

@@ -3,6 +3,7 @@
 //! in network namespaces.
 
 pub mod daemon;
+pub mod docblocks;
 pub mod harness;
 pub mod holds;
 pub mod netns;

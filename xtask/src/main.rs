@@ -1,7 +1,9 @@
-//! Project tasks: `cargo xtask setup | test | demo | bench` (the alias is in .cargo/config.toml).
+//! Project tasks: `cargo xtask setup | test | demo | bench | install | uninstall` (the alias
+//! is in .cargo/config.toml).
 
 mod bench;
 mod cmd;
+mod install;
 mod setup;
 mod testrun;
 
@@ -10,7 +12,10 @@ use std::process::ExitCode;
 use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand};
 
-use crate::setup::SetupArgs;
+use crate::{
+    install::{InstallArgs, Location},
+    setup::SetupArgs,
+};
 
 #[derive(Parser)]
 #[command(
@@ -46,6 +51,13 @@ enum Task {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// Build lbd and lbctl (release) and install them with the example configuration (never
+    /// over an existing /etc/lbd/lb.toml), the systemd unit, man pages for every command
+    /// and bash, zsh and fish completions. Run `setup` first on a fresh machine.
+    Install(InstallArgs),
+    /// Remove what `install` installed (its list is in PREFIX/share/lbd/installed-files);
+    /// keeps /etc/lbd/lb.toml and the daemon's state.
+    Uninstall(Location),
 }
 
 fn main() -> ExitCode {
@@ -55,6 +67,8 @@ fn main() -> ExitCode {
         Task::Test { args } => testrun::run(&args),
         Task::Demo { args } => demo(&args).map(|()| 0),
         Task::Bench { args } => bench::run(&args).map(|()| 0),
+        Task::Install(a) => install::install(&a).map(|()| 0),
+        Task::Uninstall(a) => install::uninstall(&a).map(|()| 0),
     };
     match r {
         Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),

@@ -2,7 +2,7 @@
 //!
 //! - rust-src for the nightly toolchain (the eBPF crate builds with `-Z build-std=core`);
 //! - bpf-linker, built against the nightly's own libLLVM so both use the same LLVM;
-//! - the Debian packages the tests use: iproute2, ethtool, nftables, curl.
+//! - the Debian packages the tests use: iproute2, ethtool, nftables, curl, bpftool, man-db.
 
 use std::{
     env, fs,
@@ -27,11 +27,14 @@ pub struct SetupArgs {
 }
 
 /// Commands the tests run, and the Debian package that provides each.
-const DEBIAN: [(&str, &str); 4] = [
+const DEBIAN: [(&str, &str); 6] = [
     ("ip", "iproute2"),
     ("ethtool", "ethtool"),
     ("nft", "nftables"),
     ("curl", "curl"),
+    // The docs' troubleshooting commands run in the docs test; the man pages render there.
+    ("bpftool", "bpftool"),
+    ("man", "man-db"),
 ];
 
 const NIGHTLY: &str = "nightly";
