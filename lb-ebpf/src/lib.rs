@@ -1,4 +1,4 @@
-//! Pieces shared by the XDP programs: packet access, checksums, L2 parsing.
+//! Pieces shared by the XDP programs: packet access, checksums, L2 parsing, zeroing.
 //!
 //! The programs themselves are the binaries (`lb-xdp` for the balancer, `lb-decap` for
 //! backends); maps are declared there so each object carries only its own maps.
@@ -13,3 +13,4 @@ pub mod csum;
 pub mod l2;
 #[cfg(target_arch = "bpf")]
 pub mod ptr;
+pub mod zero;

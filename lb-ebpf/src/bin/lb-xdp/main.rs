@@ -23,7 +23,6 @@ use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use lb_common::{FAMILY_V4, PROTO_ICMP, PROTO_ICMPV6, Reason, VIP_F_NO_BACKEND_PASS, VipMeta};
 use lb_ebpf::l2::{self, ETH_P_IP, ETH_P_IPV6, L2, L2Error};
 
-use bytemuck::Zeroable;
 use lb_common::FlowKey;
 
 use crate::{
@@ -92,7 +91,8 @@ fn try_lb_xdp(ctx: &XdpContext) -> Result<u32, Reason> {
     };
     let icmp_error = l3.key.proto == icmp && !l3.fragment;
     if icmp_error {
-        pkt.quoted = FlowKey::zeroed();
+        // SAFETY: a FlowKey is plain bytes.
+        unsafe { lb_ebpf::zero::zero(&mut pkt.quoted) };
         icmp::error_flow(ctx, &pkt.l3, &mut pkt.quoted).ok_or(Reason::PassIcmpLocal)?;
     }
     let l3 = &pkt.l3;

@@ -38,7 +38,7 @@ pub fn resolve(
         // The parameters live in the per-CPU scratch slot: 64 bytes the stack cannot spare.
         let p = &mut pkt.fib;
         // SAFETY: all-zero is a valid bpf_fib_lookup.
-        *p = unsafe { core::mem::zeroed() };
+        unsafe { lb_ebpf::zero::zero(p) };
         let ingress = ctx.ingress_ifindex() as u32;
         p.ifindex = ingress;
         if be.family == FAMILY_V4 {
