@@ -77,3 +77,42 @@ pub fn exit(bin: &str, run: Result<bool>) -> ExitCode {
         }
     }
 }
+
+/// What a driver run at `--tiny` produced, for the smoke tests.
+pub struct TinyRun {
+    pub doc: Value,
+    pub stdout: String,
+    /// The driver's process id (its namespaces carry it in their names).
+    pub pid: u32,
+}
+
+/// Run driver `exe` with `--tiny`, writing its JSON to a scratch directory; panics, with
+/// the driver's output, if it fails.
+pub fn run_tiny(exe: &str) -> TinyRun {
+    use std::process::{Command, Stdio};
+    let name = Path::new(exe).file_name().unwrap().to_string_lossy();
+    let dir = std::env::temp_dir().join(format!("lbt-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let json_path = dir.join("results.json");
+    let child = Command::new(exe)
+        .arg("--tiny")
+        .arg("--json")
+        .arg(&json_path)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting {exe}: {e}"));
+    let pid = child.id();
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let text = std::fs::read_to_string(&json_path).unwrap_or_default();
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(
+        out.status.success(),
+        "{name} --tiny failed ({}):\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let doc = serde_json::from_str(&text).expect("the driver's JSON");
+    TinyRun { doc, stdout, pid }
+}

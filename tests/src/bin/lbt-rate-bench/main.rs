@@ -40,7 +40,8 @@ const USAGE: &str = "usage: lbt-rate-bench [--tiny] [--seconds S] [--rounds N] [
     defaults: --seconds 2 --rounds 3 --flows 1,1024,1048576 --backends 1,10,100 --cpu 0 \
     --batch 64 --json target/bench/rate.json\n\
     --tiny: --seconds 0.2 --rounds 1 --flows 1,1024 --backends 1,10 (what the test suite runs)\n\
-    flow counts are powers of two up to 2^20; backend counts 1 to 250";
+    Every flow count is measured at the middle backend count, and every backend count at the\n\
+    middle flow count. Flow counts are powers of two up to 2^20; backend counts 1 to 250";
 
 fn list(v: &str, name: &str) -> Result<Vec<u32>> {
     v.split(',')
@@ -91,6 +92,10 @@ fn parse_args() -> Result<Opts> {
     if o.rounds == 0 || o.settings.seconds <= 0.0 {
         bail!("--rounds and --seconds must be positive\n{USAGE}");
     }
+    for v in [&mut o.flows, &mut o.backends] {
+        v.sort_unstable();
+        v.dedup();
+    }
     if o.flows.is_empty() || o.flows.iter().any(|f| !f.is_power_of_two() || *f > 1 << 20) {
         bail!("--flows takes powers of two up to 1048576 (the generator masks a counter)");
     }
@@ -108,19 +113,37 @@ fn main() -> ExitCode {
     bench_cli::exit("lbt-rate-bench", run())
 }
 
-/// Connection table entries: all generation (and so all of the balancer's work) happens
-/// on one CPU, whose LRU list holds only its share of the table (per-CPU LRU lists), so
-/// every CPU's share must hold the largest flow count, with room to spare.
-fn table_size(max_flows: u32) -> Result<u32> {
+/// The points measured: every flow count at the middle backend count, and every backend
+/// count at the middle flow count (a full grid would need a connection table holding a
+/// million flows per VIP). Returns (flows, backends) pairs, flow sweep first.
+fn points(flows: &[u32], backends: &[u32]) -> Vec<(u32, u32)> {
+    let (f0, b0) = (flows[flows.len() / 2], backends[backends.len() / 2]);
+    let mut p: Vec<(u32, u32)> = flows.iter().map(|&f| (f, b0)).collect();
+    p.extend(backends.iter().filter(|&&b| b != b0).map(|&b| (f0, b)));
+    p
+}
+
+/// Connection table entries. All generation, and so all of the balancer's work, happens on
+/// one CPU, and with per-CPU LRU lists that CPU holds only its share of the table: the
+/// share must hold every point's flows at once (new entries are the first the LRU evicts,
+/// so a point whose flows did not fit would lose them during its own warm-up), with room
+/// to spare. Points on one VIP share flows: a smaller count is a subset of a larger one.
+fn table_size(points: &[(u32, u32)]) -> Result<u32> {
+    let mut per_vip: std::collections::BTreeMap<u32, u32> = Default::default();
+    for &(f, b) in points {
+        let e = per_vip.entry(b).or_default();
+        *e = (*e).max(f);
+    }
+    let need: u32 = per_vip.values().sum();
     let cpus = progs::cpus()? as u32;
-    Ok((cpus * (max_flows + max_flows / 2)).max(65_536))
+    Ok((cpus * (need + need / 2)).max(65_536))
 }
 
 fn run() -> Result<bool> {
     let o = parse_args()?;
     let started = Instant::now();
-    let max_flows = *o.flows.iter().max().unwrap_or(&1);
-    let table = table_size(max_flows)?;
+    let points = points(&o.flows, &o.backends);
+    let table = table_size(&points)?;
     let mut rig = Rig::new(table, &o.backends).context("building the benchmark network")?;
 
     let mut baseline = Row {
@@ -131,19 +154,22 @@ fn run() -> Result<bool> {
         samples: vec![],
     };
     let mut rows: Vec<(Path, Row)> = Vec::new();
-    for &flows in &o.flows {
-        for (vip, v) in rig.vips.iter().enumerate() {
-            rows.push((
-                Path::Lb { vip, flows },
-                Row {
-                    id: format!("lb_f{flows}_b{}", v.backends),
-                    label: "lb_xdp, IP-in-IP, established".into(),
-                    flows,
-                    backends: Some(v.backends),
-                    samples: vec![],
-                },
-            ));
-        }
+    for &(flows, backends) in &points {
+        let vip = rig
+            .vips
+            .iter()
+            .position(|v| v.backends == backends)
+            .context("a point without its VIP")?;
+        rows.push((
+            Path::Lb { vip, flows },
+            Row {
+                id: format!("lb_f{flows}_b{backends}"),
+                label: "lb_xdp, IP-in-IP, established".into(),
+                flows,
+                backends: Some(backends),
+                samples: vec![],
+            },
+        ));
     }
     for round in 0..o.rounds {
         eprintln!("round {}/{}", round + 1, o.rounds);
