@@ -2,6 +2,9 @@
 //! packet builders, an independent checker (etherparse) for what comes out, and test hosts
 //! in network namespaces.
 
+pub mod bench_cli;
+pub mod bench_frame;
+pub mod bench_stats;
 pub mod daemon;
 pub mod docblocks;
 pub mod harness;

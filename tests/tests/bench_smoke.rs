@@ -2,8 +2,7 @@
 //! produces every row, with the counter proof passing for every per-packet case. Nothing
 //! here looks at the times: benchmarks are not tests.
 
-use std::process::Command;
-
+use lb_tests::bench_cli::{TinyRun, run_tiny};
 use serde_json::Value;
 
 /// Per-packet cases, control-plane rows: what BENCHMARKS.md's tables are made of.
@@ -49,25 +48,7 @@ fn row<'a>(rows: &'a Value, id: &str) -> &'a Value {
 
 #[test]
 fn bench_harness_runs_on_a_tiny_size() {
-    let dir = std::env::temp_dir().join(format!("lbt-{}-bench", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let json_path = dir.join("results.json");
-    let out = Command::new(env!("CARGO_BIN_EXE_lbt-bench"))
-        .arg("--tiny")
-        .arg("--json")
-        .arg(&json_path)
-        .output()
-        .expect("run lbt-bench");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let text = std::fs::read_to_string(&json_path).unwrap_or_default();
-    std::fs::remove_dir_all(&dir).unwrap();
-    assert!(
-        out.status.success(),
-        "lbt-bench --tiny failed ({}):\n{stdout}\n{stderr}",
-        out.status
-    );
-    let doc: Value = serde_json::from_str(&text).expect("results.json is JSON");
+    let TinyRun { doc, stdout, .. } = run_tiny(env!("CARGO_BIN_EXE_lbt-bench"));
 
     assert_eq!(doc["all_proofs_ok"], true, "{doc:#}");
     assert_eq!(doc["settings"]["repeat"], 1000);

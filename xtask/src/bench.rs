@@ -1,7 +1,8 @@
 //! `cargo xtask bench`: setup, build the benchmark driver (`lbt-bench` in the test crate,
 //! which embeds the XDP programs) in release mode, and run it. The driver prints the
-//! tables and writes `target/bench/results.json` and `target/bench/results.md`;
-//! BENCHMARKS.md explains the method.
+//! tables and writes `target/bench/results.json` and `target/bench/results.md`; the
+//! health-check, memory and forwarding-rate drivers follow (`health.jsonl`, `memory.json`,
+//! `rate.json` and `rate.md`). BENCHMARKS.md explains the method.
 
 use std::process::Command;
 
@@ -78,6 +79,24 @@ fn memory(out: &std::path::Path) -> Result<()> {
     let line = line.lines().last().unwrap_or("").to_string();
     say(format!("memory: {line}"));
     std::fs::write(out.join("memory.json"), line + "\n")?;
+    forwarding_rate(out)
+}
+
+/// Forwarding rate of the balancer with a live-frames generator, beside an XDP_TX
+/// reflector; the driver prints its table and writes rate.json and rate.md.
+fn forwarding_rate(out: &std::path::Path) -> Result<()> {
+    const RATE: &str = "lbt-rate-bench";
+    let exe = cmd::build_release("bench", PACKAGE, RATE)?;
+    let mut run = Command::new(exe);
+    run.arg("--json")
+        .arg(out.join("rate.json"))
+        .arg("--markdown")
+        .arg(out.join("rate.md"));
+    say(format!("running: {}", show(&run)));
+    let st = cmd::status(&mut run)?;
+    if !st.success() {
+        bail!("the forwarding-rate benchmark failed ({st}); see its output above");
+    }
     Ok(())
 }
 

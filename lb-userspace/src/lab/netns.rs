@@ -90,17 +90,20 @@ impl Netns {
     }
 
     /// Run `f` on a thread that has entered this namespace (for netlink and BPF attach).
-    pub fn enter<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+    /// The thread is scoped, so `f` may borrow from the caller.
+    pub fn enter<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
         let path = format!("/run/netns/{}", self.name);
-        std::thread::spawn(move || {
-            let fd = File::open(&path).expect("open netns");
-            // SAFETY: setns on this thread only, with a namespace fd we own.
-            let rc = unsafe { libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNET) };
-            assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
-            f()
+        std::thread::scope(|s| {
+            s.spawn(move || {
+                let fd = File::open(&path).expect("open netns");
+                // SAFETY: setns on this thread only, with a namespace fd we own.
+                let rc = unsafe { libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNET) };
+                assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
+                f()
+            })
+            .join()
+            .expect("thread in namespace panicked")
         })
-        .join()
-        .expect("thread in namespace panicked")
     }
 }
 

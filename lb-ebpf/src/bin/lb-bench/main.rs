@@ -17,6 +17,13 @@
 //! The wrapper's own cost is measured by tail-calling `bench_pass` with the same template,
 //! and subtracted. `bench_pass` (XDP_PASS) is also the floor, and `bench_parse` is the
 //! parse-only baseline: the balancer's own L2/L3/L4 parser, then XDP_PASS.
+//!
+//! The forwarding-rate benchmark (`lbt-rate-bench`) uses three more programs:
+//! `bench_gen`, the live-frames generator (`BPF_F_TEST_XDP_LIVE_FRAMES`): the same restore
+//! and per-iteration flow as the wrapper, then XDP_TX, which the kernel turns into a
+//! transmit on the `ingress_ifindex` it was given; `bench_sink`, attached where the
+//! forwarded frames arrive, which counts them by kind and drops them; and `bench_reflect`,
+//! the baseline in the balancer's place, which sends every frame back with its MACs swapped.
 #![no_std]
 #![no_main]
 
@@ -125,6 +132,74 @@ fn parse_only(ctx: &XdpContext) -> Result<(), Reason> {
         ETH_P_IPV6 => parse::ipv6(ctx, s.l2.len, &mut s.l3),
         _ => Err(Reason::PassNotIp),
     }
+}
+
+/// The generator. Live-frames pages are recycled with whatever the last hop left in them
+/// (the balancer writes its outer headers over the old Ethernet header), so every frame is
+/// rebuilt from the template, as the wrapper does.
+#[xdp]
+pub fn bench_gen(ctx: XdpContext) -> u32 {
+    match restore(&ctx) {
+        Ok(()) => xdp_action::XDP_TX,
+        Err(()) => xdp_action::XDP_ABORTED,
+    }
+}
+
+/// `BENCH_SINK` slots: frames in IP-in-IP (what the balancer sends), everything else (what
+/// the reflector sends back).
+pub const SINK_TUNNELLED: u32 = 0;
+pub const SINK_OTHER: u32 = 1;
+
+#[map(name = "BENCH_SINK")]
+static BENCH_SINK: PerCpuArray<u64> = PerCpuArray::with_max_entries(2, 0);
+
+const IPPROTO_IPIP: u8 = 4;
+const IPPROTO_IPV6: u8 = 41;
+
+/// Counts and drops. It also gives the veth it sits on the NAPI that frames sent to it with
+/// XDP_TX need (without it the sender's veth drops them).
+#[xdp]
+pub fn bench_sink(ctx: XdpContext) -> u32 {
+    let slot = if tunnelled(&ctx) {
+        SINK_TUNNELLED
+    } else {
+        SINK_OTHER
+    };
+    if let Some(n) = BENCH_SINK.get_ptr_mut(slot) {
+        // SAFETY: this CPU's slot; nothing else runs on this CPU until we return.
+        unsafe { *n += 1 };
+    }
+    xdp_action::XDP_DROP
+}
+
+/// Outer header IPv4 or IPv6 carrying IPv4 or IPv6, untagged (the balancer's outer header).
+#[inline(always)]
+fn tunnelled(ctx: &XdpContext) -> bool {
+    let Ok(proto) = read::<[u8; 2]>(ctx, 12) else {
+        return false;
+    };
+    let next = match u16::from_be_bytes(proto) {
+        ETH_P_IP => read::<u8>(ctx, l2::ETH_HLEN + 9),
+        ETH_P_IPV6 => read::<u8>(ctx, l2::ETH_HLEN + 6),
+        _ => return false,
+    };
+    matches!(next, Ok(IPPROTO_IPIP | IPPROTO_IPV6))
+}
+
+/// The baseline in the balancer's place: the least a forwarder does (touch the frame, send
+/// it back out of the interface it came in on).
+#[xdp]
+pub fn bench_reflect(ctx: XdpContext) -> u32 {
+    let Ok(m) = read::<[u8; 12]>(&ctx, 0) else {
+        return xdp_action::XDP_DROP;
+    };
+    let swapped = [
+        m[6], m[7], m[8], m[9], m[10], m[11], m[0], m[1], m[2], m[3], m[4], m[5],
+    ];
+    if write(&ctx, 0, swapped).is_err() {
+        return xdp_action::XDP_DROP;
+    }
+    xdp_action::XDP_TX
 }
 
 /// One's-complement sum folded to 16 bits.

@@ -18,6 +18,9 @@ use anyhow::{Context as _, Result, bail};
 
 use serde_json::{Value, json};
 
+use lb_tests::bench_cli::{self, Args, write_results};
+pub use lb_tests::bench_stats::stats;
+
 pub struct Opts {
     /// Iterations per `BPF_PROG_TEST_RUN` call.
     pub repeat: u32,
@@ -49,25 +52,24 @@ fn parse_args() -> Result<Opts> {
         control: true,
         cases: None,
     };
-    let mut args = std::env::args().skip(1);
-    while let Some(a) = args.next() {
-        let mut val = |name: &str| {
-            args.next()
-                .with_context(|| format!("{name} needs a value\n{USAGE}"))
-        };
+    let mut args = Args::new(USAGE);
+    while let Some(a) = args.next_flag() {
         match a.as_str() {
             "--tiny" => {
                 o.repeat = 1000;
                 o.rounds = 1;
                 o.samples = 1;
             }
-            "--repeat" => o.repeat = val("--repeat")?.parse().context("--repeat")?,
-            "--rounds" => o.rounds = val("--rounds")?.parse().context("--rounds")?,
-            "--samples" => o.samples = val("--samples")?.parse().context("--samples")?,
-            "--json" => o.json = val("--json")?.into(),
-            "--markdown" => o.markdown = Some(val("--markdown")?.into()),
-            "--cases" => o.cases = Some(val("--cases")?.split(',').map(String::from).collect()),
-            "--only" => match val("--only")?.as_str() {
+            "--repeat" => o.repeat = args.value(&a)?,
+            "--rounds" => o.rounds = args.value(&a)?,
+            "--samples" => o.samples = args.value(&a)?,
+            "--json" => o.json = args.value(&a)?,
+            "--markdown" => o.markdown = Some(args.value(&a)?),
+            "--cases" => {
+                let v: String = args.value(&a)?;
+                o.cases = Some(v.split(',').map(String::from).collect());
+            }
+            "--only" => match args.value::<String>(&a)?.as_str() {
                 "packet" => o.control = false,
                 "control" => o.packet = false,
                 other => bail!("--only {other}: expected packet or control\n{USAGE}"),
@@ -123,17 +125,7 @@ fn machine() -> Machine {
 }
 
 fn main() -> ExitCode {
-    match run() {
-        Ok(true) => ExitCode::SUCCESS,
-        Ok(false) => {
-            eprintln!("lbt-bench: some counter proofs failed: those figures are not valid");
-            ExitCode::FAILURE
-        }
-        Err(e) => {
-            eprintln!("lbt-bench: error: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    bench_cli::exit("lbt-bench", run())
 }
 
 fn run() -> Result<bool> {
@@ -175,42 +167,12 @@ fn run() -> Result<bool> {
     }
     doc.insert("all_proofs_ok".into(), Value::Bool(ok));
     doc.insert("seconds".into(), json!(started.elapsed().as_secs_f64()));
-    print!("{md}");
-    let json = serde_json::to_string_pretty(&Value::Object(doc))?;
-    if let Some(dir) = o.json.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    std::fs::write(&o.json, json + "\n")
-        .with_context(|| format!("writing {}", o.json.display()))?;
-    if let Some(p) = &o.markdown {
-        std::fs::write(p, &md).with_context(|| format!("writing {}", p.display()))?;
-    }
-    println!(
-        "\nJSON: {}\nfinished in {:.0} s",
-        o.json.display(),
-        started.elapsed().as_secs_f64()
-    );
+    write_results(
+        &md,
+        &Value::Object(doc),
+        &o.json,
+        o.markdown.as_deref(),
+        started,
+    )?;
     Ok(ok)
-}
-
-/// Median, minimum and maximum of `v` (not empty).
-pub fn stats(v: &[f64]) -> (f64, f64, f64) {
-    let mut s = v.to_vec();
-    s.sort_by(|a, b| a.total_cmp(b));
-    let n = s.len();
-    let med = if n % 2 == 1 {
-        s[n / 2]
-    } else {
-        (s[n / 2 - 1] + s[n / 2]) / 2.0
-    };
-    (med, s[0], s[n - 1])
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn median_and_spread() {
-        assert_eq!(super::stats(&[3.0, 1.0, 2.0]), (2.0, 1.0, 3.0));
-        assert_eq!(super::stats(&[4.0, 1.0, 2.0, 3.0]), (2.5, 1.0, 4.0));
-    }
 }

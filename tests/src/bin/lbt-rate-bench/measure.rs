@@ -1,0 +1,178 @@
+//! One timed run of one path, and the proof that its frames went the way it is labelled.
+//!
+//! Before each run the counters are read (generator's per-CPU iteration counter, sink, the
+//! balancer's per-reason counters); the generator then sends for a fixed time, and after a
+//! short settle (frames still in the veths' rings land) the counters are read again.
+
+use std::time::Duration;
+
+use anyhow::Result;
+use lb_common::Reason;
+use lb_tests::packets::{Frame, TCP_ACK};
+
+use crate::{
+    progs::{Sunk, pin_to},
+    rig::Rig,
+};
+
+/// The clients: 198.19.0.1 with the low 16 bits of the address varied by the generator
+/// stays inside 198.18.0.0/15.
+const CLIENT: &str = "198.19.0.1";
+const SPORT: u16 = 40_000;
+/// Time for frames still queued in the veths when the generator stops to reach the sink.
+const SETTLE: Duration = Duration::from_millis(50);
+/// Warming 1M flows takes about a second; this only bounds a stuck run.
+const WARM_LIMIT: Duration = Duration::from_secs(60);
+
+#[derive(Clone, Copy, Debug)]
+pub enum Path {
+    /// The baseline: `bench_reflect` in the balancer's place, one flow.
+    Reflector,
+    /// `lb_xdp` on VIP `vip` of the rig, `flows` flows in turn (a power of two).
+    Lb { vip: usize, flows: u32 },
+}
+
+pub struct Settings {
+    pub seconds: f64,
+    pub cpu: usize,
+    pub batch: u32,
+}
+
+pub struct Sample {
+    /// Frames counted by the sink per second of generation.
+    pub mpps: f64,
+    /// Frames generated per second.
+    pub offered_mpps: f64,
+    pub generated: u64,
+    pub sunk: u64,
+    /// For the balancer: generated frames that it did not count as sent (lost on the way
+    /// in, or counted under another reason).
+    pub not_forwarded: Option<u64>,
+    /// Growth of every balancer reason counter (all zero for the reflector).
+    pub lb: Vec<(Reason, u64)>,
+    pub failures: Vec<String>,
+}
+
+/// The generator's template: a 60-byte TCP ACK with DF, as established traffic is.
+pub fn frame(vip: &str) -> Vec<u8> {
+    let mut f = Frame::tcp(CLIENT, SPORT, vip, 80, TCP_ACK);
+    f.payload = vec![0; 6];
+    f.dont_fragment = true;
+    f.bytes()
+}
+
+struct Snapshot {
+    generated: Vec<u32>,
+    sunk: Sunk,
+    lb: Vec<(Reason, u64)>,
+}
+
+fn snapshot(rig: &Rig) -> Result<Snapshot> {
+    Ok(Snapshot {
+        generated: rig.progs.generated()?,
+        sunk: rig.progs.sunk()?,
+        lb: rig.lb.dp.reasons()?,
+    })
+}
+
+/// Live frames from the generator's namespace, on `cpu`: (frames sent, seconds).
+fn generate(
+    rig: &Rig,
+    s: &Settings,
+    frame: &[u8],
+    ifindex: u32,
+    frames: u64,
+    until: Duration,
+) -> Result<(u64, f64)> {
+    let (sent, took) = rig.gen_ns.enter(|| {
+        pin_to(s.cpu)?;
+        rig.progs.generate(frame, ifindex, s.batch, frames, until)
+    })?;
+    std::thread::sleep(SETTLE);
+    Ok((sent, took.as_secs_f64()))
+}
+
+pub fn sample(rig: &mut Rig, path: Path, s: &Settings) -> Result<Sample> {
+    let (frame, mask, ifindex) = match path {
+        Path::Reflector => (frame(&rig.vips[0].addr), 0, rig.to_rf),
+        Path::Lb { vip, flows } => (frame(&rig.vips[vip].addr), flows - 1, rig.to_lb),
+    };
+    rig.progs.set_frame(&frame, mask)?;
+    if let Path::Lb { flows, .. } = path {
+        // Every flow in the balancer's table before the clock starts: the run measures
+        // established traffic, and the proof requires no new flow during it.
+        generate(rig, s, &frame, ifindex, flows as u64, WARM_LIMIT)?;
+    }
+    let before = snapshot(rig)?;
+    let until = Duration::from_secs_f64(s.seconds);
+    let (sent, secs) = generate(rig, s, &frame, ifindex, u64::MAX, until)?;
+    let after = snapshot(rig)?;
+
+    let generated: u64 = before
+        .generated
+        .iter()
+        .zip(&after.generated)
+        .map(|(b, a)| a.wrapping_sub(*b) as u64)
+        .sum();
+    let sunk = after.sunk.since(before.sunk);
+    let lb: Vec<(Reason, u64)> = before
+        .lb
+        .iter()
+        .zip(&after.lb)
+        .map(|((r, b), (_, a))| (*r, a - b))
+        .collect();
+    let grew = |r: Reason| lb.iter().find(|(x, _)| *x == r).map_or(0, |(_, n)| *n);
+    let mut failures = Vec::new();
+    if generated != sent {
+        failures.push(format!(
+            "the generator built {generated} frames; {sent} were asked of the kernel"
+        ));
+    }
+    let (counted, stray, not_forwarded, expect): (u64, u64, Option<u64>, Vec<(Reason, u64)>) =
+        match path {
+            Path::Reflector => (sunk.other, sunk.tunnelled, None, vec![]),
+            Path::Lb { .. } => {
+                let tx = grew(Reason::TxIpip);
+                if tx > generated {
+                    failures.push(format!("tx_ipip grew by {tx}, more than generated"));
+                }
+                if sunk.tunnelled > tx {
+                    failures.push(format!(
+                        "the sink counted {} IP-in-IP frames, more than tx_ipip {tx}",
+                        sunk.tunnelled
+                    ));
+                }
+                let expect = [Reason::TxIpip, Reason::FlowHit, Reason::FibFallback];
+                (
+                    sunk.tunnelled,
+                    sunk.other,
+                    Some(generated.saturating_sub(tx)),
+                    expect.iter().map(|r| (*r, tx)).collect(),
+                )
+            }
+        };
+    if counted == 0 {
+        failures.push("the sink counted no forwarded frame".into());
+    }
+    if stray != 0 {
+        failures.push(format!(
+            "the sink counted {stray} frames of the other kind (IP-in-IP from the reflector, \
+             or plain frames from the balancer)"
+        ));
+    }
+    for (r, n) in &lb {
+        let want = expect.iter().find(|(x, _)| x == r).map_or(0, |(_, n)| *n);
+        if *n != want {
+            failures.push(format!("{} grew by {n}, expected {want}", r.label()));
+        }
+    }
+    Ok(Sample {
+        mpps: counted as f64 / secs / 1e6,
+        offered_mpps: generated as f64 / secs / 1e6,
+        generated,
+        sunk: counted,
+        not_forwarded,
+        lb,
+        failures,
+    })
+}
