@@ -112,14 +112,26 @@ impl Daemon {
 
     /// Wait until the log shows `needle` (or panic after `secs`).
     pub fn wait_log(&self, needle: &str, secs: u64) {
+        self.wait_log_line(&[needle], secs)
+    }
+
+    /// Wait until one log line holds every one of `needles` (or panic after `secs`).
+    pub fn wait_log_line(&self, needles: &[&str], secs: u64) {
         let end = Instant::now() + Duration::from_secs(secs);
         while Instant::now() < end {
-            if self.log().contains(needle) {
+            if self
+                .log()
+                .lines()
+                .any(|l| needles.iter().all(|n| l.contains(n)))
+            {
                 return;
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        panic!("daemon never logged {needle:?}:\n{}", self.log());
+        panic!(
+            "daemon never logged a line with {needles:?}:\n{}",
+            self.log()
+        );
     }
 
     pub fn kill9(&mut self) {

@@ -286,6 +286,10 @@ fn backup_pool_takes_over_and_hands_back() {
     t.start_server(0);
     t.start_server(1);
     d.wait_log("backup pool hands back", 10);
+    // The pool hands back when the first primary recovers; the other may rise a check later.
+    for addr in ["198.18.0.21", "198.18.0.22"] {
+        d.wait_log_line(&[addr, "down -> up"], 10);
+    }
     let (seen, failed) = t.requests("--tcp", &web(), 60);
     assert_eq!(failed, 0);
     assert!(

@@ -133,6 +133,8 @@ fn stateless(vip: &VipMeta, key: &FlowKey, hash: u32) -> u32 {
 pub fn choose(vip: &VipMeta, flow: &Flow) -> Option<Choice> {
     let (key, tcp_flags, remember) = (flow.key, flow.tcp_flags, flow.remember);
     let mut rescheduled = false;
+    // What the table holds for a flow that is placed again (a bare SYN, a dead backend).
+    let mut held = None;
     if remember {
         if let Some(entry) = LB_FLOWS.get_ptr_mut(key) {
             // SAFETY: the entry stays valid during this program run (RCU).
@@ -156,6 +158,7 @@ pub fn choose(vip: &VipMeta, flow: &Flow) -> Option<Choice> {
             // Uncount it from its dead backend once, even if no new backend is found.
             uncount(entry);
             rescheduled = !opening;
+            held = Some(*entry);
         }
     } else if let Some(entry) = LB_FLOWS.get_ptr(key) {
         // SAFETY: as above.
@@ -189,7 +192,11 @@ pub fn choose(vip: &VipMeta, flow: &Flow) -> Option<Choice> {
             flags: if counted { FLOW_F_COUNTED } else { 0 },
             hash,
         };
-        let _ = LB_FLOWS.insert(key, entry, 0);
+        // A SYN placed where its flow already is (the ring did not change) leaves the table
+        // as it is: an LRU insert is the costliest step of the path.
+        if held != Some(entry) {
+            let _ = LB_FLOWS.insert(key, entry, 0);
+        }
         count(if rescheduled {
             Reason::FlowRescheduled
         } else {

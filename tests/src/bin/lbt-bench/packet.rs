@@ -218,7 +218,7 @@ fn cases() -> Vec<Case> {
             target_max: Some(13.0 * 0.75),
             ..case(
                 "tcp4_syn",
-                "new TCP v4 (SYN): scheduled and written every time",
+                "new TCP v4 (SYN) on a known 4-tuple: placed by the ring again",
                 lb,
                 tcp(CLIENT4, VIP4, TCP_SYN),
                 vec![TxIpip, FlowNew, FibFallback],
