@@ -42,6 +42,7 @@ pub const DEFAULT_RING_SIZE: u32 = 65_537;
 pub const DEFAULT_RING_CAPACITY: u32 = 16 * DEFAULT_RING_SIZE;
 
 pub const MAP_VIP_FILTER: &str = "LB_VIP_FILTER";
+pub const MAP_VIP_BY_ID: &str = "LB_VIP_BY_ID";
 
 /// Bits of the VIP address filter: one array of u64 words, a bit set for every VIP address.
 /// Most packets on a gateway are not for a VIP; a clear bit sends them on with one array
@@ -66,8 +67,13 @@ pub fn vip_filter_bit_of(lo: u32, hi: u32) -> u32 {
 /// Backend id 0 never names a backend: an unfilled ring slot holds 0.
 pub const NO_BACKEND: u32 = 0;
 
-/// (address, port, protocol) of a VIP; port 0 is an all-port VIP. Aligned to 4 (no padding:
-/// 20 bytes) so that the dataplane copies it a word at a time.
+/// (address, port, protocol) of a VIP; port 0 is an all-port VIP.
+///
+/// Alignment of the map types: the XDP object is built with misaligned access allowed (one
+/// load per packet field), which also lets LLVM copy these values with 8-byte moves. The
+/// verifier refuses a misaligned stack access, so every type whose size allows it is aligned
+/// to 8, and the others (this one: 20 bytes; `Backend`: 28) to 4. None of this adds padding: sizes, and so
+/// pinned maps, are unchanged.
 #[repr(C, align(4))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Pod, Zeroable)]
 pub struct VipKey {
@@ -120,7 +126,7 @@ pub const VIP_F_NO_BACKEND_PASS: u8 = 1 << 0;
 /// them; ordinary packets never match it.
 pub const VIP_F_FRAGMENTS_ONLY: u8 = 1 << 1;
 
-#[repr(C)]
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
 pub struct VipMeta {
     /// Index into the per-VIP counters and the round-robin cursor.
@@ -151,9 +157,8 @@ pub struct Backend {
     pub vip_id: u32,
 }
 
-/// One connection as the dataplane sees it (client to VIP). Aligned to 4 (no padding: 40
-/// bytes) so that the dataplane writes and copies it a word at a time.
-#[repr(C, align(4))]
+/// One connection as the dataplane sees it (client to VIP).
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
 pub struct FlowKey {
     pub src: [u8; 16],
@@ -168,13 +173,16 @@ pub struct FlowKey {
 /// The flow was counted in `LB_CONNS` for least-connections and must be uncounted once.
 pub const FLOW_F_COUNTED: u32 = 1 << 0;
 
-#[repr(C)]
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
 pub struct FlowEntry {
     pub backend_id: u32,
     pub flags: u32,
     /// `flow_hash` of the key, kept so established packets need not hash again.
     pub hash: u32,
+    /// The VIP the flow was placed for: an established packet finds its VIP through
+    /// `LB_VIP_BY_ID` (an array read) instead of a second hash lookup.
+    pub vip_id: u32,
 }
 
 #[repr(C)]
@@ -213,6 +221,16 @@ pub struct GlobalConfig {
     pub encap_src_v6: [u8; 16],
 }
 
+/// A VIP by its id (`LB_VIP_BY_ID`), written and cleared with its `LB_VIPS` entry. An
+/// all-zero record is no VIP.
+#[repr(C, align(8))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct VipRecord {
+    pub key: VipKey,
+    pub _pad: [u8; 4],
+    pub meta: VipMeta,
+}
+
 /// Key of `LB_DECAP_ADDRS`: an outer destination the backend's decap program accepts.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
@@ -228,6 +246,7 @@ mod user {
     // SAFETY: all of these are repr(C) with explicit padding and bytemuck::Pod.
     unsafe impl aya::Pod for VipKey {}
     unsafe impl aya::Pod for VipMeta {}
+    unsafe impl aya::Pod for VipRecord {}
     unsafe impl aya::Pod for Backend {}
     unsafe impl aya::Pod for FlowKey {}
     unsafe impl aya::Pod for FlowEntry {}

@@ -18,8 +18,8 @@ use aya::{
 };
 use lb_common::{
     Backend, BackendStats, GlobalConfig, MAP_BACKEND_STATS, MAP_BACKENDS, MAP_CONFIG, MAP_CONNS,
-    MAP_FLOWS, MAP_RINGS, MAP_STATS, MAP_TX_PORTS, MAP_VIP_STATS, MAP_VIPS, Reason, VipKey,
-    VipMeta, VipStats,
+    MAP_FLOWS, MAP_RINGS, MAP_STATS, MAP_TX_PORTS, MAP_VIP_BY_ID, MAP_VIP_STATS, MAP_VIPS, Reason,
+    VIP_F_FRAGMENTS_ONLY, VipKey, VipMeta, VipRecord, VipStats,
 };
 use thiserror::Error;
 
@@ -41,6 +41,7 @@ pub const PINNED_MAPS: &[&str] = &[
     lb_common::MAP_CONNS,
     lb_common::MAP_TX_PORTS,
     lb_common::MAP_VIP_FILTER,
+    lb_common::MAP_VIP_BY_ID,
 ];
 
 #[derive(Debug, Error)]
@@ -278,7 +279,23 @@ impl Dataplane {
         filter
             .set(bit >> 6, word | (1u64 << (bit & 63)), 0)
             .map_err(map_err(lb_common::MAP_VIP_FILTER))?;
-        self.vips()?.insert(key, meta, 0).map_err(map_err(MAP_VIPS))
+        self.vips()?
+            .insert(key, meta, 0)
+            .map_err(map_err(MAP_VIPS))?;
+        if meta.flags & VIP_F_FRAGMENTS_ONLY == 0 {
+            self.array::<VipRecord>(MAP_VIP_BY_ID)?
+                .set(
+                    meta.vip_id,
+                    VipRecord {
+                        key: *key,
+                        _pad: [0; 4],
+                        meta: *meta,
+                    },
+                    0,
+                )
+                .map_err(map_err(MAP_VIP_BY_ID))?;
+        }
+        Ok(())
     }
 
     /// Recompute the VIP address filter from LB_VIPS (clears the bits of removed VIPs).
@@ -303,7 +320,19 @@ impl Dataplane {
         Ok(())
     }
 
+    /// The record first: established flows stop finding the VIP before its entry goes.
     pub fn remove_vip(&mut self, key: &VipKey) -> Result<(), DataplaneError> {
+        let meta = self.vips()?.get(key, 0).ok();
+        if let Some(meta) = meta {
+            let mut by_id = self.array::<VipRecord>(MAP_VIP_BY_ID)?;
+            let rec = by_id.get(&meta.vip_id, 0).map_err(map_err(MAP_VIP_BY_ID))?;
+            // Only if the record is this VIP's: an alias or a reused id must not clear another.
+            if rec.key == *key {
+                by_id
+                    .set(meta.vip_id, VipRecord::default(), 0)
+                    .map_err(map_err(MAP_VIP_BY_ID))?;
+            }
+        }
         self.vips()?.remove(key).map_err(map_err(MAP_VIPS))
     }
 

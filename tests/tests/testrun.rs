@@ -169,6 +169,30 @@ fn ipv4_tcp_is_encapsulated_to_the_predicted_backend() {
     );
 }
 
+/// Established packets reach their VIP through the flow's entry and LB_VIP_BY_ID, not the
+/// VIP lookup: that shortcut must end when the VIP goes, and must not follow a reused id.
+#[test]
+fn established_flows_follow_their_vip_only_while_it_serves_them() {
+    let (mut h, v) = setup(Scheduler::Maglev, Forward::IpIp);
+    let f = Frame::tcp(CLIENT4, 41000, VIP4, 80, TCP_SYN);
+    let to = predicted(&mut h, &v, &f);
+    assert_tunnelled(&h, &f, to);
+    let a = ack(&f);
+    let hits = h.dp.reason(Reason::FlowHit).unwrap();
+    assert_tunnelled(&h, &a, to);
+    assert_eq!(h.dp.reason(Reason::FlowHit).unwrap(), hits + 1);
+    h.dp.remove_vip(&v.key).unwrap();
+    h.assert_passed(&a.bytes(), Reason::PassNotVip);
+    // Another address takes the id (and the ring): the old flow is not its traffic.
+    h.dp.set_vip(&vip_key("198.18.100.2", 80, PROTO_TCP), &v.meta)
+        .unwrap();
+    h.assert_passed(&a.bytes(), Reason::PassNotVip);
+    // Back under its own address, the flow carries on where it was.
+    h.dp.set_vip(&v.key, &v.meta).unwrap();
+    assert_tunnelled(&h, &a, to);
+    assert_eq!(h.dp.reason(Reason::FlowHit).unwrap(), hits + 2);
+}
+
 #[test]
 fn outer_source_spreads_flows_and_is_stable_per_flow() {
     let (h, _) = setup(Scheduler::Maglev, Forward::IpIp);

@@ -24,16 +24,19 @@ pub struct Flow<'a> {
     pub remember: bool,
 }
 
+/// Values found in maps are handed on as references into the maps, not copied: a copy on the
+/// stack may be made with misaligned 8-byte moves (the object allows misaligned access for
+/// the packet's sake), which the verifier refuses on the stack.
 pub struct Choice {
+    pub backend: &'static Backend,
     pub id: u32,
-    pub backend: Backend,
     pub new_flow: bool,
     /// The flow's hash (from the table on a hit).
     pub hash: u32,
 }
 
 #[inline(always)]
-fn usable(id: u32) -> Option<Backend> {
+fn usable(id: u32) -> Option<&'static Backend> {
     if id == NO_BACKEND {
         return None;
     }
@@ -41,7 +44,7 @@ fn usable(id: u32) -> Option<Backend> {
     if be.flags & BACKEND_F_DOWN != 0 || be.family == 0 {
         return None;
     }
-    Some(*be)
+    Some(be)
 }
 
 #[inline(always)]
@@ -127,40 +130,59 @@ fn stateless(vip: &VipMeta, key: &FlowKey, hash: u32) -> u32 {
     }
 }
 
-/// Backend for a packet of a flow; `None` when the VIP has no usable backend.
-/// Not inlined: its temporaries do not add to the forwarding path's stack.
+/// The connection-table entry of a flow that may be remembered (not a fragment or an ICMP
+/// error), looked up once per packet.
+#[inline(always)]
+pub fn entry(flow: &Flow) -> Option<*mut FlowEntry> {
+    if flow.remember {
+        LB_FLOWS.get_ptr_mut(flow.key)
+    } else {
+        None
+    }
+}
+
+/// The table's backend for a packet of an established flow; `None` for a bare SYN (a new
+/// connection is placed by the current ring, even if it reuses an old one's ports) or when
+/// the pinned backend is down.
+#[inline(always)]
+pub fn established(entry: &mut FlowEntry, tcp_flags: u8) -> Option<Choice> {
+    if tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN {
+        return None;
+    }
+    let id = entry.backend_id;
+    let backend = usable(id)?;
+    count(Reason::FlowHit);
+    if tcp_flags & (TCP_FIN | TCP_RST) != 0 {
+        uncount(entry);
+    }
+    Some(Choice {
+        id,
+        backend,
+        new_flow: false,
+        hash: entry.hash,
+    })
+}
+
+/// Backend for a packet of a flow of `vip`; `None` when the VIP has no usable backend.
+/// `held` is the flow's table entry (from `entry`). Not inlined: its temporaries do not add
+/// to the forwarding path's stack.
 #[inline(never)]
-pub fn choose(vip: &VipMeta, flow: &Flow) -> Option<Choice> {
+pub fn choose(vip: &VipMeta, flow: &Flow, held: Option<*mut FlowEntry>) -> Option<Choice> {
     let (key, tcp_flags, remember) = (flow.key, flow.tcp_flags, flow.remember);
     let mut rescheduled = false;
     // What the table holds for a flow that is placed again (a bare SYN, a dead backend).
-    let mut held = None;
-    if remember {
-        if let Some(entry) = LB_FLOWS.get_ptr_mut(key) {
-            // SAFETY: the entry stays valid during this program run (RCU).
-            let entry = unsafe { &mut *entry };
-            let id = entry.backend_id;
-            // A bare SYN opens a new connection: a client reusing the ports of an old one
-            // must be placed by the current ring, not by what the old connection had.
-            let opening = tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
-            if !opening && let Some(backend) = usable(id) {
-                count(Reason::FlowHit);
-                if tcp_flags & (TCP_FIN | TCP_RST) != 0 {
-                    uncount(entry);
-                }
-                return Some(Choice {
-                    id,
-                    backend,
-                    new_flow: false,
-                    hash: entry.hash,
-                });
-            }
-            // Uncount it from its dead backend once, even if no new backend is found.
-            uncount(entry);
-            rescheduled = !opening;
-            held = Some(*entry);
+    let mut before = None;
+    if let Some(entry) = held {
+        // SAFETY: the entry stays valid during this program run (RCU).
+        let entry = unsafe { &mut *entry };
+        if let Some(choice) = established(entry, tcp_flags) {
+            return Some(choice);
         }
-    } else if let Some(entry) = LB_FLOWS.get_ptr(key) {
+        // Uncount it from its dead backend once, even if no new backend is found.
+        uncount(entry);
+        rescheduled = tcp_flags & (TCP_SYN | TCP_ACK) != TCP_SYN;
+        before = Some(*entry);
+    } else if !remember && let Some(entry) = LB_FLOWS.get_ptr(key) {
         // SAFETY: as above.
         let id = unsafe { (*entry).backend_id };
         if let Some(backend) = usable(id) {
@@ -191,10 +213,11 @@ pub fn choose(vip: &VipMeta, flow: &Flow) -> Option<Choice> {
             backend_id: id,
             flags: if counted { FLOW_F_COUNTED } else { 0 },
             hash,
+            vip_id: vip.vip_id,
         };
         // A SYN placed where its flow already is (the ring did not change) leaves the table
         // as it is: an LRU insert is the costliest step of the path.
-        if held != Some(entry) {
+        if before != Some(entry) {
             let _ = LB_FLOWS.insert(key, entry, 0);
         }
         count(if rescheduled {

@@ -37,7 +37,8 @@ pub fn forward(
     let overhead: usize = if outer_v4 { 20 } else { 40 };
     if pkt.check_mtu && cfg.mtu as usize > overhead && pkt.l3.ip_len + overhead > cfg.mtu as usize {
         if pkt.l3.dont_fragment {
-            return icmp::too_big(ctx, pkt, cfg.mtu - overhead as u16);
+            icmp::too_big(ctx, pkt, cfg.mtu - overhead as u16)?;
+            return Ok(xdp_action::XDP_TX);
         }
         count(Reason::OverMtuForwarded);
     }
@@ -60,7 +61,7 @@ fn spread(base: u32, bits: u8, hash: u32) -> u32 {
 
 /// Prepend the outer header (and the L2 header, moved to the new head; MACs are set by
 /// the caller's next hop).
-#[inline(never)]
+#[inline(always)]
 fn ipip(ctx: &XdpContext, cfg: &GlobalConfig, pkt: &Packet, be: &Backend) -> Result<(), Reason> {
     let (l2, l3, hash) = (&pkt.l2, &pkt.l3, pkt.hash);
     let inner_v4 = l3.key.family == FAMILY_V4;

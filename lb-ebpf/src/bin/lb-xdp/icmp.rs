@@ -7,7 +7,7 @@
 //! they are steered to the backend that owns that flow, so path-MTU discovery works through
 //! direct server return.
 
-use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
+use aya_ebpf::programs::XdpContext;
 use lb_common::{FAMILY_V4, FlowKey, PROTO_TCP, PROTO_UDP, Reason};
 use lb_ebpf::{
     csum, l2,
@@ -24,8 +24,12 @@ const ICMP_DEST_UNREACH: u8 = 3;
 const ICMP_FRAG_NEEDED: u8 = 4;
 const ICMPV6_PKT_TOOBIG: u8 = 2;
 
+/// Turns the packet into an ICMP error for its sender, to go back out with XDP_TX.
+/// Returns a single word (`Result<(), Reason>`): a pair such as `Result<u32, Reason>` comes
+/// back through a 4-aligned stack slot that LLVM may fill with one 8-byte store, which the
+/// verifier refuses.
 #[inline(never)]
-pub fn too_big(ctx: &XdpContext, pkt: &Packet, mtu: u16) -> Result<u32, Reason> {
+pub fn too_big(ctx: &XdpContext, pkt: &Packet, mtu: u16) -> Result<(), Reason> {
     let (l2, l3) = (&pkt.l2, &pkt.l3);
     let frame = lb_ebpf::ptr::frame_len(ctx);
     let keep = l2.len + QUOTE;
@@ -44,7 +48,7 @@ pub fn too_big(ctx: &XdpContext, pkt: &Packet, mtu: u16) -> Result<u32, Reason> 
     };
     res.map_err(|_| Reason::DropAdjustFailed)?;
     count(Reason::TxIcmpTooBig);
-    Ok(xdp_action::XDP_TX)
+    Ok(())
 }
 
 /// IPv4 header and ICMP fragmentation-needed in front of the quote at `l2.len + 28`.

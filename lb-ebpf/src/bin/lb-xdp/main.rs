@@ -1,7 +1,8 @@
 //! The balancer: an XDP program on the gateway's NIC.
 //!
-//! A packet's path: parse (L2, L3, ports) → VIP lookup → backend (connection table, then
-//! the VIP's scheduler) → forward (IP-in-IP or L2 DSR, next hop from the FIB) → count.
+//! A packet's path: parse (L2, L3, ports) → connection table (an established flow finds
+//! its VIP and backend there), else VIP lookup and the VIP's scheduler → forward (IP-in-IP
+//! or L2 DSR, next hop from the FIB) → count.
 //! Anything not for a VIP leaves with XDP_PASS, byte for byte as it came.
 #![no_std]
 #![no_main]
@@ -98,23 +99,45 @@ fn try_lb_xdp(ctx: &XdpContext) -> Result<u32, Reason> {
     let l3 = &pkt.l3;
     let key = if icmp_error { &pkt.quoted } else { &l3.key };
     let fragment = l3.fragment && !icmp_error;
-    let vip = vip::lookup(key, fragment).ok_or(if icmp_error {
+    let not_ours = if icmp_error {
         Reason::PassIcmpLocal
     } else {
         Reason::PassNotVip
-    })?;
-    if l3.bad_len {
-        return Err(Reason::DropMalformed);
+    };
+    if !vip::may_be(&key.dst) {
+        return Err(not_ours);
     }
-    let cfg = LB_CONFIG.get(0).ok_or(Reason::DropNoNexthop)?;
-    pkt.forward = vip.forward;
-    pkt.check_mtu = !icmp_error;
     let flow = Flow {
         key,
         tcp_flags: if icmp_error { 0 } else { l3.tcp_flags },
         remember: !fragment && !icmp_error,
     };
-    let choice = flow::choose(&vip, &flow).ok_or_else(|| no_backend(&vip))?;
+    let held = flow::entry(&flow);
+    // An established flow reaches its VIP through its table entry (an array read), not a
+    // second hash lookup; anything else takes the VIP lookup and the scheduler.
+    let fast = match held {
+        Some(entry) if !l3.bad_len => {
+            // SAFETY: the entry stays valid during this program run (RCU).
+            let entry = unsafe { &mut *entry };
+            vip::of_flow(entry.vip_id, key)
+                .and_then(|vip| Some((vip, flow::established(entry, flow.tcp_flags)?)))
+        }
+        _ => None,
+    };
+    let (vip, choice) = match fast {
+        Some(found) => found,
+        None => {
+            let vip = vip::lookup(key, fragment).ok_or(not_ours)?;
+            if l3.bad_len {
+                return Err(Reason::DropMalformed);
+            }
+            let choice = flow::choose(vip, &flow, held).ok_or_else(|| no_backend(vip))?;
+            (vip, choice)
+        }
+    };
+    let cfg = LB_CONFIG.get(0).ok_or(Reason::DropNoNexthop)?;
+    pkt.forward = vip.forward;
+    pkt.check_mtu = !icmp_error;
     pkt.hash = choice.hash;
     if fragment {
         count(Reason::Fragment);
@@ -125,7 +148,7 @@ fn try_lb_xdp(ctx: &XdpContext) -> Result<u32, Reason> {
     let bytes = lb_ebpf::ptr::frame_len(ctx) as u64;
     stats::vip(vip.vip_id, bytes, choice.new_flow);
     stats::backend(choice.id, bytes);
-    forward::forward(ctx, cfg, pkt, &choice.backend)
+    forward::forward(ctx, cfg, pkt, choice.backend)
 }
 
 #[inline(always)]

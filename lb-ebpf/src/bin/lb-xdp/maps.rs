@@ -7,7 +7,7 @@ use aya_ebpf::{
 };
 use lb_common::{
     Backend, BackendStats, DEFAULT_FLOWS, DEFAULT_RING_CAPACITY, FlowEntry, FlowKey, GlobalConfig,
-    MAX_BACKENDS, MAX_TX_PORTS, MAX_VIPS, VIP_FILTER_BITS, VipKey, VipMeta, VipStats,
+    MAX_BACKENDS, MAX_TX_PORTS, MAX_VIPS, VIP_FILTER_BITS, VipKey, VipMeta, VipRecord, VipStats,
     reason::REASON_COUNT,
 };
 
@@ -17,6 +17,10 @@ const BPF_F_NO_COMMON_LRU: u32 = 1 << 1;
 
 #[map(name = "LB_VIPS")]
 pub static LB_VIPS: HashMap<VipKey, VipMeta> = HashMap::with_max_entries(MAX_VIPS * 2, 0);
+
+/// Every VIP by id: established flows reach their VIP with an array read.
+#[map(name = "LB_VIP_BY_ID")]
+pub static LB_VIP_BY_ID: Array<VipRecord> = Array::with_max_entries(MAX_VIPS, 0);
 
 #[map(name = "LB_BACKENDS")]
 pub static LB_BACKENDS: Array<Backend> = Array::with_max_entries(MAX_BACKENDS, 0);

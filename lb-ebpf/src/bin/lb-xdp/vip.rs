@@ -11,10 +11,10 @@ use lb_ebpf::{
     ptr::read,
 };
 
-use crate::maps::{LB_VIP_FILTER, LB_VIPS};
+use crate::maps::{LB_VIP_BY_ID, LB_VIP_FILTER, LB_VIPS};
 
 #[inline(always)]
-fn may_be_vip(bit: u32) -> bool {
+fn filter_bit_set(bit: u32) -> bool {
     LB_VIP_FILTER
         .get(bit >> 6)
         .is_some_and(|word| *word & (1u64 << (bit & 63)) != 0)
@@ -40,16 +40,42 @@ pub fn ruled_out(ctx: &XdpContext) -> bool {
         },
         _ => return false,
     };
-    !may_be_vip(vip_filter_bit_of(lo, hi))
+    !filter_bit_set(vip_filter_bit_of(lo, hi))
 }
 
-/// Inlined, as the parser is (see `parse::ipv4`).
+/// False when `dst` is not a VIP address for sure (one array read).
 #[inline(always)]
-pub fn lookup(key: &FlowKey, fragment: bool) -> Option<VipMeta> {
-    // Not a VIP address for sure: one array read instead of two hash lookups.
-    if !may_be_vip(vip_filter_bit(&key.dst)) {
-        return None;
+pub fn may_be(dst: &[u8; 16]) -> bool {
+    filter_bit_set(vip_filter_bit(dst))
+}
+
+/// Equal 16-byte addresses, compared a word at a time (both arrays start 4-aligned in
+/// their structs; a slice comparison would be a call to a byte loop).
+#[inline(always)]
+fn same_addr(a: &[u8; 16], b: &[u8; 16]) -> bool {
+    let (a, b) = (a.as_ptr() as *const u32, b.as_ptr() as *const u32);
+    // SAFETY: four aligned words inside each array.
+    unsafe {
+        *a == *b && *a.add(1) == *b.add(1) && *a.add(2) == *b.add(2) && *a.add(3) == *b.add(3)
     }
+}
+
+/// The VIP an established flow was placed for, if it still serves the flow's destination:
+/// a removed VIP's record is zero, and a reused id names a VIP with another key.
+#[inline(always)]
+pub fn of_flow(vip_id: u32, key: &FlowKey) -> Option<&'static VipMeta> {
+    let rec = LB_VIP_BY_ID.get(vip_id)?;
+    let k = &rec.key;
+    let serves = k.family == key.family
+        && k.proto == key.proto
+        && (k.port == key.dport || k.port == 0)
+        && same_addr(&k.addr, &key.dst);
+    serves.then_some(&rec.meta)
+}
+
+/// Inlined, as the parser is (see `parse::ipv4`). The caller has checked `may_be`.
+#[inline(always)]
+pub fn lookup(key: &FlowKey, fragment: bool) -> Option<&'static VipMeta> {
     let mut vk = VipKey {
         addr: key.dst,
         port: key.dport,
@@ -61,7 +87,7 @@ pub fn lookup(key: &FlowKey, fragment: bool) -> Option<VipMeta> {
         if let Some(meta) = unsafe { LB_VIPS.get(vk) }
             && meta.flags & VIP_F_FRAGMENTS_ONLY == 0
         {
-            return Some(*meta);
+            return Some(meta);
         }
     }
     vk.port = 0;
@@ -70,5 +96,5 @@ pub fn lookup(key: &FlowKey, fragment: bool) -> Option<VipMeta> {
     if meta.flags & VIP_F_FRAGMENTS_ONLY != 0 && !fragment {
         return None;
     }
-    Some(*meta)
+    Some(meta)
 }
