@@ -11,9 +11,11 @@ use which::which;
 /// the known alignment), so packet writes store `u16`/`u32`/`u64` values instead. The
 /// in-order expansion stays on: without it, LLVM copies 4-aligned stack values with 8-byte
 /// stores, and the verifier refuses misaligned stack access.
-/// The feature also lets LLVM merge neighbouring stack stores into misaligned wider ones (it
-/// did when `flow::choose` was inlined: an 8-byte store at fp-20). The verifier refuses that
-/// at load time, and every test loads the programs, so such a build never passes CI.
+/// The feature also lets LLVM copy and merge values on the stack with misaligned 8-byte
+/// moves, which the verifier refuses. So the programs keep map values in the maps (handed on
+/// by reference, e.g. `&'static VipMeta`) and per-packet state in the per-CPU scratch slot,
+/// and functions that are not inlined return single words. A build that breaks this fails
+/// to load, and every test loads the programs, so it never passes CI.
 /// (Not `+alu32`: LLVM then does pointer arithmetic in 32-bit registers, which the verifier
 /// refuses.)
 fn main() {
