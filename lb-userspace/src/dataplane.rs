@@ -8,7 +8,7 @@ use std::path::Path;
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, DevMapHash, HashMap, MapData, PerCpuArray, PerCpuValues},
+    maps::{Array, DevMapHash, HashMap, MapData, MapInfo, MapType, PerCpuArray, PerCpuValues},
     programs::{
         Xdp, XdpMode,
         links::{FdLink, PinnedLink},
@@ -69,6 +69,27 @@ pub enum DataplaneError {
     PinDir {
         path: std::path::PathBuf,
         source: std::io::Error,
+    },
+    #[error(
+        "pinned map {map} ({}) has {found}; this build needs {needed}: {remedy}",
+        path.display()
+    )]
+    PinnedMapMismatch {
+        map: &'static str,
+        path: std::path::PathBuf,
+        found: String,
+        needed: String,
+        remedy: String,
+    },
+    #[error(
+        "reading pinned map {map} ({}): {source}; to start afresh: {}",
+        path.display(),
+        purge_advice(path.parent().unwrap_or(path))
+    )]
+    PinnedMapUnreadable {
+        map: &'static str,
+        path: std::path::PathBuf,
+        source: aya::maps::MapError,
     },
     #[error("link pin {path}: {detail}")]
     Link {
@@ -135,6 +156,150 @@ impl Default for LoadOptions {
     }
 }
 
+/// A map's kind and sizes: what must match for a pinned map to be reused.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct MapShape {
+    /// `None`: a type this aya does not know (so not one this build creates).
+    map_type: Option<MapType>,
+    key_size: u32,
+    value_size: u32,
+    max_entries: u32,
+}
+
+/// The maps `Dataplane::load` would create under `opts`, read from the embedded object
+/// without creating anything. aya reuses whatever is pinned at a map's path without
+/// comparing, and the verifier's complaint, if any, does not name the map.
+fn expected_shapes(opts: &LoadOptions) -> Result<Vec<(&'static str, MapShape)>, DataplaneError> {
+    let obj = aya_obj::Object::parse(LB_XDP).map_err(|e| DataplaneError::Load(e.into()))?;
+    PINNED_MAPS
+        .iter()
+        .map(|&name| {
+            let def = obj.maps.get(name).ok_or(DataplaneError::MissingMap(name))?;
+            let map_type = aya_obj::generated::bpf_map_type::try_from(def.map_type())
+                .ok()
+                .and_then(|t| MapType::try_from(t).ok());
+            // aya sizes a device or CPU map's value by what the kernel supports, not by the
+            // object. (Ring buffers and perf arrays, whose entries aya derives too, are not
+            // pinned.)
+            let prog_id = match map_type {
+                Some(MapType::DevMap | MapType::DevMapHash) => {
+                    Some(aya::features().devmap_prog_id())
+                }
+                Some(MapType::CpuMap) => Some(aya::features().cpumap_prog_id()),
+                _ => None,
+            };
+            let value_size = prog_id.map_or(def.value_size(), |id| if id { 8 } else { 4 });
+            let max_entries = match name {
+                MAP_FLOWS => opts.flows,
+                MAP_RINGS => opts.ring_capacity,
+                _ => def.max_entries(),
+            };
+            Ok((
+                name,
+                MapShape {
+                    map_type,
+                    key_size: def.key_size(),
+                    value_size,
+                    max_entries,
+                },
+            ))
+        })
+        .collect()
+}
+
+fn purge_advice(pin_dir: &Path) -> String {
+    format!(
+        "stop lbd if it runs, run `lbd purge --pin-dir {}` (it detaches XDP and removes the \
+         pins, dropping the connection table: established flows may move to other backends) \
+         and start again",
+        pin_dir.display()
+    )
+}
+
+/// The check runs before anything is created or attached, so a refused start leaves a
+/// running dataplane (the old program on its pinned link) forwarding.
+const UNTOUCHED: &str = "Nothing was changed: what is pinned keeps running as it was.";
+
+/// Refuse pins that this build would misread, before anything is loaded or changed.
+fn check_pinned(dir: &Path, opts: &LoadOptions) -> Result<(), DataplaneError> {
+    for (map, needed) in expected_shapes(opts)? {
+        let path = dir.join(map);
+        if !path.exists() {
+            continue;
+        }
+        let info =
+            MapInfo::from_pin(&path).map_err(|source| DataplaneError::PinnedMapUnreadable {
+                map,
+                path: path.clone(),
+                source,
+            })?;
+        let found = MapShape {
+            map_type: info.map_type().ok(),
+            key_size: info.key_size(),
+            value_size: info.value_size(),
+            max_entries: info.max_entries(),
+        };
+        if found == needed {
+            continue;
+        }
+        let (found_text, needed_text) = differences(&found, &needed);
+        let setting = match map {
+            MAP_FLOWS => Some("flows"),
+            MAP_RINGS => Some("ring_capacity"),
+            _ => None,
+        };
+        let resized_only = MapShape {
+            max_entries: needed.max_entries,
+            ..found
+        } == needed;
+        let remedy = match setting {
+            Some(key) if resized_only => format!(
+                "[dataplane] {key} changed since the map was pinned, and a pinned map keeps its \
+                 size. {UNTOUCHED} To keep what it holds, set {key} = {} again; to apply the \
+                 new size, {}",
+                found.max_entries,
+                purge_advice(dir)
+            ),
+            _ => format!(
+                "its layout changed between versions, so the pinned state (established flows \
+                 included) cannot be carried over. {UNTOUCHED} To move to this version, {}",
+                purge_advice(dir)
+            ),
+        };
+        return Err(DataplaneError::PinnedMapMismatch {
+            map,
+            path,
+            found: found_text,
+            needed: needed_text,
+            remedy,
+        });
+    }
+    Ok(())
+}
+
+/// The attributes in which `found` differs from `needed`, phrased for each side.
+fn differences(found: &MapShape, needed: &MapShape) -> (String, String) {
+    let kind = |t: Option<MapType>| match t {
+        Some(t) => format!("type {t:?}"),
+        None => "an unknown type".to_string(),
+    };
+    let mut sides: Vec<(String, String)> = Vec::new();
+    if found.map_type != needed.map_type {
+        sides.push((kind(found.map_type), kind(needed.map_type)));
+    }
+    for (f, n, what) in [
+        (found.key_size, needed.key_size, "-byte keys"),
+        (found.value_size, needed.value_size, "-byte values"),
+        (found.max_entries, needed.max_entries, " entries"),
+    ] {
+        if f != n {
+            sides.push((format!("{f}{what}"), format!("{n}{what}")));
+        }
+    }
+    let (f, n): (Vec<String>, Vec<String>) = sides.into_iter().unzip();
+    (f.join(", "), n.join(", "))
+}
+
 pub struct Dataplane {
     ebpf: Ebpf,
     ring_capacity: u32,
@@ -162,8 +327,10 @@ impl Dataplane {
                 });
             }
             paths = PINNED_MAPS.iter().map(|m| (*m, dir.join(m))).collect();
+            check_pinned(dir, &opts)?;
         }
-        // A map already pinned at its path is reused as it is (flows, rings, counters).
+        // A map already pinned at its path is reused as it is (flows, rings, counters): the
+        // check above made sure it is the map this build and `opts` would create.
         for (name, path) in &paths {
             loader.map_pin_path(name, path.as_path());
         }
