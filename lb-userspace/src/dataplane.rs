@@ -164,7 +164,13 @@ struct MapShape {
     key_size: u32,
     value_size: u32,
     max_entries: u32,
+    /// The creation flags that change how a map works (`LAYOUT_FLAGS`).
+    flags: u32,
 }
+
+/// BPF_F_NO_PREALLOC and BPF_F_NO_COMMON_LRU (`LB_FLOWS`' per-CPU LRU lists). Only these are
+/// compared: the kernel adds flags of its own to some maps (BPF_F_RDONLY_PROG on a devmap).
+const LAYOUT_FLAGS: u32 = (1 << 0) | (1 << 1);
 
 /// The maps `Dataplane::load` would create under `opts`, read from the embedded object
 /// without creating anything. aya reuses whatever is pinned at a map's path without
@@ -201,6 +207,7 @@ fn expected_shapes(opts: &LoadOptions) -> Result<Vec<(&'static str, MapShape)>, 
                     key_size: def.key_size(),
                     value_size,
                     max_entries,
+                    flags: def.map_flags() & LAYOUT_FLAGS,
                 },
             ))
         })
@@ -238,6 +245,7 @@ fn check_pinned(dir: &Path, opts: &LoadOptions) -> Result<(), DataplaneError> {
             key_size: info.key_size(),
             value_size: info.value_size(),
             max_entries: info.max_entries(),
+            flags: info.map_flags() & LAYOUT_FLAGS,
         };
         if found == needed {
             continue;
@@ -295,6 +303,12 @@ fn differences(found: &MapShape, needed: &MapShape) -> (String, String) {
         if f != n {
             sides.push((format!("{f}{what}"), format!("{n}{what}")));
         }
+    }
+    if found.flags != needed.flags {
+        sides.push((
+            format!("flags {:#x}", found.flags),
+            format!("flags {:#x}", needed.flags),
+        ));
     }
     let (f, n): (Vec<String>, Vec<String>) = sides.into_iter().unzip();
     (f.join(", "), n.join(", "))

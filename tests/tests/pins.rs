@@ -56,14 +56,14 @@ fn assert_says(err: &str, parts: &[&str]) {
 /// An LRU hash like `like` but for its value size, pinned at `path`: what an older release
 /// with a narrower flow entry would have left there. aya creates maps only from an object,
 /// so BPF_MAP_CREATE is called directly.
-fn pin_lru_hash(like: &MapInfo, value_size: u32, path: &Path) {
+fn pin_lru_hash(like: &MapInfo, value_size: u32, flags: u32, path: &Path) {
     let mut attr = [0u32; 30];
     attr[..5].copy_from_slice(&[
         like.map_type().unwrap() as u32,
         like.key_size(),
         value_size,
         like.max_entries(),
-        like.map_flags(),
+        flags,
     ]);
     // SAFETY: BPF_MAP_CREATE (0) reads the attribute buffer, zeroed past the fields set.
     let fd = unsafe {
@@ -165,7 +165,7 @@ fn pinned_maps_of_another_layout_or_size_are_refused() {
     let old = needed - 4;
     let info = MapInfo::from_pin(&flows_pin).unwrap();
     std::fs::remove_file(&flows_pin).unwrap();
-    pin_lru_hash(&info, old, &flows_pin);
+    pin_lru_hash(&info, old, info.map_flags(), &flows_pin);
     let err = refused(opts, dir);
     assert_says(
         &err,
@@ -180,5 +180,18 @@ fn pinned_maps_of_another_layout_or_size_are_refused() {
         MapInfo::from_pin(&flows_pin).unwrap().value_size(),
         old,
         "a refused load leaves the pin as it was"
+    );
+
+    // Same sizes, but one LRU list for all CPUs instead of one per CPU.
+    std::fs::remove_file(&flows_pin).unwrap();
+    pin_lru_hash(&info, needed, info.map_flags() & !(1 << 1), &flows_pin);
+    let err = refused(opts, dir);
+    assert_says(
+        &err,
+        &[
+            &format!("pinned map LB_FLOWS ({})", flows_pin.display()),
+            "has flags 0x0; this build needs flags 0x2",
+            &purge,
+        ],
     );
 }
