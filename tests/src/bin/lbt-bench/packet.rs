@@ -701,6 +701,23 @@ impl Row {
         self.case.target_max.map(|t| cost / floor <= t)
     }
 
+    /// The target read as wrapped program over wrapped XDP_PASS (W/W0): W0 is this method's
+    /// counterpart of the issue's "about 21 ns" floor.
+    fn met_wrapped(&self) -> Option<bool> {
+        let (ww, _, _) = stats(&self.wrapped_ratios());
+        self.case.target_max.map(|t| ww <= t)
+    }
+
+    /// The target in ns with the issue's own floor (`ISSUE_FLOOR_NS`), against ns/packet.
+    fn target_ns(&self) -> Option<f64> {
+        self.case.target_max.map(|t| t * ISSUE_FLOOR_NS)
+    }
+
+    fn met_ns(&self) -> Option<bool> {
+        let (cost, _, _) = stats(&self.costs());
+        self.target_ns().map(|t| cost <= t)
+    }
+
     fn proof(&self) -> String {
         let mut v: Vec<&str> = self.case.expect.iter().map(|r| r.label()).collect();
         v.push("wrapper");
@@ -711,6 +728,10 @@ impl Row {
         )
     }
 }
+
+/// The XDP_PASS floor issue 6 quotes for this machine ("about 21 ns"); our own F comes out
+/// lower (see BENCHMARKS.md), so the targets are also judged in ns against this.
+const ISSUE_FLOOR_NS: f64 = 21.0;
 
 pub struct Report {
     repeat: u32,
@@ -805,37 +826,47 @@ impl Report {
              ns/packet = W - W0 + F, median over rounds (min-max): W = wrapper + program, \
              W0 = wrapper + XDP_PASS, F = XDP_PASS alone, all three back to back in each round. \
              x F = that / F of this run (median of all its F runs). W/W0 = the wrapped program \
-             over the wrapped XDP_PASS (median over rounds).\n\n",
+             over the wrapped XDP_PASS (median over rounds). The target (three quarters of \
+             Katran's multiple) is judged three ways: against x F, against W/W0, and in ns \
+             with the issue's 21 ns floor.\n\n",
             self.repeat,
             self.rounds,
             floors.len()
         ));
         s.push_str(
-            "| Case | ns/packet | min-max | x F | Katran x | target x (at most) | met | W/W0 | \
-             proof (every run) |\n|---|---:|---:|---:|---:|---:|:-:|---:|---|\n",
+            "| Case | ns/packet | min-max | x F | Katran x | target x (at most) | met (x F) | W/W0 \
+             | met (W/W0) | target ns (x 21 ns) | met (ns) | proof (every run) |\n\
+             |---|---:|---:|---:|---:|---:|:-:|---:|:-:|---:|:-:|---|\n",
         );
         s.push_str(&format!(
-            "| XDP_PASS floor F | {fl:.1} | {fl_min:.0}-{fl_max:.0} | 1.00 | | | | | XDP_PASS |\n\
+            "| XDP_PASS floor F | {fl:.1} | {fl_min:.0}-{fl_max:.0} | 1.00 | | | | | | | | XDP_PASS |\n\
              | wrapper: restore + tail call (W0 - F, subtracted) | {wr:.1} | {wr_min:.0}-{wr_max:.0} \
-             | | | | | | wrapper = repeat, balancer counters 0 |\n\
-             | wrapper + XDP_PASS (W0) | {w0:.1} | {w0_min:.0}-{w0_max:.0} | | | | | 1.00 | \
+             | | | | | | | | | wrapper = repeat, balancer counters 0 |\n\
+             | wrapper + XDP_PASS (W0) | {w0:.1} | {w0_min:.0}-{w0_max:.0} | | | | | 1.00 | | | | \
              XDP_PASS |\n"
         ));
         for r in &self.rows {
             let (c, cmin, cmax) = stats(&r.costs());
             let (ww, _, _) = stats(&r.wrapped_ratios());
-            let met = match r.met(fl) {
+            let yes_no = |m: Option<bool>| match m {
                 Some(true) => "yes",
                 Some(false) => "**no**",
                 None => "",
             };
+            let (met, met_ww, met_ns) = (
+                yes_no(r.met(fl)),
+                yes_no(r.met_wrapped()),
+                yes_no(r.met_ns()),
+            );
+            let target_ns = r.target_ns().map(|t| format!("{t:.0}")).unwrap_or_default();
             let proof = if r.failures.is_empty() {
                 format!("ok: {}", r.proof())
             } else {
                 format!("**FAILED** ({} checks)", r.failures.len())
             };
             s.push_str(&format!(
-                "| {} | {c:.1} | {cmin:.0}-{cmax:.0} | {:.2} | {} | {} | {met} | {ww:.2} | {proof} |\n",
+                "| {} | {c:.1} | {cmin:.0}-{cmax:.0} | {:.2} | {} | {} | {met} | {ww:.2} | {met_ww} \
+                 | {target_ns} | {met_ns} | {proof} |\n",
                 r.case.label,
                 c / fl,
                 fmt_x(r.case.katran),
@@ -908,6 +939,9 @@ impl Report {
                     "katran_x": r.case.katran,
                     "target_x": r.case.target_max,
                     "met": r.met(fl),
+                    "met_wrapped": r.met_wrapped(),
+                    "target_ns": r.target_ns(),
+                    "met_ns": r.met_ns(),
                     "direct_ns_median": (!d.is_empty()).then(|| stats(&d).0),
                     "counters": r.case.expect.iter().map(|e| e.label()).collect::<Vec<_>>(),
                     "retval": action(r.case.retval),
