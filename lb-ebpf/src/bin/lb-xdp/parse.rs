@@ -114,7 +114,7 @@ pub fn ipv4(ctx: &XdpContext, off: usize, l3: &mut L3) -> Result<(), Reason> {
     ports(ctx, l3)
 }
 
-#[inline(never)]
+#[inline(always)]
 pub fn ipv6(ctx: &XdpContext, off: usize, l3: &mut L3) -> Result<(), Reason> {
     let h: *const Ipv6Hdr = ptr_at(ctx, off).map_err(|_| Reason::PassMalformed)?;
     // SAFETY: ptr_at checked that the fixed header is inside the packet.
