@@ -1,6 +1,7 @@
 //! The benchmark harness (`cargo xtask bench`, binary `lbt-bench`) runs on a tiny size and
-//! produces every row, with the counter proof passing for every per-packet case. Nothing
-//! here looks at the times: benchmarks are not tests.
+//! produces every row, with the counter proof passing for every per-packet case and the
+//! read-back proof for every failover sample. Nothing here looks at the times: benchmarks
+//! are not tests.
 
 use lb_tests::bench_cli::{TinyRun, run_tiny};
 use serde_json::Value;
@@ -75,6 +76,18 @@ fn bench_harness_runs_on_a_tiny_size() {
     assert_eq!(packet["repeat_trap"]["counters_grew"]["pass_not_vip"], 999);
 
     let control = &doc["control"];
+    // --tiny fails one of 10 backends on a 1009-slot ring, twice (restored in between).
+    let failover = &control["failover"];
+    assert_eq!(failover.as_array().unwrap().len(), 1, "{failover:#}");
+    let f = row(failover, "failover_m1009_n10");
+    assert_eq!(f["proof"], "ok", "{f:#}");
+    assert_eq!(f["failures"], serde_json::json!([]), "{f:#}");
+    assert_eq!(f["samples"], 2, "{f:#}");
+    // About M/N slots change hands when one of N backends leaves.
+    assert!((50..=200).contains(&f["slots"].as_u64().unwrap()), "{f:#}");
+    for key in ["ours", "controller_logged", "baseline_maglev_batch"] {
+        assert!(f[key]["ms_median"].is_number(), "{key}: {f:#}");
+    }
     let mut ids: Vec<&str> = ["maglev", "ring_writes"]
         .iter()
         .flat_map(|k| control[*k].as_array().unwrap())
@@ -95,7 +108,11 @@ fn bench_harness_runs_on_a_tiny_size() {
     );
     assert_eq!(
         stdout.matches("| ok: ").count(),
-        PACKET_ROWS.len(),
+        PACKET_ROWS.len() + 1,
         "{stdout}"
+    );
+    assert!(
+        stdout.contains("| one backend down | 1009 | 10 |"),
+        "no failover row on stdout:\n{stdout}"
     );
 }

@@ -1,7 +1,8 @@
 //! Control-plane figures: Maglev build time (`lb_userspace::ring::maglev`) beside the
 //! paper's plain algorithm, and the time to write a ring, or a one-backend change to it,
 //! into `LB_RINGS` (`Dataplane::write_ring` / `update_ring`, one syscall per slot) beside
-//! one `BPF_MAP_UPDATE_BATCH` of the same slots.
+//! one `BPF_MAP_UPDATE_BATCH` of the same slots; then the failover path through the daemon's
+//! controller (failover.rs).
 
 use std::{hint::black_box, time::Instant};
 
@@ -13,7 +14,7 @@ use lb_userspace::{
 
 use serde_json::{Value, json};
 
-use crate::{Opts, stats, sys::U32Array};
+use crate::{Opts, failover, stats, sys::U32Array};
 
 const SIZES: [u32; 2] = [65_537, 655_373];
 const BACKENDS: [usize; 3] = [10, 100, 1000];
@@ -70,8 +71,18 @@ fn reference_maglev(ids: &[Vec<u8>], m: u32) -> Vec<u32> {
     }
 }
 
+/// The slots where `new` differs from `old`, and their new values.
+pub fn changed_slots(old: &[u32], new: &[u32]) -> (Vec<u32>, Vec<u32>) {
+    old.iter()
+        .zip(new)
+        .enumerate()
+        .filter(|(_, (a, b))| a != b)
+        .map(|(i, (_, b))| (i as u32, *b))
+        .unzip()
+}
+
 /// `samples` timings of `f`, in milliseconds.
-fn time_ms(samples: usize, mut f: impl FnMut() -> Result<()>) -> Result<Vec<f64>> {
+pub fn time_ms(samples: usize, mut f: impl FnMut() -> Result<()>) -> Result<Vec<f64>> {
     (0..samples)
         .map(|_| {
             let t = Instant::now();
@@ -102,6 +113,7 @@ pub struct Report {
     samples: usize,
     maglev: Vec<MaglevRow>,
     writes: Vec<WriteRow>,
+    failover: Vec<failover::Row>,
 }
 
 pub fn run(o: &Opts) -> Result<Report> {
@@ -164,13 +176,7 @@ pub fn run(o: &Opts) -> Result<Report> {
             fewer.remove(n / 2);
             let new = maglev(&fewer, m)?;
             dp.write_ring(0, &old)?;
-            let (ck, cv): (Vec<u32>, Vec<u32>) = old
-                .iter()
-                .zip(&new)
-                .enumerate()
-                .filter(|(_, (a, b))| a != b)
-                .map(|(i, (_, b))| (i as u32, *b))
-                .unzip();
+            let (ck, cv) = changed_slots(&old, &new);
             let mut slots = 0;
             let ours = time_ms(o.samples, || {
                 slots = dp.update_ring(0, &old, &new)?;
@@ -191,20 +197,26 @@ pub fn run(o: &Opts) -> Result<Report> {
         samples: o.samples,
         maglev: rows,
         writes,
+        failover: failover::run(o)?,
     })
 }
 
-fn ms(v: &[f64]) -> String {
+pub fn ms(v: &[f64]) -> String {
     let (m, lo, hi) = stats(v);
     format!("{m:.2} ({lo:.2}-{hi:.2})")
 }
 
-fn ms_json(v: &[f64]) -> Value {
+pub fn ms_json(v: &[f64]) -> Value {
     let (m, lo, hi) = stats(v);
     json!({ "ms_median": m, "ms_min": lo, "ms_max": hi })
 }
 
 impl Report {
+    /// Every failover sample proven to have taken the backend out of the ring.
+    pub fn all_ok(&self) -> bool {
+        self.failover.iter().all(|r| r.ok())
+    }
+
     pub fn markdown(&self) -> String {
         let mut s = format!(
             "### Control plane ({} samples each; ms, median (min-max))\n\n\
@@ -240,6 +252,12 @@ impl Report {
                 ms(&w.batch),
                 stats(&w.ours).0 / stats(&w.batch).0
             ));
+        }
+        if !self.failover.is_empty() {
+            s.push_str(failover::TABLE_HEAD);
+            for r in &self.failover {
+                s.push_str(&r.markdown());
+            }
         }
         s
     }
@@ -281,7 +299,13 @@ impl Report {
                 })
             })
             .collect();
-        json!({ "samples": self.samples, "maglev": maglev, "ring_writes": writes })
+        let failover: Vec<Value> = self.failover.iter().map(failover::Row::json).collect();
+        json!({
+            "samples": self.samples,
+            "maglev": maglev,
+            "ring_writes": writes,
+            "failover": failover,
+        })
     }
 }
 
