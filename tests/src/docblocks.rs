@@ -8,6 +8,7 @@
 //! <!-- docs-test: daemon -->     run against a test daemon, in its namespace (docs.rs)
 //! <!-- docs-test: gateway -->    run in a fresh namespace with an eth0; effects read back
 //! <!-- docs-test: backend -->    the same, for a backend host
+//! <!-- docs-test: client -->     the same, for the test client
 //! <!-- docs-test: install -->    run by tests/tests/install.rs into a temporary --destdir
 //! <!-- docs-test: not run: WHY -->  needs what a test cannot have (real hardware, systemd)
 //! ```

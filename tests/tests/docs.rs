@@ -1,7 +1,7 @@
 //! The docs cannot rot: every `lbd` and `lbctl` command line in README.md and docs/*.md is
 //! checked against the real command-line parsers and every `cargo xtask` subcommand named
 //! there exists; every `lbctl` line and every block marked `daemon` runs against a real
-//! daemon; blocks marked `gateway` and `backend` run in fresh network namespaces, with
+//! daemon; blocks marked `gateway`, `backend` and `client` run in fresh network namespaces, with
 //! their effects read back; and every `sh` block says which test runs it, or why none can
 //! (see `lb_tests::docblocks`). The `install` blocks run in tests/tests/install.rs.
 
@@ -207,6 +207,8 @@ fn documented_lbctl_commands_run() {
                 .replace("/run/lbd.sock", d.socket().to_str().unwrap())
                 .replace("/sys/fs/bpf/lb", d.pin_dir.to_str().unwrap())
                 .replace("$(pidof lbd)", &pid);
+            // The upgrade step runs the freshly built binary; this test's lbd stands in.
+            let cmd = cmd.replace("./target/release/lbd ", "lbd ");
             let cmd = match cmd.strip_prefix("lbd ") {
                 Some(rest) => format!("{LBD} {rest}"),
                 None => cmd,
@@ -264,7 +266,7 @@ fn every_command_block_is_run_or_says_why() {
                 }
                 "cli"
             }
-            "daemon" | "gateway" | "backend" | "install" => mark,
+            "daemon" | "gateway" | "backend" | "client" | "install" => mark,
             m if m.starts_with("not run:") => {
                 if m["not run:".len()..].trim().len() < 20 {
                     bad.push(format!("{}: `{m}`: say why no test can run it", b.at()));
@@ -322,6 +324,47 @@ fn assert_effect(ns: &lb_tests::netns::Netns, at: &str, cmd: &str) {
                 "{at}: `{cmd}`: {shown}"
             );
         }
+        ["ethtool", "-K", dev, feature, state] => {
+            // `ethtool -k` names features by their long names.
+            let long = match *feature {
+                "tx" => "tx-checksumming",
+                "lro" => "large-receive-offload",
+                f => panic!("{at}: `{cmd}`: teach assert_effect the long name of {f}"),
+            };
+            let shown = ns.exec(&format!("ethtool -k {dev}"));
+            assert!(
+                shown
+                    .lines()
+                    .any(|l| l.trim().starts_with(&format!("{long}: {state}"))),
+                "{at}: `{cmd}`: {shown}"
+            );
+        }
+        ["ip", "route", "add", "blackhole", prefix] => {
+            let shown = ns.exec("ip route show type blackhole");
+            assert!(
+                shown.contains(&format!("blackhole {}", prefix.trim_end_matches("/32"))),
+                "{at}: `{cmd}`: {shown}"
+            );
+        }
+        [
+            "ip",
+            "route",
+            "change",
+            "default",
+            "via",
+            gw,
+            "dev",
+            dev,
+            "advmss",
+            mss,
+        ] => {
+            let shown = ns.exec("ip route show default");
+            assert!(
+                shown.contains(&format!("default via {gw} dev {dev}"))
+                    && shown.contains(&format!("advmss {mss}")),
+                "{at}: `{cmd}`: {shown}"
+            );
+        }
         _ => panic!(
             "{at}: `{cmd}`: documented_host_setup_runs_in_namespaces does not know what this \
              command changes: teach assert_effect to read it back"
@@ -329,9 +372,11 @@ fn assert_effect(ns: &lb_tests::netns::Netns, at: &str, cmd: &str) {
     }
 }
 
-/// Gateway and backend setup as documented, each block in a fresh namespace with an `eth0`
-/// (a veth whose peer stays in the same namespace): every command succeeds and its effect
-/// reads back. The root namespace is never touched.
+/// Gateway, backend and client setup as documented, each block in a fresh namespace with an
+/// `eth0` (a veth whose peer stays in the same namespace) and a default route, as a host has:
+/// every command succeeds and its effect reads back. The root namespace is never touched.
+/// A mount cannot be read back from another `ip netns exec` (each has its own mount
+/// namespace), so it runs and is read back in one private mount namespace, gone with it.
 #[test]
 fn documented_host_setup_runs_in_namespaces() {
     use lb_tests::{
@@ -340,18 +385,32 @@ fn documented_host_setup_runs_in_namespaces() {
     };
     sweep_stale();
     let mut ran = 0;
-    for (kind, eth0) in [("gateway", "198.18.0.10/24"), ("backend", "198.18.0.21/24")] {
+    for (kind, eth0) in [
+        ("gateway", "198.18.0.10/24"),
+        ("backend", "198.18.0.21/24"),
+        ("client", "198.18.0.5/24"),
+    ] {
         for b in docblocks::marked(kind) {
             let ns = Netns::new(Netns::group(), kind);
             ns.exec(&format!(
                 "ip link add eth0 type veth peer name eth1 && ip link set eth0 up && \
-                 ip link set eth1 up && ip addr add {eth0} dev eth0"
+                 ip link set eth1 up && ip addr add {eth0} dev eth0 && \
+                 ip route add default via 198.18.0.1 dev eth0"
             ));
             for cmd in b.commands() {
                 // dataplane.md writes the VIPs as placeholders.
                 let cmd = cmd.replace("<VIP4>", VIP4).replace("<VIP6>", VIP6);
-                ns.exec(&cmd);
-                assert_effect(&ns, &b.at(), &cmd);
+                let w = words(&cmd);
+                let w: Vec<&str> = w.iter().map(String::as_str).collect();
+                if let ["mount", "-t", fstype, _, dir] = w.as_slice() {
+                    let magic = ns.exec(&format!(
+                        "unshare --mount --propagation private sh -c \"{cmd} && stat -f -c %T {dir}\""
+                    ));
+                    assert_eq!(magic.trim(), format!("{fstype}_fs"), "{}: `{cmd}`", b.at());
+                } else {
+                    ns.exec(&cmd);
+                    assert_effect(&ns, &b.at(), &cmd);
+                }
                 ran += 1;
             }
         }
