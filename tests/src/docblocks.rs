@@ -175,6 +175,111 @@ pub fn words(line: &str) -> Vec<String> {
     out
 }
 
+/// The programs an operator types. A code span in prose that starts with one of these (or with
+/// `./target/`) and has an argument is a command.
+pub const PROGRAMS: &[&str] = &[
+    "bpftool",
+    "cargo",
+    "curl",
+    "ethtool",
+    "install",
+    "ip",
+    "journalctl",
+    "lbctl",
+    "lbd",
+    "modprobe",
+    "mount",
+    "nft",
+    "sysctl",
+    "systemctl",
+    "tc",
+    "tcpdump",
+    "umount",
+];
+
+/// A command written in a code span in prose, outside any fenced block.
+#[derive(Debug, Clone)]
+pub struct Inline {
+    pub file: PathBuf,
+    /// 1-based line where the span starts.
+    pub line: usize,
+    pub text: String,
+}
+
+pub fn is_program(word: &str) -> bool {
+    PROGRAMS.contains(&word) || word.starts_with("./target/")
+}
+
+/// The inline commands of `text`. Fenced blocks and HTML comments (the markers quote commands
+/// in their reasons) are not prose; a span may wrap onto the next line.
+pub fn inline_commands_in(file: &Path, text: &str) -> Vec<Inline> {
+    let mut prose = String::new();
+    let mut fenced = false;
+    for line in text.lines() {
+        let t = line.trim();
+        if t.starts_with("```") {
+            fenced = !fenced;
+        }
+        if !fenced && !t.starts_with("```") && !t.starts_with("<!--") {
+            prose.push_str(line);
+        }
+        prose.push('\n');
+    }
+    let mut out = Vec::new();
+    let mut offset = 0;
+    for (i, part) in prose.split('`').enumerate() {
+        let line = prose[..offset].matches('\n').count() + 1;
+        offset += part.len() + 1;
+        // Odd parts are inside a span; one across a blank line is an unpaired backtick.
+        if i % 2 == 0 || part.contains("\n\n") {
+            continue;
+        }
+        let text = part.split_whitespace().collect::<Vec<_>>().join(" ");
+        let mut w = text.split(' ');
+        if w.next().is_some_and(is_program) && w.next().is_some() {
+            out.push(Inline {
+                file: file.to_path_buf(),
+                line,
+                text,
+            });
+        }
+    }
+    out
+}
+
+/// Every inline command of every doc file.
+pub fn inline_commands() -> Vec<Inline> {
+    doc_files()
+        .iter()
+        .flat_map(|f| inline_commands_in(f, &std::fs::read_to_string(f).expect("read doc")))
+        .collect()
+}
+
+/// Whether the inline command `span` is written out in `cmd`, a command of a fenced block:
+/// its words begin `cmd`'s. A word in capitals (`FILE`, `N`) stands for any word, and optional
+/// parts (`[--keep]`) and a trailing `...` are left out of the comparison.
+pub fn spells(span: &str, cmd: &str) -> bool {
+    let mut bare = String::new();
+    let mut depth = 0;
+    for c in span.chars() {
+        match c {
+            '[' => depth += 1,
+            ']' => depth -= 1,
+            c if depth == 0 => bare.push(c),
+            _ => {}
+        }
+    }
+    let want = words(bare.trim_end_matches("...").trim());
+    let have = words(cmd);
+    want.len() <= have.len()
+        && want.iter().zip(&have).all(|(w, h)| {
+            w == h
+                || (w.chars().any(|c| c.is_ascii_uppercase())
+                    && w.chars()
+                        .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_'))
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -193,5 +298,32 @@ mod tests {
         );
         assert_eq!(b[1].lang, "json");
         assert_eq!(b[1].mark, None);
+    }
+
+    #[test]
+    fn finds_inline_commands_and_matches_them() {
+        let md = "Run `ip route add\nblackhole 10.0.0.1/32` or see `lbd`, `foo bar`.\n\n\
+                  <!-- docs-test: not run: `ip link set x up` -->\n```sh\n`ip a`\n```\n";
+        let c = inline_commands_in(Path::new("x.md"), md);
+        assert_eq!(c.len(), 1, "{c:?}");
+        assert_eq!(c[0].text, "ip route add blackhole 10.0.0.1/32");
+        assert_eq!(c[0].line, 1);
+        assert!(spells(
+            "lbd purge [--pin-dir DIR]",
+            "lbd purge --pin-dir /x"
+        ));
+        assert!(spells(
+            "lbctl config diff FROM [TO]",
+            "lbctl config diff 12 13"
+        ));
+        assert!(spells(
+            "lbctl config show --revision N",
+            "lbctl config show --revision 3"
+        ));
+        assert!(!spells(
+            "lbctl config show --revision 3",
+            "lbctl config show"
+        ));
+        assert!(!spells("lbd check -c a", "lbd check -c b"));
     }
 }

@@ -436,3 +436,41 @@ fn documented_host_setup_runs_in_namespaces() {
     }
     println!("{ran} documented host-setup commands ran and were read back");
 }
+
+/// A command written inline in prose is not run by anything, so it could rot unseen: every
+/// code span that starts with a program an operator types (`docblocks::PROGRAMS`) and has an
+/// argument must also be spelled out in a fenced `sh` block, whose marker says what runs it.
+#[test]
+fn every_inline_command_is_in_a_marked_block() {
+    let fenced: Vec<String> = docblocks::blocks()
+        .into_iter()
+        .filter(|b| b.lang == "sh")
+        .flat_map(|b| b.commands())
+        .flat_map(|c| {
+            c.split(['|', ';'])
+                .flat_map(|p| p.split("&&"))
+                .map(|p| p.trim().trim_start_matches("sudo ").to_string())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let inline = docblocks::inline_commands();
+    let bad: Vec<String> = inline
+        .iter()
+        .filter(|i| !fenced.iter().any(|c| docblocks::spells(&i.text, c)))
+        .map(|i| format!("{}:{}: `{}`", i.file.display(), i.line, i.text))
+        .collect();
+    println!(
+        "{} inline commands, each also in a fenced block",
+        inline.len()
+    );
+    assert!(
+        bad.is_empty(),
+        "commands written inline in prose that no fenced `sh` block spells out, so no test \
+         runs them. Put each into a ```sh block with a `{} KIND -->` marker (the kinds are in \
+         tests/src/docblocks.rs; `not run: WHY` if no test can run it), or, if the span is a \
+         name rather than something to type, drop the arguments. A word in capitals (`FILE`) \
+         matches any word; `[...]` is optional.\n{}",
+        docblocks::MARK,
+        bad.join("\n")
+    )
+}
