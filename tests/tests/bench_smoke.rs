@@ -11,6 +11,7 @@ const PACKET_ROWS: &[&str] = &[
     "parse_only",
     "non_vip_pass",
     "tcp4_established",
+    "tcp4_established_fib",
     "tcp4_syn",
     "tcp4_syn_new_flows",
     "udp4",

@@ -16,6 +16,13 @@
 //! The proof: after every run the wrapper's per-CPU iteration counter must have grown by
 //! exactly `repeat`, and the balancer's per-reason counters by exactly `repeat` for each
 //! reason the case expects and by 0 for every other reason.
+//!
+//! Every case but one runs with `CFG_F_NO_FIB` (a fixed gateway MAC, as Katran). The
+//! production default looks the next hop up with `bpf_fib_lookup`, which only succeeds
+//! against a real route and neighbour: that case runs in a namespace of its own (`FibNet`),
+//! with `ctx_in` naming a veth there as the ingress device. The kernel binds the frame to
+//! that device's receive queue before the first iteration and the wrapper's tail call
+//! keeps the context, so the balancer's lookup runs in that namespace's FIB.
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use aya::{
@@ -24,9 +31,10 @@ use aya::{
     programs::{TestRun, TestRunOptions, Xdp},
     util::nr_cpus,
 };
-use lb_common::{Forward, Reason, Scheduler};
+use lb_common::{CFG_F_NO_FIB, Forward, Reason, Scheduler};
 use lb_tests::{
-    harness::{Harness, XDP_PASS, XDP_TX, vip_key},
+    harness::{GATEWAY_MAC, Harness, XDP_PASS, XDP_TX, vip_key},
+    netns::{Netns, sweep_stale},
     packets::{Frame, TCP_ACK, TCP_SYN},
 };
 use lb_userspace::{
@@ -93,6 +101,16 @@ impl Vary {
 enum Dp {
     Main,
     Churn,
+    /// Like `Main`, with the FIB lookup on; run only inside `FibNet`.
+    Fib,
+}
+
+const DPS: [Dp; 3] = [Dp::Main, Dp::Churn, Dp::Fib];
+
+impl Dp {
+    fn index(self) -> usize {
+        self as usize
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -213,6 +231,13 @@ fn cases() -> Vec<Case> {
                 fwd(TxIpip),
             )
         },
+        case(
+            "tcp4_established_fib",
+            "established TCP v4, IP-in-IP, FIB lookup on",
+            Target::Lb(Dp::Fib),
+            tcp(CLIENT4, VIP4, TCP_ACK),
+            vec![TxIpip, FlowHit],
+        ),
         Case {
             katran: Some(13.0),
             target_max: Some(13.0 * 0.75),
@@ -294,9 +319,62 @@ struct Rig {
     targets: ProgramArray<MapData>,
     main: Harness,
     churn: Harness,
+    fib: Harness,
+    // Last: the namespace goes after everything that might refer to its device.
+    fib_net: FibNet,
 }
 
-fn load_dp(flows: u32) -> Result<Harness> {
+/// The neighbour the FIB case's backends are routed through. Not `GATEWAY_MAC`, so an
+/// output frame tells a FIB answer from the fallback.
+const FIB_NEIGH_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xfd];
+const FIB_VETH: &str = "lb";
+
+/// The FIB case's network: one namespace, a veth pair in it, the IPv4 backends' /24 routed
+/// via a neighbour entry that never expires (a stale or missing entry makes the lookup
+/// return NO_NEIGH, and the balancer falls back to the gateway MAC). Forwarding is on,
+/// since `bpf_fib_lookup` refuses to answer for an ingress device that does not forward.
+struct FibNet {
+    ns: Netns,
+    /// The veth the frames arrive on, and the lookup's egress.
+    ifindex: u32,
+}
+
+fn mac(m: [u8; 6]) -> String {
+    m.map(|b| format!("{b:02x}")).join(":")
+}
+
+impl FibNet {
+    fn new() -> Result<Self> {
+        sweep_stale();
+        let ns = Netns::new(Netns::group(), "fib");
+        ns.exec("sysctl -qw net.ipv4.ip_forward=1");
+        ns.exec(&format!(
+            "ip link add {FIB_VETH} type veth peer name gw && ip link set {FIB_VETH} up && \
+             ip link set gw up && ip addr add 198.18.200.1/24 dev {FIB_VETH} && \
+             ip neigh add 198.18.200.2 lladdr {} dev {FIB_VETH} nud permanent && \
+             ip route add 198.18.1.0/24 via 198.18.200.2 dev {FIB_VETH}",
+            mac(FIB_NEIGH_MAC)
+        ));
+        let ifindex = ns
+            .exec(&format!("cat /sys/class/net/{FIB_VETH}/ifindex"))
+            .trim()
+            .parse()
+            .context("ifindex of the FIB case's veth")?;
+        Ok(FibNet { ns, ifindex })
+    }
+
+    /// `struct xdp_md` for `ctx_in`: the whole buffer is the frame, received on the veth,
+    /// queue 0.
+    fn xdp_md(&self, len: usize) -> [u8; 24] {
+        let mut md = [0u8; 24];
+        for (i, v) in [0, len as u32, 0, self.ifindex, 0, 0].iter().enumerate() {
+            md[i * 4..i * 4 + 4].copy_from_slice(&v.to_ne_bytes());
+        }
+        md
+    }
+}
+
+fn load_dp(flows: u32, fib: bool) -> Result<Harness> {
     let dp = Dataplane::load(
         LoadOptions {
             flows,
@@ -306,7 +384,13 @@ fn load_dp(flows: u32) -> Result<Harness> {
     )
     .context("loading lb_xdp (run as root: CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN)")?;
     // CFG_F_NO_FIB with a gateway MAC: the next hop is fixed, as in Katran (no FIB lookup).
-    let mut h = Harness::with(dp, |_| {});
+    // With the FIB on, the gateway MAC stays: a failed lookup then shows as fib_fallback
+    // in the proof instead of as a drop.
+    let mut h = Harness::with(dp, |cfg| {
+        if fib {
+            cfg.flags &= !CFG_F_NO_FIB;
+        }
+    });
     let v4: Vec<(u32, String)> = (1..=10).map(|i| (i, format!("198.18.1.{i}"))).collect();
     let v6: Vec<(u32, String)> = (1..=10)
         .map(|i| (10 + i, format!("2001:db8:1::{i}")))
@@ -344,10 +428,11 @@ fn xdp<'a>(bench: &'a Ebpf, name: &str) -> Result<&'a Xdp> {
 /// The kernel's figure, not a clock around the syscall: each call with `repeat > 1` first
 /// switches the XDP dispatcher to the program (milliseconds), and the kernel's timer leaves
 /// out the time the loop yields the CPU to other tasks.
-fn test_run(prog: &Xdp, data: &[u8], repeat: u32) -> Result<(u32, f64)> {
+fn test_run(prog: &Xdp, data: &[u8], ctx: Option<&[u8]>, repeat: u32) -> Result<(u32, f64)> {
     let r = prog
         .test_run(TestRunOptions {
             data_in: Some(data),
+            ctx_in: ctx,
             repeat,
             ..Default::default()
         })
@@ -406,8 +491,11 @@ impl Rig {
             bench,
             frames,
             targets,
-            main: load_dp(MAIN_FLOWS)?,
-            churn: load_dp(CHURN_FLOWS)?,
+            main: load_dp(MAIN_FLOWS, false)?,
+            churn: load_dp(CHURN_FLOWS, false)?,
+            // The same table size as the main balancer's, so only the next hop differs.
+            fib: load_dp(MAIN_FLOWS, true)?,
+            fib_net: FibNet::new()?,
         };
         // Disjoint counter ranges per CPU, so "a never-seen flow each time" holds whichever
         // CPU a run lands on.
@@ -440,7 +528,53 @@ impl Rig {
         match d {
             Dp::Main => &self.main.dp,
             Dp::Churn => &self.churn.dp,
+            Dp::Fib => &self.fib.dp,
         }
+    }
+
+    /// `test_run` as case `c` runs every program: in the FIB case's namespace, on its veth,
+    /// for that case (F and W0 too, so the three runs differ only in the program).
+    fn run_case(&self, prog: &Xdp, c: &Case, repeat: u32) -> Result<(u32, f64)> {
+        if c.target != Target::Lb(Dp::Fib) {
+            return test_run(prog, &c.frame, None, repeat);
+        }
+        let md = self.fib_net.xdp_md(c.frame.len());
+        // The kernel looks `ingress_ifindex` up in the calling thread's namespace.
+        self.fib_net
+            .ns
+            .enter(|| test_run(prog, &c.frame, Some(&md), repeat))
+    }
+
+    /// One iteration of the FIB balancer, direct, keeping the output: the frame must leave
+    /// by XDP_TX towards the neighbour's MAC, which only a successful lookup gives.
+    fn check_fib_output(&self, c: &Case, failures: &mut Vec<String>) -> Result<()> {
+        let md = self.fib_net.xdp_md(c.frame.len());
+        let prog = self.fib.dp.program()?;
+        let mut out = vec![0u8; c.frame.len() + 256];
+        let (rv, len) = self.fib_net.ns.enter(|| -> Result<(u32, u32)> {
+            let r = prog
+                .test_run(TestRunOptions {
+                    data_in: Some(&c.frame),
+                    data_out: Some(&mut out),
+                    ctx_in: Some(&md),
+                    ..Default::default()
+                })
+                .context("BPF_PROG_TEST_RUN with the output frame")?;
+            Ok((r.return_value, r.data_size_out))
+        })?;
+        let dst = out.get(..6).filter(|_| len >= 6);
+        if rv != XDP_TX || dst != Some(&FIB_NEIGH_MAC[..]) {
+            failures.push(format!(
+                "{}: output frame: {} to {}, expected XDP_TX to the neighbour {} (gateway {})",
+                c.id,
+                action(rv),
+                dst.map(|d| mac(d.try_into().unwrap_or_default()))
+                    .unwrap_or_default(),
+                mac(FIB_NEIGH_MAC),
+                mac(GATEWAY_MAC)
+            ));
+        }
+        Ok(())
     }
 
     fn set_target(&mut self, t: Target) -> Result<()> {
@@ -449,6 +583,7 @@ impl Rig {
             targets,
             main,
             churn,
+            fib,
             ..
         } = self;
         let fd = match t {
@@ -456,6 +591,7 @@ impl Rig {
             Target::Parse => xdp(bench, PARSE)?.fd()?,
             Target::Lb(Dp::Main) => main.dp.program()?.fd()?,
             Target::Lb(Dp::Churn) => churn.dp.program()?.fd()?,
+            Target::Lb(Dp::Fib) => fib.dp.program()?.fd()?,
         };
         targets
             .set(0, fd, 0)
@@ -508,8 +644,8 @@ impl Rig {
             .sum())
     }
 
-    fn counters(&self) -> Result<[Counters; 2]> {
-        Ok([self.main.dp.reasons()?, self.churn.dp.reasons()?])
+    fn counters(&self) -> Result<Vec<Counters>> {
+        DPS.iter().map(|d| Ok(self.dp(*d).reasons()?)).collect()
     }
 
     /// Run `prog` (`repeat` iterations) and check the proof. Returns ns per iteration.
@@ -524,7 +660,7 @@ impl Rig {
         let wrapped = prog == WRAPPER;
         let before = self.counters()?;
         let it0 = self.iterations()?;
-        let (rv, ns) = test_run(self.prog(prog)?, &c.frame, repeat)?;
+        let (rv, ns) = self.run_case(self.prog(prog)?, c, repeat)?;
         let after = self.counters()?;
         let it = self.iterations()?.wrapping_sub(it0);
         let what = format!(
@@ -533,7 +669,7 @@ impl Rig {
             if wrapped { "wrapper -> " } else { "direct " },
             target
         );
-        let want_rv = if target == Target::Lb(Dp::Main) || target == Target::Lb(Dp::Churn) {
+        let want_rv = if matches!(target, Target::Lb(_)) {
             c.retval
         } else {
             XDP_PASS
@@ -548,7 +684,7 @@ impl Rig {
         if wrapped && it != repeat as u64 {
             failures.push(format!("{what}: wrapper ran {it} times, expected {repeat}"));
         }
-        for (i, d) in [Dp::Main, Dp::Churn].into_iter().enumerate() {
+        for (i, d) in DPS.into_iter().enumerate() {
             let expect: &[Reason] = if target == Target::Lb(d) {
                 &c.expect
             } else {
@@ -571,8 +707,11 @@ impl Rig {
         self.set_frame(c)?;
         self.set_target(c.target)?;
         let before = self.main.dp.reasons()?;
-        test_run(self.prog(WRAPPER)?, &c.frame, n)?;
+        self.run_case(self.prog(WRAPPER)?, c, n)?;
         let after = self.main.dp.reasons()?;
+        if c.target == Target::Lb(Dp::Fib) {
+            self.check_fib_output(c, failures)?;
+        }
         if c.warm == Warm::Ports {
             // Every source port is a flow in the table now: all were inserted, except the
             // established case's own port (40000 XOR 0), which was there already.
@@ -624,9 +763,9 @@ impl Rig {
         let Target::Lb(d) = c.target else {
             bail!("not a balancer case")
         };
-        let i = if d == Dp::Main { 0 } else { 1 };
+        let i = d.index();
         let before = self.counters()?;
-        let (rv, ns) = test_run(self.dp(d).program()?, &c.frame, repeat)?;
+        let (rv, ns) = self.run_case(self.dp(d).program()?, c, repeat)?;
         let after = self.counters()?;
         if rv != c.retval {
             failures.push(format!("{}: direct run returned {}", c.id, action(rv)));
@@ -640,7 +779,7 @@ impl Rig {
     /// The repeat trap, shown: the balancer run directly on a frame it encapsulates.
     fn trap(&self, frame: &[u8], repeat: u32) -> Result<Trap> {
         let before = self.main.dp.reasons()?;
-        let (rv, ns) = test_run(self.main.dp.program()?, frame, repeat)?;
+        let (rv, ns) = test_run(self.main.dp.program()?, frame, None, repeat)?;
         let after = self.main.dp.reasons()?;
         let grew = before
             .iter()
