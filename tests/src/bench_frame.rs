@@ -62,3 +62,14 @@ impl BenchFrame {
         })
     }
 }
+
+/// `struct xdp_md` as `BPF_PROG_TEST_RUN` takes it in `ctx_in`: the frame spans the whole
+/// buffer and arrives on `ingress_ifindex`, queue 0 (where live frames leave, and what
+/// `bpf_fib_lookup` takes as the ingress).
+pub fn xdp_md(len: usize, ingress_ifindex: u32) -> [u8; 24] {
+    let mut md = [0u8; 24];
+    for (i, v) in [0, len as u32, 0, ingress_ifindex, 0, 0].iter().enumerate() {
+        md[i * 4..i * 4 + 4].copy_from_slice(&v.to_ne_bytes());
+    }
+    md
+}

@@ -363,14 +363,9 @@ impl FibNet {
         Ok(FibNet { ns, ifindex })
     }
 
-    /// `struct xdp_md` for `ctx_in`: the whole buffer is the frame, received on the veth,
-    /// queue 0.
+    /// `struct xdp_md` for `ctx_in`: the frame received on the veth.
     fn xdp_md(&self, len: usize) -> [u8; 24] {
-        let mut md = [0u8; 24];
-        for (i, v) in [0, len as u32, 0, self.ifindex, 0, 0].iter().enumerate() {
-            md[i * 4..i * 4 + 4].copy_from_slice(&v.to_ne_bytes());
-        }
-        md
+        lb_tests::bench_frame::xdp_md(len, self.ifindex)
     }
 }
 

@@ -47,16 +47,6 @@ pub struct Progs {
     sink: PerCpuArray<MapData, u64>,
 }
 
-/// `struct xdp_md` as `BPF_PROG_TEST_RUN` takes it in `ctx_in`: the frame spans the whole
-/// buffer and arrives on `ingress_ifindex`, queue 0, which is where live frames leave.
-fn xdp_md(len: usize, ingress_ifindex: u32) -> [u8; 24] {
-    let mut md = [0u8; 24];
-    for (i, v) in [0, len as u32, 0, ingress_ifindex, 0, 0].iter().enumerate() {
-        md[i * 4..i * 4 + 4].copy_from_slice(&v.to_ne_bytes());
-    }
-    md
-}
-
 /// Pin the calling thread to `cpu`: the generator, and the softirqs its transmits raise
 /// (the veths' NAPI), then run on that core only.
 pub fn pin_to(cpu: usize) -> Result<()> {
@@ -146,7 +136,7 @@ impl Progs {
         until: Duration,
     ) -> Result<(u64, Duration)> {
         let prog = self.prog(GEN)?;
-        let md = xdp_md(frame.len(), ifindex);
+        let md = lb_tests::bench_frame::xdp_md(frame.len(), ifindex);
         let start = Instant::now();
         let mut sent = 0u64;
         while sent < frames && start.elapsed() < until {
