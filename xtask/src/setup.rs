@@ -2,7 +2,8 @@
 //!
 //! - rust-src for the nightly toolchain (the eBPF crate builds with `-Z build-std=core`);
 //! - bpf-linker, built against the nightly's own libLLVM so both use the same LLVM;
-//! - the Debian packages the tests use: iproute2, ethtool, nftables, curl, bpftool, man-db.
+//! - the Debian packages the tests use: iproute2, ethtool, nftables, curl, bpftool, man-db,
+//!   zsh, fish.
 
 use std::{
     env, fs,
@@ -27,7 +28,7 @@ pub struct SetupArgs {
 }
 
 /// Commands the tests run, and the Debian package that provides each.
-const DEBIAN: [(&str, &str); 6] = [
+const DEBIAN: [(&str, &str); 8] = [
     ("ip", "iproute2"),
     ("ethtool", "ethtool"),
     ("nft", "nftables"),
@@ -35,6 +36,9 @@ const DEBIAN: [(&str, &str); 6] = [
     // The docs' troubleshooting commands run in the docs test; the man pages render there.
     ("bpftool", "bpftool"),
     ("man", "man-db"),
+    // The install test syntax-checks the zsh and fish completions with the shells themselves.
+    ("zsh", "zsh"),
+    ("fish", "fish"),
 ];
 
 const NIGHTLY: &str = "nightly";
