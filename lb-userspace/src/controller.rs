@@ -657,7 +657,7 @@ impl Controller {
         // Whatever was pinned but is not in the config any more.
         let stale: Vec<(VipKey, VipMeta)> = self.adopted_vips.drain().collect();
         for (k, m) in stale {
-            self.dp.remove_vip(&k)?;
+            self.dp.remove_vip(&k, m.vip_id)?;
             info!(
                 vip_id = m.vip_id,
                 "removed a pinned VIP that is not in the config"
@@ -681,7 +681,7 @@ impl Controller {
     }
 
     fn remove_vip(&mut self, v: VipState) -> Result<(), DataplaneError> {
-        self.dp.remove_vip(&v.key)?;
+        self.dp.remove_vip(&v.key, v.meta.vip_id)?;
         self.windows.retain(|(o, _)| *o != v.meta.ring_offset);
         for b in &v.backends {
             self.dp.set_backend(b.id, &Backend::default())?;
@@ -706,7 +706,7 @@ impl Controller {
         }
         for (k, m) in self.dp.vip_entries()? {
             if m.flags & VIP_F_FRAGMENTS_ONLY != 0 && !want.contains_key(&k) {
-                self.dp.remove_vip(&k)?;
+                self.dp.remove_vip(&k, m.vip_id)?;
             }
         }
         for (k, m) in want {

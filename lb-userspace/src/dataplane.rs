@@ -460,9 +460,14 @@ impl Dataplane {
         filter
             .set(bit >> 6, word | (1u64 << (bit & 63)), 0)
             .map_err(map_err(lb_common::MAP_VIP_FILTER))?;
+        let before = self.vips()?.get(key, 0).ok();
         self.vips()?
             .insert(key, meta, 0)
             .map_err(map_err(MAP_VIPS))?;
+        // The key under a new id: its record at the old id must not keep serving old flows.
+        if let Some(old) = before.filter(|b| b.vip_id != meta.vip_id) {
+            self.clear_record(old.vip_id, key)?;
+        }
         if meta.flags & VIP_F_FRAGMENTS_ONLY == 0 {
             self.array::<VipRecord>(MAP_VIP_BY_ID)?
                 .set(
@@ -479,12 +484,42 @@ impl Dataplane {
         Ok(())
     }
 
-    /// Recompute the VIP address filter from LB_VIPS (clears the bits of removed VIPs).
+    /// Clear the record at `vip_id` if it is `key`'s: an alias or a reused id must not clear
+    /// another VIP's.
+    fn clear_record(&mut self, vip_id: u32, key: &VipKey) -> Result<(), DataplaneError> {
+        let mut by_id = self.array::<VipRecord>(MAP_VIP_BY_ID)?;
+        let rec = by_id.get(&vip_id, 0).map_err(map_err(MAP_VIP_BY_ID))?;
+        if rec.key == *key {
+            by_id
+                .set(vip_id, VipRecord::default(), 0)
+                .map_err(map_err(MAP_VIP_BY_ID))?;
+        }
+        Ok(())
+    }
+
+    /// Recompute the VIP address filter from LB_VIPS (clears the bits of removed VIPs), and
+    /// clear every `LB_VIP_BY_ID` record that LB_VIPS no longer backs (records are pinned:
+    /// one left by a crash between two writes would otherwise outlive every restart).
     pub fn rebuild_vip_filter(&mut self) -> Result<(), DataplaneError> {
         let mut words = vec![0u64; (lb_common::VIP_FILTER_BITS / 64) as usize];
-        for (k, _) in self.vip_entries()? {
+        let entries = self.vip_entries()?;
+        for (k, _) in &entries {
             let bit = lb_common::vip_filter_bit(&k.addr);
             words[(bit >> 6) as usize] |= 1u64 << (bit & 63);
+        }
+        let backed: std::collections::HashSet<(u32, VipKey)> = entries
+            .iter()
+            .filter(|(_, m)| m.flags & VIP_F_FRAGMENTS_ONLY == 0)
+            .map(|(k, m)| (m.vip_id, *k))
+            .collect();
+        let mut by_id = self.array::<VipRecord>(MAP_VIP_BY_ID)?;
+        for id in 0..by_id.len() {
+            let rec = by_id.get(&id, 0).map_err(map_err(MAP_VIP_BY_ID))?;
+            if rec != VipRecord::default() && !backed.contains(&(id, rec.key)) {
+                by_id
+                    .set(id, VipRecord::default(), 0)
+                    .map_err(map_err(MAP_VIP_BY_ID))?;
+            }
         }
         let mut filter = self.array::<u64>(lb_common::MAP_VIP_FILTER)?;
         for (i, w) in words.iter().enumerate() {
@@ -501,19 +536,15 @@ impl Dataplane {
         Ok(())
     }
 
+    /// Remove `key`'s entry if it still belongs to VIP `vip_id`: when one apply gives the key
+    /// to another VIP (a rename), removing the old VIP must not take the new one's entry.
     /// The record first: established flows stop finding the VIP before its entry goes.
-    pub fn remove_vip(&mut self, key: &VipKey) -> Result<(), DataplaneError> {
-        let meta = self.vips()?.get(key, 0).ok();
-        if let Some(meta) = meta {
-            let mut by_id = self.array::<VipRecord>(MAP_VIP_BY_ID)?;
-            let rec = by_id.get(&meta.vip_id, 0).map_err(map_err(MAP_VIP_BY_ID))?;
-            // Only if the record is this VIP's: an alias or a reused id must not clear another.
-            if rec.key == *key {
-                by_id
-                    .set(meta.vip_id, VipRecord::default(), 0)
-                    .map_err(map_err(MAP_VIP_BY_ID))?;
-            }
+    pub fn remove_vip(&mut self, key: &VipKey, vip_id: u32) -> Result<(), DataplaneError> {
+        match self.vips()?.get(key, 0) {
+            Ok(meta) if meta.vip_id == vip_id => {}
+            _ => return Ok(()),
         }
+        self.clear_record(vip_id, key)?;
         self.vips()?.remove(key).map_err(map_err(MAP_VIPS))
     }
 

@@ -298,6 +298,21 @@ fn backup_pool_takes_over_and_hands_back() {
     );
 }
 
+/// A rename is a new VIP on the old one's address, in one apply: removing the old one must
+/// not remove the address's entry, which the new one already owns.
+#[test]
+fn renamed_vip_keeps_serving() {
+    let t = Topology::new(3, Forward::IpIp, ECHO);
+    let mut d = Daemon::start(&t, LBD, &three());
+    d.wait_served(&t, &web());
+    d.write_config(&three().replace("name = \"web\"", "name = \"www\""));
+    d.signal("HUP");
+    d.wait_log("configuration reloaded", 5);
+    let (seen, failed) = t.requests("--tcp", &web(), 60);
+    assert_eq!(failed, 0, "the renamed VIP stopped serving: {seen:?}");
+    assert_eq!(seen.len(), 3, "{seen:?}");
+}
+
 #[test]
 fn bad_reload_is_rejected_with_its_location_and_service_continues() {
     let t = Topology::new(3, Forward::IpIp, ECHO);

@@ -181,7 +181,7 @@ fn established_flows_follow_their_vip_only_while_it_serves_them() {
     let hits = h.dp.reason(Reason::FlowHit).unwrap();
     assert_tunnelled(&h, &a, to);
     assert_eq!(h.dp.reason(Reason::FlowHit).unwrap(), hits + 1);
-    h.dp.remove_vip(&v.key).unwrap();
+    h.dp.remove_vip(&v.key, v.meta.vip_id).unwrap();
     h.assert_passed(&a.bytes(), Reason::PassNotVip);
     // Another address takes the id (and the ring): the old flow is not its traffic.
     h.dp.set_vip(&vip_key("198.18.100.2", 80, PROTO_TCP), &v.meta)
@@ -191,6 +191,15 @@ fn established_flows_follow_their_vip_only_while_it_serves_them() {
     h.dp.set_vip(&v.key, &v.meta).unwrap();
     assert_tunnelled(&h, &a, to);
     assert_eq!(h.dp.reason(Reason::FlowHit).unwrap(), hits + 2);
+    // The address under a new id (a restart that renumbers): the old id's record is cleared,
+    // so the flow's packets are the new id's (counted there), still to the same backend.
+    let renumbered = lb_common::VipMeta {
+        vip_id: v.meta.vip_id + 7,
+        ..v.meta
+    };
+    h.dp.set_vip(&v.key, &renumbered).unwrap();
+    assert_tunnelled(&h, &a, to);
+    assert_eq!(h.dp.vip_stats(renumbered.vip_id).unwrap().packets, 1);
 }
 
 #[test]

@@ -15,8 +15,15 @@ use lb_common::{
 /// global lock, yet a flow that RSS moves to another CPU still finds its backend.
 const BPF_F_NO_COMMON_LRU: u32 = 1 << 1;
 
+/// Entries allocated on insert and freed after an RCU grace period (BPF_F_NO_PREALLOC): the
+/// program keeps a reference to the value (`&'static VipMeta`) through scheduling, and a
+/// preallocated map would hand a replaced entry to the very next insert, under that
+/// reference, with another VIP's values.
+const BPF_F_NO_PREALLOC: u32 = 1 << 0;
+
 #[map(name = "LB_VIPS")]
-pub static LB_VIPS: HashMap<VipKey, VipMeta> = HashMap::with_max_entries(MAX_VIPS * 2, 0);
+pub static LB_VIPS: HashMap<VipKey, VipMeta> =
+    HashMap::with_max_entries(MAX_VIPS * 2, BPF_F_NO_PREALLOC);
 
 /// Every VIP by id: established flows reach their VIP with an array read.
 #[map(name = "LB_VIP_BY_ID")]
