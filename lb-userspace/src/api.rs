@@ -13,6 +13,10 @@
 use std::{
     os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
 };
 
 use anyhow::{Context, Result};
@@ -56,8 +60,21 @@ pub fn err(code: &str, message: impl std::fmt::Display) -> Value {
     json!({"v": VERSION, "ok": false, "error": {"code": code, "message": message.to_string()}})
 }
 
-/// Listen on `path` until the task is aborted, forwarding requests to `tx`.
-pub async fn serve(path: PathBuf, tx: mpsc::Sender<Call>) -> Result<()> {
+/// Set once this daemon listens on its socket.
+pub type Bound = Arc<AtomicBool>;
+
+/// Remove the socket at `path` at stop, only if this daemon bound it and no one answers
+/// there any more (call it after the listener is closed): the path may belong to another
+/// daemon, which ours refused to take over, or which took it over since.
+pub fn remove_own_socket(path: &Path, bound: &Bound) {
+    if bound.load(Ordering::Relaxed) && std::os::unix::net::UnixStream::connect(path).is_err() {
+        let _ = std::fs::remove_file(path);
+    }
+}
+
+/// Listen on `path` until the task is aborted, forwarding requests to `tx`; `bound` records
+/// which socket file is ours.
+pub async fn serve(path: PathBuf, tx: mpsc::Sender<Call>, bound: Bound) -> Result<()> {
     // A socket someone answers on belongs to another daemon: never take it over.
     if std::os::unix::net::UnixStream::connect(&path).is_ok() {
         anyhow::bail!(
@@ -73,6 +90,7 @@ pub async fn serve(path: PathBuf, tx: mpsc::Sender<Call>) -> Result<()> {
         .with_context(|| format!("binding the API socket {}", path.display()))?;
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
         .with_context(|| format!("making {} owner-only", path.display()))?;
+    bound.store(true, Ordering::Relaxed);
     info!(socket = %path.display(), "control API listening");
     // SAFETY: geteuid has no preconditions.
     let me = unsafe { libc::geteuid() };
@@ -145,4 +163,30 @@ pub fn call(socket: &Path, req: &Request) -> std::io::Result<Value> {
     std::io::BufReader::new(s).read_line(&mut answer)?;
     serde_json::from_str(&answer)
         .map_err(|e| std::io::Error::other(format!("the daemon's answer is not JSON: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_socket_this_daemon_bound_is_removed() {
+        let dir = std::env::temp_dir().join(format!("lb-api-sock-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("api.sock");
+        let _ = std::fs::remove_file(&path);
+        let not_bound: Bound = Arc::default();
+        let bound: Bound = Arc::new(AtomicBool::new(true));
+        // Another daemon serves the path.
+        let theirs = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        remove_own_socket(&path, &not_bound);
+        assert!(path.exists(), "removed a socket this daemon never bound");
+        remove_own_socket(&path, &bound);
+        assert!(path.exists(), "removed a socket another daemon answers on");
+        // Ours, its listener closed: removed.
+        drop(theirs);
+        remove_own_socket(&path, &bound);
+        assert!(!path.exists(), "left its own socket behind");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

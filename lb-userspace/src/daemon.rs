@@ -137,8 +137,10 @@ pub async fn run(
     });
     let (api_tx, mut api_rx) = mpsc::channel(64);
     let socket = cfg.daemon.api_socket.clone();
+    let bound = crate::api::Bound::default();
+    let bound_by_api = bound.clone();
     let api = tokio::spawn(async move {
-        if let Err(e) = crate::api::serve(socket, api_tx).await {
+        if let Err(e) = crate::api::serve(socket, api_tx, bound_by_api).await {
             error!("{e:#}; the control API is not available");
         }
     });
@@ -179,7 +181,10 @@ pub async fn run(
     exporter.abort();
     dp_logs.abort();
     api.abort();
-    let _ = std::fs::remove_file(&svc.cfg.daemon.api_socket);
+    // The listener is closed once the aborted task is gone: then a socket that still answers
+    // is another daemon's.
+    let _ = api.await;
+    crate::api::remove_own_socket(&svc.cfg.daemon.api_socket, &bound);
     let pin_dir = svc.cfg.daemon.pin_dir.clone();
     if purge {
         drop(svc);
