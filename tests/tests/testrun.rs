@@ -586,6 +586,15 @@ fn non_vip_traffic_passes_byte_identical() {
             Frame::udp(CLIENT6, 1, "2001:db8::99", 53).bytes(),
             Reason::PassNotVip,
         ),
+        // Tagged: not screened before parsing, judged on the full path.
+        (
+            {
+                let mut f = Frame::tcp(CLIENT4, 1, "198.18.100.2", 80, TCP_SYN);
+                f.vlans = vec![(0x8100, 100)];
+                f.bytes()
+            },
+            Reason::PassNotVip,
+        ),
         (arp, Reason::PassNotIp),
         // IPv4 cut inside its header (the kernel refuses frames under 14 bytes).
         (

@@ -31,6 +31,7 @@ use crate::{
     maps::{LB_CONFIG, LB_SCRATCH},
     parse::L3,
     stats::count,
+    vip::Screen,
 };
 
 #[xdp]
@@ -67,7 +68,8 @@ pub struct Packet {
 
 #[inline(always)]
 fn try_lb_xdp(ctx: &XdpContext) -> Result<u32, Reason> {
-    if vip::ruled_out(ctx) {
+    let screened = vip::screen(ctx);
+    if screened == Screen::NotVip {
         return Err(Reason::PassNotVip);
     }
     let pkt = LB_SCRATCH.get_ptr_mut(0).ok_or(Reason::DropAdjustFailed)?;
@@ -104,7 +106,10 @@ fn try_lb_xdp(ctx: &XdpContext) -> Result<u32, Reason> {
     } else {
         Reason::PassNotVip
     };
-    if !vip::may_be(&key.dst) {
+    // One filter read per packet: here only for frames the early look did not screen. The
+    // filter only saves lookups, so a screened ICMP error whose quote names another address
+    // is still judged right, by the lookups.
+    if screened == Screen::Unscreened && !vip::may_be(&key.dst) {
         return Err(not_ours);
     }
     let flow = Flow {

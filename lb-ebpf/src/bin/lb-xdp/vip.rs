@@ -20,27 +20,42 @@ fn filter_bit_set(bit: u32) -> bool {
         .is_some_and(|word| *word & (1u64 << (bit & 63)) != 0)
 }
 
-/// An untagged IPv4 or IPv6 frame to an address the filter rules out: passed before any
-/// parsing, so traffic that is not ours costs little more than XDP_PASS. Anything else
-/// (tags, short frames) takes the full path and meets the same filter in `lookup`.
+/// What the early look at a frame's destination found.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Screen {
+    /// The filter rules the address out: passed before any parsing, so traffic that is not
+    /// ours costs little more than XDP_PASS.
+    NotVip,
+    /// The filter bit is set: it need not be read again.
+    MaybeVip,
+    /// Not screened (tags, short frames, not IP): the full path reads the filter (`may_be`).
+    Unscreened,
+}
+
+/// The VIP filter bit of an untagged IPv4 or IPv6 frame's destination, read straight from
+/// the packet.
 #[inline(always)]
-pub fn ruled_out(ctx: &XdpContext) -> bool {
+pub fn screen(ctx: &XdpContext) -> Screen {
     let Ok(ethertype) = read::<u16>(ctx, 12) else {
-        return false;
+        return Screen::Unscreened;
     };
     // Read as little-endian words, as `vip_filter_bit` reads the address bytes.
     let (lo, hi) = match u16::from_be(ethertype) {
         ETH_P_IP => match read::<u32>(ctx, ETH_HLEN + 16) {
             Ok(dst) => (dst, 0),
-            Err(_) => return false,
+            Err(_) => return Screen::Unscreened,
         },
         ETH_P_IPV6 => match read::<[u32; 4]>(ctx, ETH_HLEN + 24) {
             Ok(dst) => (dst[0], dst[3]),
-            Err(_) => return false,
+            Err(_) => return Screen::Unscreened,
         },
-        _ => return false,
+        _ => return Screen::Unscreened,
     };
-    !filter_bit_set(vip_filter_bit_of(lo, hi))
+    if filter_bit_set(vip_filter_bit_of(lo, hi)) {
+        Screen::MaybeVip
+    } else {
+        Screen::NotVip
+    }
 }
 
 /// False when `dst` is not a VIP address for sure (one array read).
