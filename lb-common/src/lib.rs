@@ -5,6 +5,7 @@
 //! predict exactly which backend the dataplane picks for a flow.
 #![no_std]
 
+pub mod bench;
 pub mod hash;
 pub mod maps;
 pub mod reason;

@@ -254,4 +254,5 @@ mod user {
     unsafe impl aya::Pod for BackendStats {}
     unsafe impl aya::Pod for GlobalConfig {}
     unsafe impl aya::Pod for DecapAddr {}
+    unsafe impl aya::Pod for crate::bench::BenchFrame {}
 }

@@ -39,42 +39,16 @@ use aya_ebpf::{
     maps::{PerCpuArray, ProgramArray},
     programs::XdpContext,
 };
-use lb_common::Reason;
+use lb_common::{
+    Reason,
+    bench::{BenchFrame, MAX_FRAME},
+};
 use lb_ebpf::{
     l2::{self, ETH_P_IP, ETH_P_IPV6, L2},
     ptr::{adjust_head, frame_len, ptr_at_mut, read, write},
 };
 
 use crate::parse::L3;
-
-/// Largest template frame (bytes). Userspace refuses bigger ones.
-const MAX_FRAME: usize = 128;
-
-/// The frame every iteration starts from, and how to vary it. Same layout as
-/// `BenchFrame` in the bench driver (tests/src/bin/lbt-bench/packet.rs). The template comes
-/// first and the struct is 8-aligned, so it is copied with aligned 8-byte loads.
-#[repr(C, align(8))]
-#[derive(Clone, Copy)]
-pub struct BenchFrame {
-    pub bytes: [u8; MAX_FRAME],
-    /// Template length: even, 14..=MAX_FRAME.
-    pub len: u32,
-    /// Counter bits that vary the flow: 0 (one flow), 0xffff (65,536 source ports),
-    /// 0xffff_ffff (source port and the low 16 bits of the source address).
-    pub mask: u32,
-    /// Iterations this CPU has run (userspace checks it against `repeat`).
-    pub counter: u32,
-    /// Offset of the TCP/UDP source port.
-    pub sport_off: u16,
-    /// Offset of the low 16 bits of the source address.
-    pub src_off: u16,
-    /// Offset of the TCP checksum (covers the port and, through the pseudo-header, the
-    /// source address).
-    pub l4_csum_off: u16,
-    /// Offset of the IPv4 header checksum; 0 for IPv6.
-    pub ip_csum_off: u16,
-    pub _pad: u32,
-}
 
 #[map(name = "BENCH_FRAME")]
 static BENCH_FRAME: PerCpuArray<BenchFrame> = PerCpuArray::with_max_entries(1, 0);

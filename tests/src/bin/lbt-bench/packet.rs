@@ -44,9 +44,10 @@ use lb_userspace::{
 
 use serde_json::{Value, json};
 
+use lb_tests::bench_frame::{BenchFrame, template};
+
 use crate::{Opts, stats};
 
-const MAX_FRAME: usize = 128;
 const WRAPPER: &str = "lb_bench";
 const PASS: &str = "bench_pass";
 const PARSE: &str = "bench_parse";
@@ -56,25 +57,6 @@ const MAIN_FLOWS: u32 = 262_144;
 /// Connection table of the dataplane that takes a new flow per iteration.
 const CHURN_FLOWS: u32 = 262_144;
 const RING: u32 = 65_537;
-
-/// Same layout as `BenchFrame` in lb-ebpf/src/bin/lb-bench/main.rs.
-#[repr(C, align(8))]
-#[derive(Clone, Copy)]
-struct BenchFrame {
-    bytes: [u8; MAX_FRAME],
-    len: u32,
-    mask: u32,
-    counter: u32,
-    sport_off: u16,
-    src_off: u16,
-    l4_csum_off: u16,
-    ip_csum_off: u16,
-    _pad: u32,
-}
-
-// SAFETY: repr(C) plain data without padding (bytes, 3 u32, 4 u16, u32: 152 bytes, align 8).
-unsafe impl aya::Pod for BenchFrame {}
-const _: () = assert!(std::mem::size_of::<BenchFrame>() == 152);
 
 /// How the wrapper varies the flow from one iteration to the next.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -136,7 +118,6 @@ struct Case {
     label: &'static str,
     target: Target,
     frame: Vec<u8>,
-    v6: bool,
     vary: Vary,
     retval: u32,
     /// Reasons that must grow by exactly `repeat` in every measured run; all others by 0.
@@ -182,7 +163,6 @@ fn cases() -> Vec<Case> {
         id,
         label,
         target,
-        v6: frame.len() > 12 && frame[12..14] == [0x86, 0xdd],
         frame,
         vary: Vary::One,
         retval: XDP_TX,
@@ -495,17 +475,7 @@ impl Rig {
         // Disjoint counter ranges per CPU, so "a never-seen flow each time" holds whichever
         // CPU a run lands on.
         let init: Vec<BenchFrame> = (0..cpus)
-            .map(|cpu| BenchFrame {
-                len: 0,
-                mask: 0,
-                counter: (cpu as u32) << 31,
-                sport_off: 0,
-                src_off: 0,
-                l4_csum_off: 0,
-                ip_csum_off: 0,
-                bytes: [0; MAX_FRAME],
-                _pad: 0,
-            })
+            .map(|cpu| BenchFrame::empty((cpu as u32) << 31))
             .collect();
         if cpus > 2 {
             // Only two ranges fit the top bit; more CPUs share a range with one another.
@@ -595,36 +565,12 @@ impl Rig {
 
     /// The case's template on every CPU, keeping each CPU's counter.
     fn set_frame(&mut self, c: &Case) -> Result<()> {
-        if c.frame.len() > MAX_FRAME || c.frame.len() < 14 || !c.frame.len().is_multiple_of(2) {
-            bail!(
-                "{}: frame of {} bytes (the wrapper takes even lengths up to {MAX_FRAME})",
-                c.id,
-                c.frame.len()
-            );
-        }
-        let mut bytes = [0u8; MAX_FRAME];
-        bytes[..c.frame.len()].copy_from_slice(&c.frame);
-        let l3 = 14u16;
-        let (sport, src, ip_csum) = if c.v6 {
-            (l3 + 40, l3 + 8 + 14, 0)
-        } else {
-            (l3 + 20, l3 + 12 + 2, l3 + 10)
-        };
         let cur = self.frames.get(&0, 0)?;
-        let new: Vec<BenchFrame> = cur
+        let new = cur
             .iter()
-            .map(|f| BenchFrame {
-                len: c.frame.len() as u32,
-                mask: c.vary.mask(),
-                counter: f.counter,
-                sport_off: sport,
-                src_off: src,
-                l4_csum_off: sport + 16,
-                ip_csum_off: ip_csum,
-                bytes,
-                _pad: 0,
-            })
-            .collect();
+            .map(|f| template(&c.frame, c.vary.mask(), f.counter))
+            .collect::<Result<Vec<BenchFrame>, _>>()
+            .with_context(|| format!("case {}", c.id))?;
         self.frames.set(0, PerCpuValues::try_from(new)?, 0)?;
         Ok(())
     }

@@ -105,7 +105,7 @@ impl Progs {
         let cur = self.frames.get(&0, 0).context("reading BENCH_FRAME")?;
         let new = cur
             .iter()
-            .map(|f| BenchFrame::tcp(frame, mask, f.counter))
+            .map(|f| lb_tests::bench_frame::template(frame, mask, f.counter))
             .collect::<Result<Vec<_>, _>>()?;
         self.frames.set(0, PerCpuValues::try_from(new)?, 0)?;
         Ok(())
