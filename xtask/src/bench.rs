@@ -29,24 +29,14 @@ pub fn run(extra: &[String]) -> Result<()> {
              CAP_SYS_ADMIN, so the run will likely fail",
         );
     }
-    cmd::build_release("bench", PACKAGE, BIN)?;
+    let exe = cmd::build_release("bench", PACKAGE, BIN)?;
     let out = cmd::workspace_root().join("target").join("bench");
-    let mut run = cmd::cargo();
-    run.args([
-        "run",
-        "--release",
-        "--quiet",
-        "-p",
-        PACKAGE,
-        "--bin",
-        BIN,
-        "--",
-    ])
-    .arg("--json")
-    .arg(out.join("results.json"))
-    .arg("--markdown")
-    .arg(out.join("results.md"))
-    .args(extra);
+    let mut run = Command::new(exe);
+    run.arg("--json")
+        .arg(out.join("results.json"))
+        .arg("--markdown")
+        .arg(out.join("results.md"))
+        .args(extra);
     say(format!("running: {}", show(&run)));
     let st = cmd::status(&mut run)?;
     if !st.success() {
