@@ -143,24 +143,30 @@ pub fn entry(flow: &Flow) -> Option<*mut FlowEntry> {
 
 /// The table's backend for a packet of an established flow; `None` for a bare SYN (a new
 /// connection is placed by the current ring, even if it reuses an old one's ports) or when
-/// the pinned backend is down.
+/// the pinned backend is down. Reads only: the hit is recorded by `follow`, once the caller
+/// knows the packet goes there.
 #[inline(always)]
-pub fn established(entry: &mut FlowEntry, tcp_flags: u8) -> Option<Choice> {
+pub fn established(entry: &FlowEntry, tcp_flags: u8) -> Option<Choice> {
     if tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN {
         return None;
     }
     let id = entry.backend_id;
-    let backend = usable(id)?;
+    Some(Choice {
+        id,
+        backend: usable(id)?,
+        new_flow: false,
+        hash: entry.hash,
+    })
+}
+
+/// The packet follows its flow's entry: counted as a hit, and a least-connections flow that
+/// ends (FIN, RST) leaves its backend's count.
+#[inline(always)]
+pub fn follow(entry: &mut FlowEntry, tcp_flags: u8) {
     count(Reason::FlowHit);
     if tcp_flags & (TCP_FIN | TCP_RST) != 0 {
         uncount(entry);
     }
-    Some(Choice {
-        id,
-        backend,
-        new_flow: false,
-        hash: entry.hash,
-    })
 }
 
 /// Backend for a packet of a flow of `vip`; `None` when the VIP has no usable backend.
@@ -176,6 +182,7 @@ pub fn choose(vip: &VipMeta, flow: &Flow, held: Option<*mut FlowEntry>) -> Optio
         // SAFETY: the entry stays valid during this program run (RCU).
         let entry = unsafe { &mut *entry };
         if let Some(choice) = established(entry, tcp_flags) {
+            follow(entry, tcp_flags);
             return Some(choice);
         }
         // Uncount it from its dead backend once, even if no new backend is found.

@@ -119,13 +119,17 @@ fn try_lb_xdp(ctx: &XdpContext) -> Result<u32, Reason> {
     };
     let held = flow::entry(&flow);
     // An established flow reaches its VIP through its table entry (an array read), not a
-    // second hash lookup; anything else takes the VIP lookup and the scheduler.
+    // second hash lookup; anything else (a bare SYN is turned away before any map read)
+    // takes the VIP lookup and the scheduler.
     let fast = match held {
         Some(entry) if !l3.bad_len => {
             // SAFETY: the entry stays valid during this program run (RCU).
             let entry = unsafe { &mut *entry };
-            vip::of_flow(entry.vip_id, key)
-                .and_then(|vip| Some((vip, flow::established(entry, flow.tcp_flags)?)))
+            flow::established(entry, flow.tcp_flags).and_then(|choice| {
+                let vip = vip::of_flow(entry.vip_id, key)?;
+                flow::follow(entry, flow.tcp_flags);
+                Some((vip, choice))
+            })
         }
         _ => None,
     };
