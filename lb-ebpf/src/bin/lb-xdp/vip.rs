@@ -88,7 +88,8 @@ pub fn of_flow(vip_id: u32, key: &FlowKey) -> Option<&'static VipMeta> {
     serves.then_some(&rec.meta)
 }
 
-/// Inlined, as the parser is (see `parse::ipv4`). The caller has checked `may_be`.
+/// Inlined, as the parser is (see `parse::ipv4`). The caller has read the filter bit once
+/// (`screen` or `may_be`).
 #[inline(always)]
 pub fn lookup(key: &FlowKey, fragment: bool) -> Option<&'static VipMeta> {
     let mut vk = VipKey {
