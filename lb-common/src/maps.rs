@@ -84,7 +84,7 @@ pub struct VipKey {
 }
 
 /// How a VIP picks a backend for a new flow. The ring's content depends on it (see
-/// lb-userspace's `ring` module): Maglev, random and least-connections share a Maglev ring;
+/// lb-control's `ring` module): Maglev, random and least-connections share a Maglev ring;
 /// round-robin walks a smooth weighted sequence; source-hash indexes the Maglev ring with
 /// the client address only.
 #[repr(u8)]

@@ -13,7 +13,7 @@ use crate::{
     setup::{self, SetupArgs},
 };
 
-const PACKAGE: &str = "lb-tests";
+const PACKAGE: &str = "lb-bench";
 const BIN: &str = "lbt-bench";
 
 fn say(msg: impl AsRef<str>) {

@@ -18,7 +18,6 @@ use clap::Args;
 
 use crate::cmd;
 
-const PACKAGE: &str = "lb-userspace";
 const BINS: [&str; 2] = ["lbd", "lbctl"];
 /// The unit's paths as shipped; rewritten for another prefix.
 const SHIPPED_BIN_DIR: &str = "/usr/local/bin/";
@@ -129,7 +128,8 @@ pub fn install(args: &InstallArgs) -> Result<()> {
     for bin in BINS {
         built.push(match &args.bin_dir {
             Some(dir) => dir.join(bin),
-            None => cmd::build_release("install", PACKAGE, bin)?,
+            // Each binary is its own package, of the same name.
+            None => cmd::build_release("install", bin, bin)?,
         });
     }
     let mut done = Installed { files: Vec::new() };

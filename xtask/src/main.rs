@@ -38,7 +38,7 @@ enum Task {
         #[arg(last = true)]
         args: Vec<String>,
     },
-    /// Run setup, then the demo (`lbd demo`). Arguments after `--` go to `lbd demo`.
+    /// Run setup, then the demo (`lb-demo`). Arguments after `--` go to `lb-demo`.
     Demo {
         #[arg(last = true)]
         args: Vec<String>,
@@ -82,16 +82,15 @@ fn main() -> ExitCode {
     }
 }
 
-const DEMO_PACKAGE: &str = "lb-userspace";
-const DEMO_BIN: &str = "lbd";
-
-/// A thin launcher: builds `lbd` in release mode and runs `lbd demo`.
+/// A thin launcher: builds `lbd` and `lb-demo` in release mode and runs `lb-demo`, which
+/// finds `lbd` beside itself.
 fn demo(extra: &[String]) -> Result<()> {
     setup::run(&SetupArgs::default())?;
     // Run what was just built: `cargo run` would check the whole build again.
-    let exe = cmd::build_release("demo", DEMO_PACKAGE, DEMO_BIN)?;
+    cmd::build_release("demo", "lbd", "lbd")?;
+    let exe = cmd::build_release("demo", "lb-lab", "lb-demo")?;
     let mut run = Command::new(exe);
-    run.arg("demo").args(extra);
+    run.args(extra);
     println!("[demo] running: {}", cmd::show(&run));
     let st = cmd::status(&mut run)?;
     if !st.success() {

@@ -17,8 +17,20 @@ const BPFFS: &str = "/sys/fs/bpf";
 const TEST_BPFFS: &str = "/run/lbt-bpffs";
 
 /// Every crate with tests; not lb-ebpf, which only builds for bpfel-unknown-none (it is
-/// built, and tested through the kernel, by lb-userspace's build script and lb-tests).
-const PACKAGES: [&str; 4] = ["lb-common", "lb-userspace", "lb-tests", "xtask"];
+/// built, and tested through the kernel, by lb-dataplane's build script and lb-tests).
+const PACKAGES: &[&str] = &[
+    "lb-common",
+    "lb-control",
+    "lb-dataplane",
+    "lb-api",
+    "lb-clidoc",
+    "lbd",
+    "lbctl",
+    "lb-lab",
+    "lb-tests",
+    "lb-bench",
+    "xtask",
+];
 
 fn say(msg: impl AsRef<str>) {
     println!("[test] {}", msg.as_ref());

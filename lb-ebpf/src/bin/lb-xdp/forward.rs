@@ -30,7 +30,7 @@ pub fn forward(
     }
     let outer_v4 = be.family == FAMILY_V4;
     if outer_v4 && pkt.l3.key.family != FAMILY_V4 {
-        // IPv6 in IPv4 is refused by config validation (lb-userspace config.rs); a map
+        // IPv6 in IPv4 is refused by config validation (lb-control config.rs); a map
         // written by other means must not make us emit it.
         return Err(Reason::DropNoBackend);
     }

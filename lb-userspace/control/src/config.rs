@@ -1,0 +1,703 @@
+//! The daemon's TOML configuration: parsing, defaults, and validation with the location
+//! of every mistake. Nothing is applied from a file that does not validate whole.
+
+use std::{
+    collections::HashSet,
+    net::IpAddr,
+    path::{Path, PathBuf},
+};
+
+use serde::Deserialize;
+use thiserror::Error;
+use toml::Spanned;
+
+use crate::ring::is_prime;
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}:{line}:{column}: {message}")]
+    Invalid {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum XdpModeCfg {
+    /// Driver mode; the default, and what line rate needs.
+    #[default]
+    Native,
+    /// The kernel's generic path: only when asked for.
+    Generic,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DaemonConfig {
+    /// Interfaces the balancer attaches to.
+    pub interfaces: Vec<String>,
+    #[serde(default)]
+    pub xdp_mode: XdpModeCfg,
+    /// Fall back to generic mode (logged) when native attach fails.
+    #[serde(default)]
+    pub generic_fallback: bool,
+    /// bpffs directory holding this instance's maps and links.
+    #[serde(default = "default_pin_dir")]
+    pub pin_dir: PathBuf,
+    /// Where `/metrics` (Prometheus text format) is served. Loopback by default.
+    #[serde(default = "default_metrics_listen")]
+    pub metrics_listen: std::net::SocketAddr,
+    /// The control API's Unix socket (owner-only), for `lbctl`.
+    #[serde(default = "default_api_socket")]
+    pub api_socket: PathBuf,
+    /// Where configuration revisions are kept (history, diff, rollback).
+    #[serde(default = "default_state_dir")]
+    pub state_dir: PathBuf,
+    /// How many revisions to keep.
+    #[serde(default = "default_revisions_kept")]
+    pub revisions_kept: usize,
+}
+
+fn default_api_socket() -> PathBuf {
+    PathBuf::from("/run/lbd.sock")
+}
+fn default_state_dir() -> PathBuf {
+    PathBuf::from("/var/lib/lbd")
+}
+fn default_revisions_kept() -> usize {
+    100
+}
+
+fn default_metrics_listen() -> std::net::SocketAddr {
+    std::net::SocketAddr::from(([127, 0, 0, 1], 9469))
+}
+
+fn default_pin_dir() -> PathBuf {
+    PathBuf::from("/sys/fs/bpf/lb")
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DataplaneConfig {
+    /// Next hop when the kernel's FIB has no answer (e.g. "02:00:00:00:00:fe").
+    pub gateway_mac: Option<String>,
+    #[serde(default = "default_mtu")]
+    pub mtu: u16,
+    /// Connection table size (entries).
+    #[serde(default = "default_flows")]
+    pub flows: u32,
+    /// Slots of all VIPs' rings together.
+    #[serde(default = "default_ring_capacity")]
+    pub ring_capacity: u32,
+    /// IP-in-IP outer source prefix for IPv4 (host bits come from the flow hash).
+    #[serde(default = "default_src4")]
+    pub encap_source_v4: String,
+    #[serde(default = "default_src6")]
+    pub encap_source_v6: String,
+    /// Use bpf_fib_lookup for next hops (off: always the gateway MAC).
+    #[serde(default = "yes")]
+    pub fib: bool,
+}
+
+fn default_mtu() -> u16 {
+    1500
+}
+fn default_flows() -> u32 {
+    lb_common::DEFAULT_FLOWS
+}
+fn default_ring_capacity() -> u32 {
+    lb_common::DEFAULT_RING_CAPACITY
+}
+fn default_src4() -> String {
+    "172.16.0.0/16".into()
+}
+fn default_src6() -> String {
+    "fd00:1b::/96".into()
+}
+fn yes() -> bool {
+    true
+}
+
+impl Default for DataplaneConfig {
+    fn default() -> Self {
+        DataplaneConfig {
+            gateway_mac: None,
+            mtu: default_mtu(),
+            flows: default_flows(),
+            ring_capacity: default_ring_capacity(),
+            encap_source_v4: default_src4(),
+            encap_source_v6: default_src6(),
+            fib: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Protocol {
+    #[default]
+    Tcp,
+    Udp,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum SchedulerCfg {
+    #[default]
+    Maglev,
+    RoundRobin,
+    Random,
+    LeastConn,
+    SourceHash,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum ForwardCfg {
+    #[default]
+    Ipip,
+    L2dsr,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum NoBackend {
+    #[default]
+    Drop,
+    Pass,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    #[default]
+    Primary,
+    Backup,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum CheckKind {
+    #[default]
+    Tcp,
+    Http,
+    /// HTTP over TLS (the certificate is not verified).
+    Https,
+    Udp,
+    /// No checks: backends are always up (unless disabled).
+    None,
+}
+
+/// Health check settings; a VIP's are the defaults for its backends.
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct HealthConfig {
+    pub kind: Option<CheckKind>,
+    pub interval_ms: Option<u64>,
+    pub timeout_ms: Option<u64>,
+    pub rise: Option<u32>,
+    pub fall: Option<u32>,
+    /// Port to probe (default: the VIP's port).
+    pub port: Option<u16>,
+    /// HTTP: path, expected status, Host header.
+    pub path: Option<String>,
+    pub expect_status: Option<u16>,
+    pub host: Option<String>,
+    /// UDP: what to send, and what the answer must start with (any answer if unset).
+    pub send: Option<String>,
+    pub expect: Option<String>,
+    /// A backend slower than this (moving average) is degraded: no new flows.
+    pub max_latency_ms: Option<u64>,
+    /// A backend failing more than this share of its recent probes is degraded.
+    pub max_error_rate: Option<f64>,
+    /// HAProxy agent-check: a TCP port on the backend that answers with its own state
+    /// ("up", "down", "drain", "maint", a weight like "75%").
+    pub agent_port: Option<u16>,
+    /// After a backend comes back up, its weight ramps from near zero to full over this
+    /// many milliseconds (slow start), so a cold backend is not flooded.
+    pub slow_start_ms: Option<u64>,
+}
+
+/// Health settings with every default filled in.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Health {
+    pub kind: CheckKind,
+    pub interval_ms: u64,
+    pub timeout_ms: u64,
+    pub rise: u32,
+    pub fall: u32,
+    pub port: u16,
+    pub path: String,
+    pub expect_status: u16,
+    pub host: Option<String>,
+    pub send: String,
+    pub expect: Option<String>,
+    pub max_latency_ms: Option<u64>,
+    pub max_error_rate: Option<f64>,
+    pub agent_port: Option<u16>,
+    pub slow_start_ms: Option<u64>,
+}
+
+impl HealthConfig {
+    /// `self` over `base` (a backend's override over its VIP's settings).
+    pub fn over(&self, base: &HealthConfig) -> HealthConfig {
+        HealthConfig {
+            kind: self.kind.or(base.kind),
+            interval_ms: self.interval_ms.or(base.interval_ms),
+            timeout_ms: self.timeout_ms.or(base.timeout_ms),
+            rise: self.rise.or(base.rise),
+            fall: self.fall.or(base.fall),
+            port: self.port.or(base.port),
+            path: self.path.clone().or_else(|| base.path.clone()),
+            expect_status: self.expect_status.or(base.expect_status),
+            host: self.host.clone().or_else(|| base.host.clone()),
+            send: self.send.clone().or_else(|| base.send.clone()),
+            expect: self.expect.clone().or_else(|| base.expect.clone()),
+            max_latency_ms: self.max_latency_ms.or(base.max_latency_ms),
+            max_error_rate: self.max_error_rate.or(base.max_error_rate),
+            agent_port: self.agent_port.or(base.agent_port),
+            slow_start_ms: self.slow_start_ms.or(base.slow_start_ms),
+        }
+    }
+
+    pub fn resolve(&self, vip_port: u16) -> Health {
+        Health {
+            kind: self.kind.unwrap_or_default(),
+            interval_ms: self.interval_ms.unwrap_or(1000),
+            timeout_ms: self.timeout_ms.unwrap_or(500),
+            rise: self.rise.unwrap_or(2),
+            fall: self.fall.unwrap_or(3),
+            port: self
+                .port
+                .unwrap_or(if vip_port == 0 { 80 } else { vip_port }),
+            path: self.path.clone().unwrap_or_else(|| "/".into()),
+            expect_status: self.expect_status.unwrap_or(200),
+            host: self.host.clone(),
+            send: self.send.clone().unwrap_or_else(|| "ping".into()),
+            expect: self.expect.clone(),
+            max_latency_ms: self.max_latency_ms,
+            max_error_rate: self.max_error_rate,
+            agent_port: self.agent_port,
+            slow_start_ms: self.slow_start_ms,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct BackendConfig {
+    pub address: IpAddr,
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+    /// Next-hop MAC for L2 DSR.
+    pub mac: Option<String>,
+    #[serde(default)]
+    pub role: Role,
+    /// Start drained (no new flows) or disabled (down for the dataplane).
+    #[serde(default)]
+    pub drain: bool,
+    #[serde(default)]
+    pub disabled: bool,
+    #[serde(default)]
+    pub health: HealthConfig,
+}
+
+fn default_weight() -> u32 {
+    100
+}
+
+pub const MAX_WEIGHT: u32 = 65_535;
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct VipConfig {
+    pub name: String,
+    pub address: IpAddr,
+    /// 0: every port.
+    #[serde(default)]
+    pub port: u16,
+    #[serde(default)]
+    pub protocol: Protocol,
+    #[serde(default)]
+    pub scheduler: SchedulerCfg,
+    #[serde(default)]
+    pub forward: ForwardCfg,
+    #[serde(default = "default_ring_size")]
+    pub ring_size: u32,
+    #[serde(default)]
+    pub no_backend: NoBackend,
+    /// Backups serve while fewer primaries than this are usable.
+    #[serde(default = "one")]
+    pub min_primaries: u32,
+    #[serde(default)]
+    pub health: HealthConfig,
+    #[serde(default, rename = "backend")]
+    pub backends: Vec<Spanned<BackendConfig>>,
+}
+
+fn default_ring_size() -> u32 {
+    lb_common::DEFAULT_RING_SIZE
+}
+fn one() -> u32 {
+    1
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub daemon: DaemonConfig,
+    #[serde(default)]
+    pub dataplane: DataplaneConfig,
+    #[serde(default, rename = "vip")]
+    pub vips: Vec<Spanned<VipConfig>>,
+}
+
+fn line_col(src: &str, offset: usize) -> (usize, usize) {
+    let before = &src[..offset.min(src.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before.len() - before.rfind('\n').map(|i| i + 1).unwrap_or(0) + 1;
+    (line, col)
+}
+
+pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    let parts: Vec<&str> = s.split(':').collect();
+    if parts.len() != 6 {
+        return None;
+    }
+    let mut mac = [0u8; 6];
+    for (m, p) in mac.iter_mut().zip(parts) {
+        *m = u8::from_str_radix(p, 16).ok()?;
+    }
+    Some(mac)
+}
+
+/// "a.b.c.d/len" or "x::/len": (address, prefix length).
+pub fn parse_prefix(s: &str) -> Option<(IpAddr, u8)> {
+    let (a, l) = s.split_once('/')?;
+    let addr: IpAddr = a.parse().ok()?;
+    let len: u8 = l.parse().ok()?;
+    let max = if addr.is_ipv4() { 32 } else { 128 };
+    (len <= max).then_some((addr, len))
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let src = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::parse(&src, path)
+    }
+
+    /// Parse and validate; errors carry the file, line and column.
+    pub fn parse(src: &str, path: &Path) -> Result<Config, ConfigError> {
+        let invalid = |offset: usize, message: String| {
+            let (line, column) = line_col(src, offset);
+            ConfigError::Invalid {
+                path: path.to_path_buf(),
+                line,
+                column,
+                message,
+            }
+        };
+        let cfg: Config = toml::from_str(src).map_err(|e| {
+            let at = e.span().map(|s| s.start).unwrap_or(0);
+            invalid(at, e.message().to_string())
+        })?;
+        cfg.validate(src).map_err(|(at, msg)| invalid(at, msg))?;
+        Ok(cfg)
+    }
+
+    /// Semantic checks: (byte offset, what is wrong and how to fix it).
+    fn validate(&self, src: &str) -> Result<(), (usize, String)> {
+        if self.daemon.interfaces.is_empty() {
+            return Err((
+                key_at(src, "daemon", "interfaces"),
+                "[daemon] interfaces is empty: name the NIC(s) to attach to".into(),
+            ));
+        }
+        let d = &self.dataplane;
+        if let Some(mac) = &d.gateway_mac
+            && parse_mac(mac).is_none()
+        {
+            return Err((
+                key_at(src, "dataplane", "gateway_mac"),
+                format!("[dataplane] gateway_mac {mac:?} is not a MAC like 02:00:00:00:00:01"),
+            ));
+        }
+        if d.mtu < 576 {
+            return Err((
+                key_at(src, "dataplane", "mtu"),
+                format!("[dataplane] mtu {} is below 576", d.mtu),
+            ));
+        }
+        match parse_prefix(&d.encap_source_v4) {
+            Some((IpAddr::V4(_), len)) if len >= 16 => {}
+            _ => {
+                return Err((
+                    key_at(src, "dataplane", "encap_source_v4"),
+                    format!(
+                        "[dataplane] encap_source_v4 {:?} must be an IPv4 prefix of /16 or longer",
+                        d.encap_source_v4
+                    ),
+                ));
+            }
+        }
+        match parse_prefix(&d.encap_source_v6) {
+            Some((IpAddr::V6(_), len)) if len >= 96 => {}
+            _ => {
+                return Err((
+                    key_at(src, "dataplane", "encap_source_v6"),
+                    format!(
+                        "[dataplane] encap_source_v6 {:?} must be an IPv6 prefix of /96 or longer",
+                        d.encap_source_v6
+                    ),
+                ));
+            }
+        }
+        let mut names = HashSet::new();
+        let mut keys = HashSet::new();
+        let mut ring_total: u64 = 0;
+        for v in &self.vips {
+            let at = v.span().start;
+            let v = v.get_ref();
+            if !names.insert(v.name.clone()) {
+                return Err((
+                    at,
+                    format!("VIP name {:?} is used twice: names must be unique", v.name),
+                ));
+            }
+            if !keys.insert((v.address, v.port, v.protocol)) {
+                return Err((
+                    at,
+                    format!(
+                        "VIP {:?}: {} port {} {} is already defined by another VIP",
+                        v.name,
+                        v.address,
+                        v.port,
+                        format!("{:?}", v.protocol).to_lowercase()
+                    ),
+                ));
+            }
+            if !is_prime(v.ring_size) || v.ring_size < 101 {
+                return Err((
+                    at,
+                    format!(
+                        "VIP {:?}: ring_size {} must be a prime of at least 101 (65537 is the default)",
+                        v.name, v.ring_size
+                    ),
+                ));
+            }
+            ring_total += v.ring_size as u64;
+            let mut addrs = HashSet::new();
+            for b in &v.backends {
+                let bat = b.span().start;
+                let b = b.get_ref();
+                if !addrs.insert(b.address) {
+                    return Err((
+                        bat,
+                        format!("VIP {:?}: backend {} is listed twice", v.name, b.address),
+                    ));
+                }
+                if b.weight > MAX_WEIGHT {
+                    return Err((
+                        bat,
+                        format!(
+                            "VIP {:?}: backend {} weight {} is out of range 0..={MAX_WEIGHT}",
+                            v.name, b.address, b.weight
+                        ),
+                    ));
+                }
+                if v.address.is_ipv6() && b.address.is_ipv4() && v.forward == ForwardCfg::Ipip {
+                    return Err((
+                        bat,
+                        format!(
+                            "VIP {:?}: IPv6 VIP with IPv4 backend {}: IPv6-in-IPv4 is not supported, use an IPv6 backend address",
+                            v.name, b.address
+                        ),
+                    ));
+                }
+                match (&b.mac, v.forward) {
+                    (None, ForwardCfg::L2dsr) => {
+                        return Err((
+                            bat,
+                            format!(
+                                "VIP {:?}: backend {} needs mac = \"..\" for forward = \"l2dsr\"",
+                                v.name, b.address
+                            ),
+                        ));
+                    }
+                    (Some(m), _) if parse_mac(m).is_none() => {
+                        return Err((
+                            bat,
+                            format!(
+                                "VIP {:?}: backend {} mac {m:?} is not a MAC like 02:00:00:00:00:01",
+                                v.name, b.address
+                            ),
+                        ));
+                    }
+                    _ => {}
+                }
+                let h = b.health.over(&v.health).resolve(v.port);
+                check_health(&h)
+                    .map_err(|m| (bat, format!("VIP {:?}: backend {}: {m}", v.name, b.address)))?;
+            }
+            let with_weight = v.backends.iter().filter(|b| b.get_ref().weight > 0).count();
+            if (v.ring_size as usize) < with_weight * 100 {
+                return Err((
+                    at,
+                    format!(
+                        "VIP {:?}: ring_size {} is below 100 slots per backend ({with_weight} backends): choose a larger prime",
+                        v.name, v.ring_size
+                    ),
+                ));
+            }
+        }
+        if ring_total > d.ring_capacity as u64 {
+            return Err((
+                key_at(src, "dataplane", "ring_capacity"),
+                format!(
+                    "[dataplane] ring_capacity {} is below the VIPs' ring sizes together ({ring_total}): raise it",
+                    d.ring_capacity
+                ),
+            ));
+        }
+        if self.vips.len() as u32 > lb_common::MAX_VIPS {
+            return Err((
+                key_at(src, "", ""),
+                format!("{} VIPs: at most {}", self.vips.len(), lb_common::MAX_VIPS),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Where `key` is set in `[section]` (or the section, or the start): errors about
+/// node-wide settings point at the line to fix.
+fn key_at(src: &str, section: &str, key: &str) -> usize {
+    let Some(sec) = src.find(&format!("[{section}]")) else {
+        return 0;
+    };
+    let body = &src[sec..];
+    let end = body[1..].find("\n[").map(|e| e + 1).unwrap_or(body.len());
+    body[..end]
+        .match_indices(key)
+        .find(|(i, _)| *i > 0 && body.as_bytes()[i - 1] == b'\n' && !key.is_empty())
+        .map(|(i, _)| sec + i)
+        .unwrap_or(sec)
+}
+
+fn check_health(h: &Health) -> Result<(), String> {
+    if h.interval_ms < 50 || h.timeout_ms == 0 || h.timeout_ms > h.interval_ms {
+        return Err(format!(
+            "health interval_ms {} / timeout_ms {}: need interval >= 50 ms and 0 < timeout <= interval",
+            h.interval_ms, h.timeout_ms
+        ));
+    }
+    if h.rise == 0 || h.fall == 0 {
+        return Err("health rise and fall must be at least 1".into());
+    }
+    if let Some(r) = h.max_error_rate
+        && !(0.0..=1.0).contains(&r)
+    {
+        return Err(format!("health max_error_rate {r} must be between 0 and 1"));
+    }
+    if matches!(h.kind, CheckKind::Http | CheckKind::Https) && !h.path.starts_with('/') {
+        return Err(format!("health path {:?} must start with /", h.path));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[daemon]
+interfaces = ["eth0"]
+
+[[vip]]
+name = "web"
+address = "198.18.100.1"
+port = 80
+
+[[vip.backend]]
+address = "198.18.0.21"
+
+[[vip.backend]]
+address = "198.18.0.22"
+weight = 50
+role = "backup"
+"#;
+
+    fn err(src: &str) -> String {
+        Config::parse(src, Path::new("lb.toml"))
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn good_config_parses_with_defaults() {
+        let c = Config::parse(GOOD, Path::new("lb.toml")).unwrap();
+        let v = c.vips[0].get_ref();
+        assert_eq!(v.ring_size, 65537);
+        assert_eq!(v.backends[0].get_ref().weight, 100);
+        assert_eq!(v.backends[1].get_ref().role, Role::Backup);
+        assert_eq!(c.daemon.xdp_mode, XdpModeCfg::Native);
+    }
+
+    #[test]
+    fn syntax_errors_have_line_and_column() {
+        let e = err(
+            "[daemon]\ninterfaces = [\"eth0\"]\n[[vip]]\nname = \"x\"\naddress = \"not-an-ip\"\n",
+        );
+        assert!(e.starts_with("lb.toml:5:"), "{e}");
+        assert!(e.contains("invalid IP address"), "{e}");
+    }
+
+    #[test]
+    fn semantic_errors_point_at_the_entry() {
+        let bad = GOOD.replace("weight = 50", "weight = 70000");
+        let e = err(&bad);
+        assert!(e.starts_with("lb.toml:13:"), "{e}");
+        assert!(e.contains("weight 70000 is out of range"), "{e}");
+        let e = err(&GOOD.replace("port = 80", "port = 80\nring_size = 65536"));
+        assert!(e.contains("must be a prime"), "{e}");
+        let e = err(&GOOD.replace("address = \"198.18.0.22\"", "address = \"198.18.0.21\""));
+        assert!(e.contains("listed twice"), "{e}");
+        let e = err(&GOOD.replace("port = 80", "port = 80\nbogus = 1"));
+        assert!(e.contains("unknown field"), "{e}");
+    }
+}
+
+#[cfg(test)]
+mod example {
+    /// The annotated example in the repository stays valid.
+    #[test]
+    fn example_config_is_valid() {
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/lb.example.toml");
+        let c = super::Config::load(&path).unwrap();
+        assert_eq!(c.vips.len(), 2);
+    }
+}
+
+#[cfg(test)]
+mod located {
+    #[test]
+    fn node_wide_errors_point_at_their_line() {
+        let src = "[daemon]\ninterfaces = [\"eth0\"]\n\n[dataplane]\nflows = 10\nmtu = 100\n";
+        let e = super::Config::parse(src, std::path::Path::new("lb.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("lb.toml:6:1: [dataplane] mtu 100"), "{e}");
+    }
+}

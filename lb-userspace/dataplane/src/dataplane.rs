@@ -1,0 +1,709 @@
+//! The loaded XDP balancer and typed access to its maps.
+//!
+//! Everything the control plane writes into the kernel goes through here, so the daemon,
+//! the tests and the benchmarks share one definition of how a VIP, a backend or a ring is
+//! laid out in the maps.
+
+use std::path::Path;
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, DevMapHash, HashMap, MapData, MapInfo, MapType, PerCpuArray, PerCpuValues},
+    programs::{
+        Xdp, XdpMode,
+        links::{FdLink, PinnedLink},
+        xdp::{XdpLink, XdpLinkId},
+    },
+    util::nr_cpus,
+};
+use lb_common::{
+    Backend, BackendStats, GlobalConfig, MAP_BACKEND_STATS, MAP_BACKENDS, MAP_CONFIG, MAP_CONNS,
+    MAP_FLOWS, MAP_RINGS, MAP_STATS, MAP_TX_PORTS, MAP_VIP_BY_ID, MAP_VIP_STATS, MAP_VIPS, Reason,
+    VIP_F_FRAGMENTS_ONLY, VipKey, VipMeta, VipRecord, VipStats,
+};
+use thiserror::Error;
+
+use crate::programs::LB_XDP;
+
+pub const PROGRAM: &str = "lb_xdp";
+
+/// Maps that outlive the daemon (everything but the per-CPU scratch slot).
+pub const PINNED_MAPS: &[&str] = &[
+    lb_common::MAP_VIPS,
+    lb_common::MAP_BACKENDS,
+    lb_common::MAP_RINGS,
+    lb_common::MAP_FLOWS,
+    lb_common::MAP_CONFIG,
+    lb_common::MAP_STATS,
+    lb_common::MAP_VIP_STATS,
+    lb_common::MAP_BACKEND_STATS,
+    lb_common::MAP_RR,
+    lb_common::MAP_CONNS,
+    lb_common::MAP_TX_PORTS,
+    lb_common::MAP_VIP_FILTER,
+    lb_common::MAP_VIP_BY_ID,
+];
+
+#[derive(Debug, Error)]
+pub enum DataplaneError {
+    #[error(
+        "loading the XDP program failed: {0}; check that you are root (CAP_BPF, CAP_NET_ADMIN) and that the kernel has BPF and BTF"
+    )]
+    Load(#[from] aya::EbpfError),
+    #[error("program {0} not found in the embedded object: rebuild (lb-dataplane embeds it)")]
+    MissingProgram(&'static str),
+    #[error("map {0} not found in the embedded object: rebuild (lb-dataplane embeds it)")]
+    MissingMap(&'static str),
+    #[error("map {map}: {source}")]
+    Map {
+        map: &'static str,
+        source: aya::maps::MapError,
+    },
+    #[error("XDP program: {0}")]
+    Program(#[from] aya::programs::ProgramError),
+    #[error("adding ifindex {ifindex} to LB_TX_PORTS: {detail}")]
+    TxPort { ifindex: u32, detail: String },
+    #[error("no free {0}: raise the limit or remove VIPs/backends")]
+    Full(&'static str),
+    #[error("pin directory {path}: {source}; is bpffs mounted (mount -t bpf bpf /sys/fs/bpf)?")]
+    PinDir {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "pinned map {map} ({}) has {found}; this build needs {needed}: {remedy}",
+        path.display()
+    )]
+    PinnedMapMismatch {
+        map: &'static str,
+        path: std::path::PathBuf,
+        found: String,
+        needed: String,
+        remedy: String,
+    },
+    #[error(
+        "reading pinned map {map} ({}): {source}; to start afresh: {}",
+        path.display(),
+        purge_advice(path.parent().unwrap_or(path))
+    )]
+    PinnedMapUnreadable {
+        map: &'static str,
+        path: std::path::PathBuf,
+        source: aya::maps::MapError,
+    },
+    #[error("link pin {path}: {detail}")]
+    Link {
+        path: std::path::PathBuf,
+        detail: String,
+    },
+    #[error(
+        "ring window {offset}+{len} is past LB_RINGS' capacity {capacity}: raise ring_capacity"
+    )]
+    RingCapacity {
+        offset: u32,
+        len: usize,
+        capacity: u32,
+    },
+}
+
+/// Whether `dir` is on bpffs (pins elsewhere fail, or vanish with a tmpfs).
+pub fn on_bpffs(dir: &Path) -> bool {
+    const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+    let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()) else {
+        return false;
+    };
+    // SAFETY: statfs writes into the zeroed struct we pass; the path is NUL-terminated.
+    unsafe {
+        let mut st: libc::statfs = std::mem::zeroed();
+        libc::statfs(c.as_ptr(), &mut st) == 0 && st.f_type as i64 == BPF_FS_MAGIC
+    }
+}
+
+fn map_err(map: &'static str) -> impl FnOnce(aya::maps::MapError) -> DataplaneError {
+    move |source| DataplaneError::Map { map, source }
+}
+
+/// Sizes fixed when the program is loaded.
+#[derive(Clone, Copy, Debug)]
+pub struct LoadOptions {
+    /// Connection table entries (shared by all CPUs, per-CPU LRU lists).
+    pub flows: u32,
+    /// Total slots of all VIPs' rings.
+    pub ring_capacity: u32,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions {
+            flows: lb_common::DEFAULT_FLOWS,
+            ring_capacity: lb_common::DEFAULT_RING_CAPACITY,
+        }
+    }
+}
+
+/// A map's kind and sizes: what must match for a pinned map to be reused.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct MapShape {
+    /// `None`: a type this aya does not know (so not one this build creates).
+    map_type: Option<MapType>,
+    key_size: u32,
+    value_size: u32,
+    max_entries: u32,
+    /// The creation flags that change how a map works (`LAYOUT_FLAGS`).
+    flags: u32,
+}
+
+/// BPF_F_NO_PREALLOC and BPF_F_NO_COMMON_LRU (`LB_FLOWS`' per-CPU LRU lists). Only these are
+/// compared: the kernel adds flags of its own to some maps (BPF_F_RDONLY_PROG on a devmap).
+const LAYOUT_FLAGS: u32 = (1 << 0) | (1 << 1);
+
+/// The maps `Dataplane::load` would create under `opts`, read from the embedded object
+/// without creating anything. aya reuses whatever is pinned at a map's path without
+/// comparing, and the verifier's complaint, if any, does not name the map.
+fn expected_shapes(opts: &LoadOptions) -> Result<Vec<(&'static str, MapShape)>, DataplaneError> {
+    let obj = aya_obj::Object::parse(LB_XDP).map_err(|e| DataplaneError::Load(e.into()))?;
+    PINNED_MAPS
+        .iter()
+        .map(|&name| {
+            let def = obj.maps.get(name).ok_or(DataplaneError::MissingMap(name))?;
+            let map_type = aya_obj::generated::bpf_map_type::try_from(def.map_type())
+                .ok()
+                .and_then(|t| MapType::try_from(t).ok());
+            // aya sizes a device or CPU map's value by what the kernel supports, not by the
+            // object. (Ring buffers and perf arrays, whose entries aya derives too, are not
+            // pinned.)
+            let prog_id = match map_type {
+                Some(MapType::DevMap | MapType::DevMapHash) => {
+                    Some(aya::features().devmap_prog_id())
+                }
+                Some(MapType::CpuMap) => Some(aya::features().cpumap_prog_id()),
+                _ => None,
+            };
+            let value_size = prog_id.map_or(def.value_size(), |id| if id { 8 } else { 4 });
+            let max_entries = match name {
+                MAP_FLOWS => opts.flows,
+                MAP_RINGS => opts.ring_capacity,
+                _ => def.max_entries(),
+            };
+            Ok((
+                name,
+                MapShape {
+                    map_type,
+                    key_size: def.key_size(),
+                    value_size,
+                    max_entries,
+                    flags: def.map_flags() & LAYOUT_FLAGS,
+                },
+            ))
+        })
+        .collect()
+}
+
+fn purge_advice(pin_dir: &Path) -> String {
+    format!(
+        "stop lbd if it runs, run `lbd purge --pin-dir {}` (it detaches XDP and removes the \
+         pins, dropping the connection table: established flows may move to other backends) \
+         and start again",
+        pin_dir.display()
+    )
+}
+
+/// The check runs before anything is created or attached, so a refused start leaves a
+/// running dataplane (the old program on its pinned link) forwarding.
+const UNTOUCHED: &str = "Nothing was changed: what is pinned keeps running as it was.";
+
+/// Refuse pins that this build would misread, before anything is loaded or changed.
+fn check_pinned(dir: &Path, opts: &LoadOptions) -> Result<(), DataplaneError> {
+    for (map, needed) in expected_shapes(opts)? {
+        let path = dir.join(map);
+        if !path.exists() {
+            continue;
+        }
+        let info =
+            MapInfo::from_pin(&path).map_err(|source| DataplaneError::PinnedMapUnreadable {
+                map,
+                path: path.clone(),
+                source,
+            })?;
+        let found = MapShape {
+            map_type: info.map_type().ok(),
+            key_size: info.key_size(),
+            value_size: info.value_size(),
+            max_entries: info.max_entries(),
+            flags: info.map_flags() & LAYOUT_FLAGS,
+        };
+        if found == needed {
+            continue;
+        }
+        let (found_text, needed_text) = differences(&found, &needed);
+        let setting = match map {
+            MAP_FLOWS => Some("flows"),
+            MAP_RINGS => Some("ring_capacity"),
+            _ => None,
+        };
+        let resized_only = MapShape {
+            max_entries: needed.max_entries,
+            ..found
+        } == needed;
+        let remedy = match setting {
+            Some(key) if resized_only => format!(
+                "[dataplane] {key} changed since the map was pinned, and a pinned map keeps its \
+                 size. {UNTOUCHED} To keep what it holds, set {key} = {} again; to apply the \
+                 new size, {}",
+                found.max_entries,
+                purge_advice(dir)
+            ),
+            _ => format!(
+                "its layout changed between versions, so the pinned state (established flows \
+                 included) cannot be carried over. {UNTOUCHED} To move to this version, {}",
+                purge_advice(dir)
+            ),
+        };
+        return Err(DataplaneError::PinnedMapMismatch {
+            map,
+            path,
+            found: found_text,
+            needed: needed_text,
+            remedy,
+        });
+    }
+    Ok(())
+}
+
+/// The attributes in which `found` differs from `needed`, phrased for each side.
+fn differences(found: &MapShape, needed: &MapShape) -> (String, String) {
+    let kind = |t: Option<MapType>| match t {
+        Some(t) => format!("type {t:?}"),
+        None => "an unknown type".to_string(),
+    };
+    let mut sides: Vec<(String, String)> = Vec::new();
+    if found.map_type != needed.map_type {
+        sides.push((kind(found.map_type), kind(needed.map_type)));
+    }
+    for (f, n, what) in [
+        (found.key_size, needed.key_size, "-byte keys"),
+        (found.value_size, needed.value_size, "-byte values"),
+        (found.max_entries, needed.max_entries, " entries"),
+    ] {
+        if f != n {
+            sides.push((format!("{f}{what}"), format!("{n}{what}")));
+        }
+    }
+    if found.flags != needed.flags {
+        sides.push((
+            format!("flags {:#x}", found.flags),
+            format!("flags {:#x}", needed.flags),
+        ));
+    }
+    let (f, n): (Vec<String>, Vec<String>) = sides.into_iter().unzip();
+    (f.join(", "), n.join(", "))
+}
+
+pub struct Dataplane {
+    ebpf: Ebpf,
+    ring_capacity: u32,
+}
+
+impl Dataplane {
+    /// Load (but do not attach) the balancer, with maps pinned under `pin_dir` if given.
+    pub fn load(opts: LoadOptions, pin_dir: Option<&Path>) -> Result<Self, DataplaneError> {
+        let mut loader = EbpfLoader::new();
+        loader
+            .map_max_entries(MAP_FLOWS, opts.flows)
+            .map_max_entries(MAP_RINGS, opts.ring_capacity);
+        let mut paths = Vec::new();
+        if let Some(dir) = pin_dir {
+            std::fs::create_dir_all(dir).map_err(|source| DataplaneError::PinDir {
+                path: dir.to_path_buf(),
+                source,
+            })?;
+            if !on_bpffs(dir) {
+                return Err(DataplaneError::PinDir {
+                    path: dir.to_path_buf(),
+                    source: std::io::Error::other(
+                        "not on a bpf filesystem, so nothing would survive a restart",
+                    ),
+                });
+            }
+            paths = PINNED_MAPS.iter().map(|m| (*m, dir.join(m))).collect();
+            check_pinned(dir, &opts)?;
+        }
+        // A map already pinned at its path is reused as it is (flows, rings, counters): the
+        // check above made sure it is the map this build and `opts` would create.
+        for (name, path) in &paths {
+            loader.map_pin_path(name, path.as_path());
+        }
+        let mut ebpf = loader.load(LB_XDP)?;
+        let prog: &mut Xdp = ebpf
+            .program_mut(PROGRAM)
+            .ok_or(DataplaneError::MissingProgram(PROGRAM))?
+            .try_into()?;
+        prog.load()?;
+        Ok(Dataplane {
+            ebpf,
+            ring_capacity: opts.ring_capacity,
+        })
+    }
+
+    pub fn program(&self) -> Result<&Xdp, DataplaneError> {
+        Ok(self
+            .ebpf
+            .program(PROGRAM)
+            .ok_or(DataplaneError::MissingProgram(PROGRAM))?
+            .try_into()?)
+    }
+
+    pub fn attach(&mut self, iface: &str, mode: XdpMode) -> Result<XdpLinkId, DataplaneError> {
+        let prog: &mut Xdp = self
+            .ebpf
+            .program_mut(PROGRAM)
+            .ok_or(DataplaneError::MissingProgram(PROGRAM))?
+            .try_into()?;
+        Ok(prog.attach(iface, mode)?)
+    }
+
+    /// Attach to `iface` through a bpf_link pinned at `link_pin`, so the program keeps
+    /// forwarding when the daemon exits or dies. If a link is already pinned there (an
+    /// earlier run), the program on it is replaced atomically: no packet sees an interface
+    /// without a program. Returns whether an existing link was taken over.
+    pub fn attach_pinned(
+        &mut self,
+        iface: &str,
+        mode: XdpMode,
+        link_pin: &Path,
+    ) -> Result<bool, DataplaneError> {
+        let link_err = |detail: String| DataplaneError::Link {
+            path: link_pin.to_path_buf(),
+            detail,
+        };
+        let prog: &mut Xdp = self
+            .ebpf
+            .program_mut(PROGRAM)
+            .ok_or(DataplaneError::MissingProgram(PROGRAM))?
+            .try_into()?;
+        if link_pin.exists() {
+            let pinned = PinnedLink::from_pin(link_pin).map_err(|e| link_err(e.to_string()))?;
+            let link =
+                XdpLink::try_from(FdLink::from(pinned)).map_err(|e| link_err(e.to_string()))?;
+            prog.attach_to_link(link)?;
+            return Ok(true);
+        }
+        let id = prog.attach(iface, mode)?;
+        let link = prog.take_link(id)?;
+        let fd = FdLink::try_from(link).map_err(|e| {
+            link_err(format!(
+                "{e}: the kernel attached without a bpf_link (too old for a hitless restart)"
+            ))
+        })?;
+        fd.pin(link_pin).map_err(|e| link_err(e.to_string()))?;
+        Ok(false)
+    }
+
+    fn array<V: aya::Pod>(
+        &mut self,
+        name: &'static str,
+    ) -> Result<Array<&mut MapData, V>, DataplaneError> {
+        let map = self
+            .ebpf
+            .map_mut(name)
+            .ok_or(DataplaneError::MissingMap(name))?;
+        Array::try_from(map).map_err(map_err(name))
+    }
+
+    fn per_cpu<V: aya::Pod>(
+        &self,
+        name: &'static str,
+    ) -> Result<PerCpuArray<&MapData, V>, DataplaneError> {
+        let map = self
+            .ebpf
+            .map(name)
+            .ok_or(DataplaneError::MissingMap(name))?;
+        PerCpuArray::try_from(map).map_err(map_err(name))
+    }
+
+    fn vips(&mut self) -> Result<HashMap<&mut MapData, VipKey, VipMeta>, DataplaneError> {
+        let map = self
+            .ebpf
+            .map_mut(MAP_VIPS)
+            .ok_or(DataplaneError::MissingMap(MAP_VIPS))?;
+        HashMap::try_from(map).map_err(map_err(MAP_VIPS))
+    }
+
+    pub fn set_config(&mut self, cfg: &GlobalConfig) -> Result<(), DataplaneError> {
+        self.array::<GlobalConfig>(MAP_CONFIG)?
+            .set(0, cfg, 0)
+            .map_err(map_err(MAP_CONFIG))
+    }
+
+    /// The filter bit first, then the entry: the dataplane never skips an installed VIP.
+    pub fn set_vip(&mut self, key: &VipKey, meta: &VipMeta) -> Result<(), DataplaneError> {
+        let bit = lb_common::vip_filter_bit(&key.addr);
+        let mut filter = self.array::<u64>(lb_common::MAP_VIP_FILTER)?;
+        let word = filter
+            .get(&(bit >> 6), 0)
+            .map_err(map_err(lb_common::MAP_VIP_FILTER))?;
+        filter
+            .set(bit >> 6, word | (1u64 << (bit & 63)), 0)
+            .map_err(map_err(lb_common::MAP_VIP_FILTER))?;
+        let before = self.vips()?.get(key, 0).ok();
+        self.vips()?
+            .insert(key, meta, 0)
+            .map_err(map_err(MAP_VIPS))?;
+        // The key under a new id: its record at the old id must not keep serving old flows.
+        if let Some(old) = before.filter(|b| b.vip_id != meta.vip_id) {
+            self.clear_record(old.vip_id, key)?;
+        }
+        if meta.flags & VIP_F_FRAGMENTS_ONLY == 0 {
+            self.array::<VipRecord>(MAP_VIP_BY_ID)?
+                .set(
+                    meta.vip_id,
+                    VipRecord {
+                        key: *key,
+                        _pad: [0; 4],
+                        meta: *meta,
+                    },
+                    0,
+                )
+                .map_err(map_err(MAP_VIP_BY_ID))?;
+        }
+        Ok(())
+    }
+
+    /// Clear the record at `vip_id` if it is `key`'s: an alias or a reused id must not clear
+    /// another VIP's.
+    fn clear_record(&mut self, vip_id: u32, key: &VipKey) -> Result<(), DataplaneError> {
+        let mut by_id = self.array::<VipRecord>(MAP_VIP_BY_ID)?;
+        let rec = by_id.get(&vip_id, 0).map_err(map_err(MAP_VIP_BY_ID))?;
+        if rec.key == *key {
+            by_id
+                .set(vip_id, VipRecord::default(), 0)
+                .map_err(map_err(MAP_VIP_BY_ID))?;
+        }
+        Ok(())
+    }
+
+    /// Recompute the VIP address filter from LB_VIPS (clears the bits of removed VIPs), and
+    /// clear every `LB_VIP_BY_ID` record that LB_VIPS no longer backs (records are pinned:
+    /// one left by a crash between two writes would otherwise outlive every restart).
+    pub fn rebuild_vip_filter(&mut self) -> Result<(), DataplaneError> {
+        let mut words = vec![0u64; (lb_common::VIP_FILTER_BITS / 64) as usize];
+        let entries = self.vip_entries()?;
+        for (k, _) in &entries {
+            let bit = lb_common::vip_filter_bit(&k.addr);
+            words[(bit >> 6) as usize] |= 1u64 << (bit & 63);
+        }
+        let backed: std::collections::HashSet<(u32, VipKey)> = entries
+            .iter()
+            .filter(|(_, m)| m.flags & VIP_F_FRAGMENTS_ONLY == 0)
+            .map(|(k, m)| (m.vip_id, *k))
+            .collect();
+        let mut by_id = self.array::<VipRecord>(MAP_VIP_BY_ID)?;
+        for id in 0..by_id.len() {
+            let rec = by_id.get(&id, 0).map_err(map_err(MAP_VIP_BY_ID))?;
+            if rec != VipRecord::default() && !backed.contains(&(id, rec.key)) {
+                by_id
+                    .set(id, VipRecord::default(), 0)
+                    .map_err(map_err(MAP_VIP_BY_ID))?;
+            }
+        }
+        let mut filter = self.array::<u64>(lb_common::MAP_VIP_FILTER)?;
+        for (i, w) in words.iter().enumerate() {
+            if filter
+                .get(&(i as u32), 0)
+                .map_err(map_err(lb_common::MAP_VIP_FILTER))?
+                != *w
+            {
+                filter
+                    .set(i as u32, w, 0)
+                    .map_err(map_err(lb_common::MAP_VIP_FILTER))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Remove `key`'s entry if it still belongs to VIP `vip_id`: when one apply gives the key
+    /// to another VIP (a rename), removing the old VIP must not take the new one's entry.
+    /// The record first: established flows stop finding the VIP before its entry goes.
+    pub fn remove_vip(&mut self, key: &VipKey, vip_id: u32) -> Result<(), DataplaneError> {
+        match self.vips()?.get(key, 0) {
+            Ok(meta) if meta.vip_id == vip_id => {}
+            _ => return Ok(()),
+        }
+        self.clear_record(vip_id, key)?;
+        self.vips()?.remove(key).map_err(map_err(MAP_VIPS))
+    }
+
+    pub fn vip_entries(&mut self) -> Result<Vec<(VipKey, VipMeta)>, DataplaneError> {
+        self.vips()?
+            .iter()
+            .map(|r| r.map_err(map_err(MAP_VIPS)))
+            .collect()
+    }
+
+    pub fn set_backend(&mut self, id: u32, backend: &Backend) -> Result<(), DataplaneError> {
+        self.array::<Backend>(MAP_BACKENDS)?
+            .set(id, backend, 0)
+            .map_err(map_err(MAP_BACKENDS))
+    }
+
+    /// The reader of the program's aya-log records (rare dataplane events), forwarded to
+    /// the `log` facade (and from there to tracing). Taken once.
+    pub fn take_logger(&mut self) -> Option<aya_log::EbpfLogger<&'static dyn log::Log>> {
+        aya_log::EbpfLogger::init(&mut self.ebpf).ok()
+    }
+
+    /// Let the balancer redirect to `ifindex` (a NIC other than the one a packet came in on,
+    /// when the FIB says the backend is behind it).
+    pub fn add_tx_port(&mut self, ifindex: u32) -> Result<(), DataplaneError> {
+        let map = self
+            .ebpf
+            .map_mut(MAP_TX_PORTS)
+            .ok_or(DataplaneError::MissingMap(MAP_TX_PORTS))?;
+        let mut ports: DevMapHash<_> = DevMapHash::try_from(map).map_err(map_err(MAP_TX_PORTS))?;
+        ports
+            .insert(ifindex, ifindex, None, 0)
+            .map_err(|e| DataplaneError::TxPort {
+                ifindex,
+                detail: e.to_string(),
+            })
+    }
+
+    /// Every backend entry in use (non-zero family), by id.
+    pub fn backend_entries(&mut self) -> Result<Vec<(u32, Backend)>, DataplaneError> {
+        let arr = self.array::<Backend>(MAP_BACKENDS)?;
+        let mut out = Vec::new();
+        for (i, b) in arr.iter().enumerate() {
+            let b = b.map_err(map_err(MAP_BACKENDS))?;
+            if b.family != 0 {
+                out.push((i as u32, b));
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn backend(&mut self, id: u32) -> Result<Backend, DataplaneError> {
+        self.array(MAP_BACKENDS)?
+            .get(&id, 0)
+            .map_err(map_err(MAP_BACKENDS))
+    }
+
+    fn check_window(&self, offset: u32, len: usize) -> Result<(), DataplaneError> {
+        if offset as u64 + len as u64 > self.ring_capacity as u64 {
+            return Err(DataplaneError::RingCapacity {
+                offset,
+                len,
+                capacity: self.ring_capacity,
+            });
+        }
+        Ok(())
+    }
+
+    /// Write a whole ring window. Returns the number of slots written.
+    /// Write a whole ring window. Returns the number of slots written.
+    pub fn write_ring(&mut self, offset: u32, slots: &[u32]) -> Result<usize, DataplaneError> {
+        self.check_window(offset, slots.len())?;
+        let keys: Vec<u32> = (0..slots.len() as u32).map(|i| offset + i).collect();
+        self.write_slots(&keys, slots)?;
+        Ok(slots.len())
+    }
+
+    /// Write only the slots where `new` differs from `old` (same window): a one-backend
+    /// change to a Maglev ring touches about 1/N of it. Returns the number written.
+    pub fn update_ring(
+        &mut self,
+        offset: u32,
+        old: &[u32],
+        new: &[u32],
+    ) -> Result<usize, DataplaneError> {
+        self.check_window(offset, new.len())?;
+        let (keys, values): (Vec<u32>, Vec<u32>) = new
+            .iter()
+            .enumerate()
+            .filter(|(i, s)| old.get(*i) != Some(*s))
+            .map(|(i, s)| (offset + i as u32, *s))
+            .unzip();
+        self.write_slots(&keys, &values)?;
+        Ok(keys.len())
+    }
+
+    /// One BPF_MAP_UPDATE_BATCH; slot by slot where the kernel refuses batches.
+    fn write_slots(&mut self, keys: &[u32], values: &[u32]) -> Result<(), DataplaneError> {
+        use std::os::fd::AsFd;
+        let map = self
+            .ebpf
+            .map(MAP_RINGS)
+            .ok_or(DataplaneError::MissingMap(MAP_RINGS))?;
+        let aya::maps::Map::Array(data) = map else {
+            return Err(DataplaneError::MissingMap(MAP_RINGS));
+        };
+        if crate::batch::update_u32(data.fd().as_fd(), keys, values).is_ok() {
+            return Ok(());
+        }
+        let mut rings = self.array::<u32>(MAP_RINGS)?;
+        for (k, v) in keys.iter().zip(values) {
+            rings.set(*k, v, 0).map_err(map_err(MAP_RINGS))?;
+        }
+        Ok(())
+    }
+
+    pub fn read_ring(&mut self, offset: u32, len: usize) -> Result<Vec<u32>, DataplaneError> {
+        self.check_window(offset, len)?;
+        let rings = self.array::<u32>(MAP_RINGS)?;
+        (0..len as u32)
+            .map(|i| rings.get(&(offset + i), 0).map_err(map_err(MAP_RINGS)))
+            .collect()
+    }
+
+    /// Open flows counted for least-connections.
+    pub fn connections(&mut self, id: u32) -> Result<u64, DataplaneError> {
+        self.array::<u64>(MAP_CONNS)?
+            .get(&id, 0)
+            .map_err(map_err(MAP_CONNS))
+    }
+
+    /// Every reason counter, summed over CPUs.
+    pub fn reasons(&self) -> Result<Vec<(Reason, u64)>, DataplaneError> {
+        let stats = self.per_cpu::<u64>(MAP_STATS)?;
+        Reason::ALL
+            .iter()
+            .map(|r| {
+                let v: PerCpuValues<u64> =
+                    stats.get(&(*r as u32), 0).map_err(map_err(MAP_STATS))?;
+                Ok((*r, v.iter().sum()))
+            })
+            .collect()
+    }
+
+    pub fn reason(&self, reason: Reason) -> Result<u64, DataplaneError> {
+        let stats = self.per_cpu::<u64>(MAP_STATS)?;
+        let v = stats.get(&(reason as u32), 0).map_err(map_err(MAP_STATS))?;
+        Ok(v.iter().sum())
+    }
+
+    pub fn vip_stats(&self, vip_id: u32) -> Result<VipStats, DataplaneError> {
+        let v = self
+            .per_cpu::<VipStats>(MAP_VIP_STATS)?
+            .get(&vip_id, 0)
+            .map_err(map_err(MAP_VIP_STATS))?;
+        Ok(v.iter().fold(VipStats::default(), |a, s| VipStats {
+            packets: a.packets + s.packets,
+            bytes: a.bytes + s.bytes,
+            new_flows: a.new_flows + s.new_flows,
+        }))
+    }
+
+    pub fn backend_stats(&self, id: u32) -> Result<BackendStats, DataplaneError> {
+        let v = self
+            .per_cpu::<BackendStats>(MAP_BACKEND_STATS)?
+            .get(&id, 0)
+            .map_err(map_err(MAP_BACKEND_STATS))?;
+        Ok(v.iter().fold(BackendStats::default(), |a, s| BackendStats {
+            packets: a.packets + s.packets,
+            bytes: a.bytes + s.bytes,
+        }))
+    }
+
+    pub fn cpus() -> usize {
+        nr_cpus().unwrap_or(1)
+    }
+}

@@ -1,0 +1,22 @@
+//! The kernel side of the balancer: the XDP objects built by build.rs and embedded here,
+//! loading and adopting pinned maps, attaching, typed map writes (the controller's [`Maps`]
+//! through [`Dataplane`]), batched ring writes, counters, and the backends' decapsulation
+//! program.
+//!
+//! [`Maps`]: lb_control::Maps
+
+mod batch;
+mod counters;
+mod dataplane;
+mod decap;
+mod kernel_maps;
+mod pins;
+mod programs;
+
+pub use aya::programs::XdpMode;
+pub use batch::update_u32;
+pub use counters::{Counters, pinned_reasons};
+pub use dataplane::{Dataplane, DataplaneError, LoadOptions, PINNED_MAPS, PROGRAM, on_bpffs};
+pub use decap::Decap;
+pub use pins::{link_pin, purge_pins};
+pub use programs::{LB_DECAP, LB_XDP};

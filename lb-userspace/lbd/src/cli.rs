@@ -1,0 +1,112 @@
+//! `lbd`: the daemon's command line.
+
+use std::{path::PathBuf, process::ExitCode};
+
+use clap::{CommandFactory, Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+use lb_clidoc::ManArgs;
+use lb_control::Config;
+
+#[derive(Parser)]
+#[command(name = "lbd", version, about = "XDP L4 load balancer daemon")]
+struct Cli {
+    /// Log as JSON lines instead of text.
+    #[arg(long, global = true)]
+    log_json: bool,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the balancer with a configuration file.
+    Run {
+        #[arg(short, long)]
+        config: PathBuf,
+        /// On exit, detach and remove the pins (stop for good) instead of leaving the
+        /// dataplane running for the next start to adopt.
+        #[arg(long)]
+        purge_on_exit: bool,
+    },
+    /// Validate a configuration file and exit (0: valid, 1: invalid).
+    Check {
+        #[arg(short, long)]
+        config: PathBuf,
+    },
+    /// Detach the balancer and remove everything pinned under a pin directory.
+    Purge {
+        #[arg(long, default_value = "/sys/fs/bpf/lb")]
+        pin_dir: PathBuf,
+    },
+    /// Shell completions on stdout (bash, zsh, fish, elvish, powershell).
+    Completions { shell: clap_complete::Shell },
+    /// Man pages (roff): the top page on stdout, or every page into a directory.
+    Man(ManArgs),
+}
+
+fn init_logging(json: bool) {
+    // aya warns at every load that the kernel rejected the object's BTF (Rust emits types
+    // the kernel's BTF checker does not take); the program loads and runs without it.
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,aya=error"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi)
+        .with_writer(std::io::stderr);
+    if json { b.json().init() } else { b.init() }
+}
+
+/// `lbd`'s command-line definition (for its man pages and completions).
+pub fn command() -> clap::Command {
+    Cli::command()
+}
+
+/// Whether `args` (without the program name) is a valid `lbd` command line: lets the docs'
+/// commands be checked against the real parser.
+pub fn parses(args: &[&str]) -> Result<(), String> {
+    Cli::try_parse_from(std::iter::once("lbd").chain(args.iter().copied()))
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_json);
+    let res = match cli.cmd {
+        Cmd::Run {
+            config,
+            purge_on_exit,
+        } => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .map_err(anyhow::Error::from)
+            .and_then(|rt| {
+                rt.block_on(crate::run::run(
+                    &config,
+                    purge_on_exit,
+                    std::future::pending(),
+                ))
+            }),
+        Cmd::Check { config } => Config::load(&config)
+            .map(|c| println!("{}: valid, {} VIPs", config.display(), c.vips.len()))
+            .map_err(Into::into),
+        Cmd::Purge { pin_dir } => lb_dataplane::purge_pins(&pin_dir).map_err(Into::into),
+        Cmd::Completions { shell } => {
+            print!("{}", lb_clidoc::completions(Cli::command(), shell));
+            Ok(())
+        }
+        Cmd::Man(args) => args
+            .run(Cli::command(), "lbctl")
+            .map(|out| print!("{out}"))
+            .map_err(Into::into),
+    };
+    match res {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("lbd: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

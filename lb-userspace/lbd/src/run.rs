@@ -1,0 +1,206 @@
+//! The daemon: load (or adopt) the dataplane, attach, keep it true to the configuration,
+//! probe backends, reload on SIGHUP, and leave the dataplane running when it stops.
+
+use std::{path::Path, time::Duration};
+
+use anyhow::{Context, Result, bail};
+use tokio::{
+    signal::unix::{SignalKind, signal},
+    sync::mpsc,
+    task::JoinHandle,
+};
+use tracing::{error, info, warn};
+
+use lb_control::{Config, Controller, XdpModeCfg};
+use lb_dataplane::{Dataplane, LoadOptions, XdpMode, link_pin, purge_pins};
+
+use crate::{handler::Handler, metrics::Metrics, probe};
+
+/// Load and attach per `cfg`, adopting what an earlier run pinned.
+pub fn start_dataplane(cfg: &Config) -> Result<Controller<Dataplane>> {
+    let d = &cfg.dataplane;
+    let pin_dir = &cfg.daemon.pin_dir;
+    let mut dp = Dataplane::load(
+        LoadOptions {
+            flows: d.flows,
+            ring_capacity: d.ring_capacity,
+        },
+        Some(pin_dir),
+    )
+    .context("loading the dataplane")?;
+    for iface in &cfg.daemon.interfaces {
+        let pin = link_pin(pin_dir, iface);
+        let mode = match cfg.daemon.xdp_mode {
+            XdpModeCfg::Native => XdpMode::Driver,
+            XdpModeCfg::Generic => XdpMode::Skb,
+        };
+        match dp.attach_pinned(iface, mode, &pin) {
+            Ok(true) => {
+                info!(%iface, "took over the pinned XDP link: program replaced atomically, maps kept")
+            }
+            Ok(false) => info!(%iface, ?mode, "attached"),
+            Err(e) if mode == XdpMode::Driver && cfg.daemon.generic_fallback => {
+                warn!(%iface, error = %e, "native XDP attach failed; falling back to generic mode as configured");
+                dp.attach_pinned(iface, XdpMode::Skb, &pin)
+                    .with_context(|| format!("attaching to {iface} in generic mode"))?;
+            }
+            Err(e) => {
+                return Err(e).with_context(|| {
+                    format!(
+                        "attaching to {iface} (set generic_fallback = true to allow generic mode)"
+                    )
+                });
+            }
+        }
+        // Any attached NIC may be the egress toward a backend that another one received for.
+        dp.add_tx_port(ifindex(iface)?)?;
+    }
+    let mut ctl = Controller::new(dp, d.ring_capacity).context("reading pinned state")?;
+    ctl.apply(cfg)
+        .context("writing the configuration into the dataplane")?;
+    Ok(ctl)
+}
+
+fn ifindex(iface: &str) -> Result<u32> {
+    let name = std::ffi::CString::new(iface).context("interface name")?;
+    // SAFETY: a NUL-terminated name; the call only reads it.
+    let idx = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    if idx == 0 {
+        bail!("no interface named {iface}");
+    }
+    Ok(idx)
+}
+
+pub fn spawn_probes(
+    ctl: &Controller<Dataplane>,
+    tx: &mpsc::Sender<lb_control::Probe>,
+) -> Vec<JoinHandle<()>> {
+    let checks = ctl
+        .probes()
+        .into_iter()
+        .map(|(vip, id, h, addr)| probe::spawn(vip, id, h, addr, tx.clone()));
+    let agents = ctl
+        .agents()
+        .into_iter()
+        .map(|(vip, id, h, addr)| probe::spawn_agent(vip, id, h, addr, tx.clone()));
+    checks.chain(agents).collect()
+}
+
+/// Run until SIGTERM/SIGINT (or `stop` resolves). The dataplane stays attached and pinned
+/// afterwards unless `purge` is set: a restarted daemon adopts it without dropping a packet.
+pub async fn run(
+    config_path: &Path,
+    purge: bool,
+    stop: impl std::future::Future<Output = ()>,
+) -> Result<()> {
+    let text = std::fs::read_to_string(config_path)
+        .with_context(|| format!("reading {}", config_path.display()))?;
+    let cfg = Config::parse(&text, config_path)?;
+    let _lock = lock(&cfg.daemon.state_dir)?;
+    let mut ctl = start_dataplane(&cfg)?;
+    let metrics = Metrics::new(cfg.daemon.pin_dir.clone(), cfg.dataplane.flows);
+    ctl.set_observer(metrics.clone());
+    // Rare dataplane events (aya-log) into our log.
+    // SAFETY: the logger owns its ring buffer's fd for as long as the AsyncFd holds it.
+    let dp_logs = ctl
+        .maps_mut()
+        .take_logger()
+        .and_then(|l| unsafe { tokio::io::unix::AsyncFd::register(l) }.ok());
+    let dp_logs = tokio::spawn(async move {
+        let Some(mut fd) = dp_logs else {
+            warn!("dataplane log records are not available");
+            return;
+        };
+        loop {
+            let Ok(mut guard) = fd.readable_mut().await else {
+                return;
+            };
+            guard.get_inner_mut().flush();
+            guard.clear_ready();
+        }
+    });
+    let listen = cfg.daemon.metrics_listen;
+    let exporter = tokio::spawn(async move {
+        if let Err(e) = crate::metrics::serve(listen, metrics).await {
+            error!("{e:#}; no metrics are served (set [daemon] metrics_listen to a free address)");
+        }
+    });
+    let (api_tx, mut api_rx) = mpsc::channel(64);
+    let socket = cfg.daemon.api_socket.clone();
+    let bound = crate::server::Bound::default();
+    let bound_by_api = bound.clone();
+    let api = tokio::spawn(async move {
+        if let Err(e) = crate::server::serve(socket, api_tx, bound_by_api).await {
+            error!("{e:#}; the control API is not available");
+        }
+    });
+    info!(vips = ctl.vips.len(), config = %config_path.display(), "serving");
+    let (tx, mut rx) = mpsc::channel(4096);
+    let mut svc = Handler::new(ctl, cfg, text, config_path, tx)?;
+    let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut tick = tokio::time::interval(Duration::from_secs(30));
+    // Slow-start ramps advance in steps this long.
+    let mut ramp = tokio::time::interval(Duration::from_millis(500));
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            Some(p) = rx.recv() => {
+                if let Err(e) = svc.ctl.on_probe(&p) {
+                    error!(error = %e, "writing a health change into the dataplane failed");
+                }
+            }
+            Some(call) = api_rx.recv() => {
+                let answer = svc.handle(call.req);
+                let _ = call.reply.send(answer);
+            }
+            _ = hup.recv() => svc.reload(),
+            _ = tick.tick() => svc.ctl.warn_unserved(),
+            _ = ramp.tick() => {
+                if let Err(e) = svc.ctl.ramp() {
+                    error!(error = %e, "writing a slow-start step into the dataplane failed");
+                }
+            }
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = &mut stop => break,
+        }
+    }
+    svc.stop_probes();
+    exporter.abort();
+    dp_logs.abort();
+    api.abort();
+    // The listener is closed once the aborted task is gone: then a socket that still answers
+    // is another daemon's.
+    let _ = api.await;
+    crate::server::remove_own_socket(&svc.cfg.daemon.api_socket, &bound);
+    let pin_dir = svc.cfg.daemon.pin_dir.clone();
+    if purge {
+        drop(svc);
+        purge_pins(&pin_dir)?;
+        info!("stopped for good: XDP detached, pins removed");
+    } else {
+        info!(pin_dir = %pin_dir.display(), "stopping: the dataplane keeps forwarding; a restart adopts it");
+    }
+    Ok(())
+}
+
+/// One daemon per state directory (and so per pin directory and socket): a second one
+/// would fight the first over the same maps. The lock goes with the process, even on SIGKILL.
+fn lock(state_dir: &Path) -> Result<std::fs::File> {
+    use std::os::fd::AsRawFd;
+    std::fs::create_dir_all(state_dir)
+        .with_context(|| format!("creating {}", state_dir.display()))?;
+    let path = state_dir.join("lbd.lock");
+    let f = std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+    // SAFETY: flock on a descriptor we own.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        bail!(
+            "another lbd runs with state_dir {} (it holds {}): stop it first",
+            state_dir.display(),
+            path.display()
+        );
+    }
+    Ok(f)
+}

@@ -1,3 +1,0 @@
-fn main() -> std::process::ExitCode {
-    lb_userspace::ctl::main()
-}

@@ -1,4 +1,0 @@
-//! `lbctl`, built inside the test crate so namespace tests can run it (`CARGO_BIN_EXE_lbt-lbctl`).
-fn main() -> std::process::ExitCode {
-    lb_userspace::ctl::main()
-}

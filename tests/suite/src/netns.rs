@@ -1,0 +1,2 @@
+//! The namespace helpers live in lb-lab (the demo uses them too).
+pub use lb_lab::netns::*;
