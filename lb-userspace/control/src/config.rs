@@ -316,6 +316,11 @@ fn default_weight() -> u32 {
 
 pub const MAX_WEIGHT: u32 = 65_535;
 
+/// VIPs one node can hold: ids 1..MAX_VIPS (0 marks "no VIP" in the maps).
+pub const MAX_VIP_COUNT: u32 = lb_common::MAX_VIPS - 1;
+/// Backends over all VIPs: ids 1..MAX_BACKENDS (0 marks "no backend").
+pub const MAX_BACKEND_COUNT: u32 = lb_common::MAX_BACKENDS - 1;
+
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct VipConfig {
@@ -570,10 +575,22 @@ impl Config {
                 ),
             ));
         }
-        if self.vips.len() as u32 > lb_common::MAX_VIPS {
+        if self.vips.len() as u32 > MAX_VIP_COUNT {
             return Err((
                 key_at(src, "", ""),
-                format!("{} VIPs: at most {}", self.vips.len(), lb_common::MAX_VIPS),
+                format!(
+                    "{} VIPs: at most {MAX_VIP_COUNT} (LB_VIPS ids; id 0 means none): remove some",
+                    self.vips.len()
+                ),
+            ));
+        }
+        let backends: usize = self.vips.iter().map(|v| v.get_ref().backends.len()).sum();
+        if backends as u32 > MAX_BACKEND_COUNT {
+            return Err((
+                key_at(src, "", ""),
+                format!(
+                    "{backends} backends over all VIPs: at most {MAX_BACKEND_COUNT} (LB_BACKENDS slots; slot 0 means none): remove some"
+                ),
             ));
         }
         Ok(())

@@ -1,13 +1,15 @@
 //! The desired state and the dataplane kept true to it.
 //!
-//! The controller owns the configuration, every backend's health and admin state, and the
-//! dataplane's maps. A change (a health verdict, a reload) rebuilds the affected VIP's ring
-//! and writes only the slots that changed; a backend that fails is marked down so that its
-//! established flows are rescheduled, while a drained or degraded one only leaves the ring
-//! and keeps its flows.
+//! The controller owns the configuration, every backend's state machine and the ids and
+//! ring windows it hands out, and writes the dataplane's maps through [`Maps`]. A change is
+//! planned first (ids, windows, rings: nothing written, and refused whole when it cannot
+//! fit), then written in an order the dataplane can follow at every step. A write that
+//! fails leaves the controller at the revision it served and writes that back; if that
+//! fails too, the controller knows its maps are not in step and rewrites them in full at
+//! the next chance (`repair`), instead of diffing against what it only believes is there.
 
 use std::{
-    collections::{BTreeSet, HashMap, VecDeque},
+    collections::{HashMap, VecDeque},
     net::{IpAddr, SocketAddr},
     sync::Arc,
     time::{Duration, Instant, SystemTime},
@@ -21,151 +23,46 @@ use lb_common::{
 use tracing::{info, warn};
 
 use crate::{
+    alloc::{Ids, Windows},
+    backend::{BackendState, State, Transition},
     config::{
-        BackendConfig, CheckKind, Config, ForwardCfg, Health, NoBackend, Protocol, Role,
-        SchedulerCfg, VipConfig, parse_mac, parse_prefix,
+        CheckKind, Config, ForwardCfg, Health, NoBackend, Protocol, Role, SchedulerCfg,
+        VipConfig, parse_mac, parse_prefix,
     },
     maps::{MapError, Maps},
     observer::Observer,
-    probe::{AgentSays, Probe, parse_agent},
+    probe::Probe,
     ring::{RingMember, maglev, round_robin},
 };
+
+/// Events kept for `lbctl events`.
+const MAX_EVENTS: usize = 10_000;
 
 /// Why a change could not be made.
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
-    #[error(transparent)]
+    /// A map write failed outside an apply (a health change, a slow-start step).
+    #[error(
+        "{0}; the maps are rewritten in full at the next repair (every 30 s) or apply"
+    )]
     Map(#[from] MapError),
-    #[error("no free {0}")]
-    Full(&'static str),
-}
-
-/// How many probe results the error rate looks back over.
-const ERROR_WINDOW: usize = 20;
-const MAX_EVENTS: usize = 10_000;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Liveness {
-    Up,
-    Down,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Admin {
-    Enabled,
-    /// No new flows; established flows stay.
-    Draining,
-    /// Down for the dataplane: established flows are rescheduled.
-    Disabled,
-}
-
-/// The state an operator sees.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum State {
-    Up,
-    Down,
-    Degraded,
-    Draining,
-    Disabled,
-}
-
-impl State {
-    pub const ALL: [State; 5] = [
-        State::Up,
-        State::Down,
-        State::Degraded,
-        State::Draining,
-        State::Disabled,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            State::Up => "up",
-            State::Down => "down",
-            State::Degraded => "degraded",
-            State::Draining => "draining",
-            State::Disabled => "disabled",
-        }
-    }
-}
-
-#[derive(Debug, Clone)]
-pub struct BackendState {
-    pub cfg: BackendConfig,
-    pub id: u32,
-    pub health: Health,
-    pub live: Liveness,
-    pub admin: Admin,
-    pub degraded: bool,
-    /// Consecutive successes / failures toward rise / fall.
-    pub ok_streak: u32,
-    pub fail_streak: u32,
-    pub latency_ms: Option<f64>,
-    pub recent: VecDeque<bool>,
-    pub since: SystemTime,
-    pub reason: String,
-    pub last_check: Option<SystemTime>,
-    /// The backend's own word (agent-check), sticky until it says otherwise.
-    pub agent: AgentSays,
-    /// When it last came up, for slow start.
-    pub up_since: Option<Instant>,
-}
-
-impl BackendState {
-    /// The operator's word first, then the backend's agent, then the health checks.
-    pub fn state(&self) -> State {
-        if self.admin == Admin::Disabled || self.agent.maint {
-            State::Disabled
-        } else if self.admin == Admin::Draining || self.agent.drain {
-            State::Draining
-        } else if self.live == Liveness::Down || self.agent.down {
-            State::Down
-        } else if self.degraded {
-            State::Degraded
-        } else {
-            State::Up
-        }
-    }
-
-    /// Weight in the ring now: configured, scaled by the agent's percentage and by the
-    /// slow-start ramp after a recovery.
-    pub fn weight(&self) -> u32 {
-        let mut w = self.cfg.weight as u64 * self.agent.weight_pct.unwrap_or(100) as u64 / 100;
-        if let (Some(since), Some(ramp)) = (self.up_since, self.health.slow_start_ms) {
-            let done = since.elapsed().as_millis() as u64;
-            if done < ramp && w > 0 {
-                w = (w * done / ramp).max(1);
-            }
-        }
-        w.min(crate::config::MAX_WEIGHT as u64) as u32
-    }
-
-    /// Still ramping up after a recovery.
-    fn ramping(&self) -> bool {
-        matches!((self.up_since, self.health.slow_start_ms), (Some(t), Some(r)) if t.elapsed().as_millis() < r as u128)
-    }
-
-    /// May take new flows.
-    fn usable(&self) -> bool {
-        self.state() == State::Up && self.weight() > 0
-    }
-
-    /// Marked down in the dataplane: its flows move.
-    /// Independent of the state shown: a draining backend that fails its checks is down
-    /// for the dataplane too, so its flows move.
-    fn dataplane_down(&self) -> bool {
-        self.admin == Admin::Disabled
-            || self.agent.maint
-            || self.live == Liveness::Down
-            || self.agent.down
-    }
-
-    pub fn error_rate(&self) -> f64 {
-        if self.recent.is_empty() {
-            return 0.0;
-        }
-        self.recent.iter().filter(|ok| !**ok).count() as f64 / self.recent.len() as f64
-    }
+    /// The change does not fit; nothing was written.
+    #[error(
+        "{what}: this change needs {needed} but {available} are free; {advice}. Nothing was changed"
+    )]
+    Capacity {
+        what: &'static str,
+        needed: u64,
+        available: u64,
+        advice: &'static str,
+    },
+    /// A write failed part way through an apply.
+    #[error("applying failed part way ({source}); {}", if *restored {
+        "the previous configuration was written back and keeps serving"
+    } else {
+        "writing the previous configuration back failed too: the maps are rewritten in full at the next repair (every 30 s) or apply"
+    })]
+    Partial { source: MapError, restored: bool },
 }
 
 #[derive(Debug, Clone)]
@@ -173,6 +70,7 @@ pub struct VipState {
     pub cfg: VipConfig,
     pub key: VipKey,
     pub meta: VipMeta,
+    /// The ring as written into the VIP's LB_RINGS window.
     pub ring: Vec<u32>,
     pub backends: Vec<BackendState>,
     /// Serving from the backup pool.
@@ -185,6 +83,22 @@ pub struct Event {
     pub vip: String,
     pub backend: Option<IpAddr>,
     pub what: String,
+}
+
+/// A backend to probe (health check or agent), with what to probe it with.
+#[derive(Debug, Clone)]
+pub struct ProbeTarget {
+    pub vip: String,
+    pub backend_id: u32,
+    pub health: Health,
+    pub addr: SocketAddr,
+}
+
+/// A backend found in pinned maps by a restarted daemon.
+#[derive(Debug, Clone, Copy)]
+struct Adopted {
+    id: u32,
+    down: bool,
 }
 
 pub fn addr16(ip: IpAddr) -> ([u8; 16], u8) {
@@ -206,7 +120,7 @@ fn ip_of(addr: &[u8; 16], family: u8) -> IpAddr {
     }
 }
 
-fn vip_key(v: &VipConfig) -> VipKey {
+pub fn vip_key(v: &VipConfig) -> VipKey {
     let (addr, family) = addr16(v.address);
     let proto = match v.protocol {
         Protocol::Tcp => PROTO_TCP,
@@ -254,36 +168,136 @@ pub fn global_config(cfg: &Config) -> GlobalConfig {
     g
 }
 
+fn backend_entry(vip_id: u32, b: &BackendState) -> Backend {
+    let (addr, family) = addr16(b.cfg.address);
+    let mac = b.cfg.mac.as_deref().and_then(parse_mac).unwrap_or_default();
+    Backend {
+        addr,
+        mac,
+        family,
+        flags: if b.dataplane_down() {
+            BACKEND_F_DOWN
+        } else {
+            0
+        },
+        vip_id,
+    }
+}
+
+/// The VIP's ring members now: usable primaries, and the usable backups while fewer than
+/// `min_primaries` primaries are usable. Also whether the backup pool serves.
+fn members(v: &VipState) -> (Vec<RingMember>, bool) {
+    let usable = |role: Role| {
+        v.backends
+            .iter()
+            .filter(move |b| b.cfg.role == role && b.usable())
+    };
+    let member = |b: &BackendState| RingMember {
+        id: b.id,
+        identity: b.cfg.address.to_string().into_bytes(),
+        weight: b.weight(),
+    };
+    let primaries = usable(Role::Primary).count() as u32;
+    let on_backup = primaries < v.cfg.min_primaries && usable(Role::Backup).count() > 0;
+    let mut m: Vec<RingMember> = usable(Role::Primary).map(member).collect();
+    if on_backup {
+        m.extend(usable(Role::Backup).map(member));
+    }
+    (m, on_backup)
+}
+
+/// The ring `v` should have now, whether it serves from its backups, and the length the
+/// dataplane walks (round-robin uses only the filled prefix).
+fn desired_ring(v: &VipState) -> (Vec<u32>, bool, u32) {
+    let (members, on_backup) = members(v);
+    let size = v.cfg.ring_size;
+    let ring = match v.cfg.scheduler {
+        SchedulerCfg::RoundRobin => {
+            let mut r = round_robin(&members, size);
+            r.resize(size as usize, NO_BACKEND);
+            r
+        }
+        // Validation guarantees a prime size with room for every member.
+        _ => maglev(&members, size).unwrap_or_else(|_| vec![NO_BACKEND; size as usize]),
+    };
+    let len = if v.cfg.scheduler == SchedulerCfg::RoundRobin {
+        ring.iter()
+            .position(|s| *s == NO_BACKEND)
+            .unwrap_or(ring.len())
+            .max(1) as u32
+    } else {
+        size
+    };
+    (ring, on_backup, len)
+}
+
+/// Every VIP address gets an (address, 0, proto) entry so its fragments find a VIP: the
+/// all-port VIP if there is one, else an alias of the first VIP declared for that address
+/// and protocol.
+fn fragment_aliases(vips: &[VipState]) -> HashMap<VipKey, VipMeta> {
+    let mut want: HashMap<VipKey, VipMeta> = HashMap::new();
+    for v in vips {
+        let alias = VipKey { port: 0, ..v.key };
+        if v.key.port != 0 && !vips.iter().any(|o| o.key == alias) {
+            want.entry(alias).or_insert(VipMeta {
+                flags: v.meta.flags | VIP_F_FRAGMENTS_ONLY,
+                ..v.meta
+            });
+        }
+    }
+    want
+}
+
+/// A change worked out in full before anything is written.
+struct Plan {
+    global: GlobalConfig,
+    vips: Vec<VipState>,
+    /// For each of `vips`, what its window holds now (the base of the slot diff).
+    written: Vec<Vec<u32>>,
+    windows: Windows,
+    /// Same name, new address, port, protocol or ring size: removed before the new entry is
+    /// written, as they may give it their window.
+    replaced: Vec<VipState>,
+    /// No longer configured: removed after everything else, so a rename never leaves a gap.
+    gone: Vec<VipState>,
+    /// Backends that left a VIP that stays.
+    left: Vec<(String, BackendState)>,
+    transitions: Vec<(String, IpAddr, Transition)>,
+}
+
 pub struct Controller<M> {
     maps: M,
     observer: Option<Arc<dyn Observer>>,
     pub vips: Vec<VipState>,
-    /// (offset, size) windows of LB_RINGS in use.
-    windows: BTreeSet<(u32, u32)>,
-    ring_capacity: u32,
+    windows: Windows,
     pub events: VecDeque<Event>,
-    /// (vip id, backend address) -> backend id found pinned by a restarted daemon.
-    adopted_backends: HashMap<(u32, IpAddr), (u32, bool)>,
+    adopted_backends: HashMap<(u32, IpAddr), Adopted>,
     adopted_vips: HashMap<VipKey, VipMeta>,
+    global: Option<GlobalConfig>,
+    /// The maps may not hold what `vips` says (a write failed): rewrite them in full.
+    out_of_step: bool,
 }
 
 impl<M: Maps> Controller<M> {
-    /// A controller over `dp`, adopting whatever VIPs, rings and backends the maps already
+    /// A controller over `maps`, adopting whatever VIPs, rings and backends they already
     /// hold (pinned by an earlier run) so that applying the same config rewrites nothing.
-    pub fn new(mut dp: M, ring_capacity: u32) -> Result<Self, ControlError> {
+    pub fn new(mut maps: M, ring_capacity: u32) -> Result<Self, ControlError> {
         let mut adopted_vips = HashMap::new();
-        for (k, m) in dp.vip_entries()? {
+        for (k, m) in maps.vip_entries()? {
             if m.flags & VIP_F_FRAGMENTS_ONLY == 0 {
                 adopted_vips.insert(k, m);
             }
         }
         let mut adopted_backends = HashMap::new();
         if !adopted_vips.is_empty() {
-            for (id, be) in dp.backend_entries()? {
+            for (id, be) in maps.backend_entries()? {
                 if be.family != 0 {
                     adopted_backends.insert(
                         (be.vip_id, ip_of(&be.addr, be.family)),
-                        (id, be.flags & BACKEND_F_DOWN != 0),
+                        Adopted {
+                            id,
+                            down: be.flags & BACKEND_F_DOWN != 0,
+                        },
                     );
                 }
             }
@@ -294,14 +308,15 @@ impl<M: Maps> Controller<M> {
             );
         }
         Ok(Controller {
-            maps: dp,
+            maps,
             observer: None,
             vips: Vec::new(),
-            windows: BTreeSet::new(),
-            ring_capacity,
+            windows: Windows::new(ring_capacity),
             events: VecDeque::new(),
             adopted_backends,
             adopted_vips,
+            global: None,
+            out_of_step: false,
         })
     }
 
@@ -314,6 +329,12 @@ impl<M: Maps> Controller<M> {
         &mut self.maps
     }
 
+    /// Whether the maps hold what the controller serves. False after a write failed, until
+    /// a repair or an apply has rewritten them.
+    pub fn in_step(&self) -> bool {
+        !self.out_of_step
+    }
+
     /// Report transitions, timings and the current state to `o` from now on.
     pub fn set_observer(&mut self, o: Arc<dyn Observer>) {
         self.observer = Some(o);
@@ -324,13 +345,6 @@ impl<M: Maps> Controller<M> {
         if let Some(o) = &self.observer {
             o.state(&self.vips);
         }
-    }
-
-    fn count_transition(&self, vip: &str, addr: IpAddr, to: State) {
-        if let Some(o) = &self.observer {
-            o.transition(vip, addr, to);
-        }
-        self.publish();
     }
 
     /// Record an event (logged, and kept for `lbctl events`).
@@ -350,183 +364,133 @@ impl<M: Maps> Controller<M> {
         }
     }
 
-    fn alloc_window(&mut self, size: u32) -> Option<u32> {
-        let mut at = 0u32;
-        for (o, s) in &self.windows {
-            if *o >= at && o - at >= size {
-                break;
-            }
-            at = at.max(o + s);
-        }
-        (at as u64 + size as u64 <= self.ring_capacity as u64).then(|| {
-            self.windows.insert((at, size));
-            at
-        })
-    }
-
-    fn used_vip_ids(&self) -> BTreeSet<u32> {
-        self.vips
-            .iter()
-            .map(|v| v.meta.vip_id)
-            .chain(self.adopted_vips.values().map(|m| m.vip_id))
-            .collect()
-    }
-
-    fn used_backend_ids(&self) -> BTreeSet<u32> {
-        self.vips
-            .iter()
-            .flat_map(|v| v.backends.iter().map(|b| b.id))
-            .chain(self.adopted_backends.values().map(|(id, _)| *id))
-            .collect()
-    }
-
-    fn backend_entry(&self, vip_id: u32, b: &BackendState) -> Backend {
-        let (addr, family) = addr16(b.cfg.address);
-        let mac = b.cfg.mac.as_deref().and_then(parse_mac).unwrap_or_default();
-        Backend {
-            addr,
-            mac,
-            family,
-            flags: if b.dataplane_down() {
-                BACKEND_F_DOWN
-            } else {
-                0
-            },
-            vip_id,
-        }
-    }
-
-    /// Members of the VIP's ring now: usable primaries, and the usable backups while fewer
-    /// than `min_primaries` primaries are usable.
-    fn members(v: &VipState) -> (Vec<RingMember>, bool) {
-        let usable = |role: Role| {
-            v.backends
-                .iter()
-                .filter(move |b| b.cfg.role == role && b.usable())
-        };
-        let primaries = usable(Role::Primary).count() as u32;
-        let on_backup = primaries < v.cfg.min_primaries && usable(Role::Backup).count() > 0;
-        let mut m: Vec<RingMember> = usable(Role::Primary)
-            .map(|b| RingMember {
-                id: b.id,
-                identity: b.cfg.address.to_string().into_bytes(),
-                weight: b.weight(),
-            })
-            .collect();
-        if on_backup {
-            m.extend(usable(Role::Backup).map(|b| RingMember {
-                id: b.id,
-                identity: b.cfg.address.to_string().into_bytes(),
-                weight: b.weight(),
-            }));
-        }
-        (m, on_backup)
-    }
-
-    /// Rebuild VIP `i`'s ring and write what changed. Returns slots written.
-    fn sync_ring(&mut self, i: usize) -> Result<usize, ControlError> {
-        let started = Instant::now();
-        let (members, on_backup) = Self::members(&self.vips[i]);
-        let v = &self.vips[i];
-        let ring = match v.cfg.scheduler {
-            SchedulerCfg::RoundRobin => {
-                let mut r = round_robin(&members, v.cfg.ring_size);
-                r.resize(v.cfg.ring_size as usize, NO_BACKEND);
-                r
-            }
-            // Validation guarantees a prime size with room for every member.
-            _ => maglev(&members, v.cfg.ring_size)
-                .unwrap_or_else(|_| vec![NO_BACKEND; v.cfg.ring_size as usize]),
-        };
-        let rr_len = if v.cfg.scheduler == SchedulerCfg::RoundRobin {
-            ring.iter()
-                .position(|s| *s == NO_BACKEND)
-                .unwrap_or(ring.len())
-                .max(1) as u32
-        } else {
-            v.cfg.ring_size
-        };
-        let built = started.elapsed();
-        let written = self.maps.update_ring(v.meta.ring_offset, &v.ring, &ring)?;
-        if let Some(o) = &self.observer {
-            o.ring_written(built, started.elapsed() - built);
-        }
-        let name = v.cfg.name.clone();
-        let was_backup = v.on_backup;
-        let v = &mut self.vips[i];
-        v.ring = ring;
-        v.on_backup = on_backup;
-        if v.meta.ring_size != rr_len {
-            v.meta.ring_size = rr_len;
-            let (k, m) = (v.key, v.meta);
-            self.maps.set_vip(&k, &m)?;
-        }
-        if was_backup != on_backup {
-            let what = if on_backup {
-                "backup pool takes over: too few primaries usable"
-            } else {
-                "primaries recovered: backup pool hands back"
-            };
-            self.event(&name, None, what.into());
-            self.publish();
-        }
-        Ok(written)
-    }
-
-    /// Make the dataplane match `cfg`. Health and admin state of backends that stay are kept.
+    /// Make the dataplane match `cfg`: all of it, or (on an error) none of it as far as the
+    /// controller can help it. Health and admin state of backends that stay are kept.
     pub fn apply(&mut self, cfg: &Config) -> Result<(), ControlError> {
-        self.maps.set_config(&global_config(cfg))?;
-        // Ids in use or pinned: none is handed out again in this apply (removed backends are
-        // cleared only at its end). Computed once: per-allocation scans made large
-        // configurations quadratic.
-        let mut taken_vips = self.used_vip_ids();
-        let mut taken_backends = self.used_backend_ids();
-        let mut next_backend = 1u32;
-        let old: HashMap<String, VipState> = self
-            .vips
-            .drain(..)
-            .map(|v| (v.cfg.name.clone(), v))
-            .collect();
-        let mut old = old;
-        let mut new_vips: Vec<VipState> = Vec::new();
-        let mut to_clear: Vec<u32> = Vec::new();
-        let mut changed: Vec<(String, IpAddr, State, State)> = Vec::new();
+        let plan = self.plan(cfg)?;
+        if let Err(source) = self.write(&plan) {
+            warn!(error = %source, "applying failed part way; writing the previous configuration back");
+            self.out_of_step = true;
+            let restored = self.repair().is_ok();
+            return Err(ControlError::Partial { source, restored });
+        }
+        self.commit(plan);
+        Ok(())
+    }
+
+    /// Rewrite the maps in full from what the controller serves (after a failed write):
+    /// every entry, every ring slot that differs from what is read back, every entry that
+    /// is not ours removed.
+    pub fn repair(&mut self) -> Result<(), ControlError> {
+        let global = self.global.unwrap_or_default();
+        let plan = Plan {
+            global,
+            vips: self.vips.clone(),
+            written: Vec::new(),
+            windows: self.windows.clone(),
+            replaced: Vec::new(),
+            gone: Vec::new(),
+            left: Vec::new(),
+            transitions: Vec::new(),
+        };
+        let res = self.write(&plan);
+        if res.is_ok() && self.out_of_step {
+            self.out_of_step = false;
+            info!("the dataplane's maps are in step with the configuration again");
+        }
+        res.map_err(ControlError::Map)
+    }
+
+    /// Work out `cfg` in full: ids, windows, rings, what leaves. Reads the maps (adopted
+    /// rings) but writes nothing, and changes nothing of `self`.
+    fn plan(&mut self, cfg: &Config) -> Result<Plan, ControlError> {
+        // Ids in use or pinned: none is handed out again in this apply (removed ones are
+        // cleared only at its end, when nothing refers to them any more).
+        let mut vip_ids = Ids::new(
+            self.vips
+                .iter()
+                .map(|v| v.meta.vip_id)
+                .chain(self.adopted_vips.values().map(|m| m.vip_id)),
+            MAX_VIPS,
+        );
+        let mut backend_ids = Ids::new(
+            self.vips
+                .iter()
+                .flat_map(|v| v.backends.iter().map(|b| b.id))
+                .chain(self.adopted_backends.values().map(|a| a.id)),
+            MAX_BACKENDS,
+        );
+        let mut windows = self.windows.clone();
+        let mut adopted_vips = self.adopted_vips.clone();
+        let mut adopted_backends = self.adopted_backends.clone();
+        let names: std::collections::HashSet<&str> =
+            cfg.vips.iter().map(|v| v.get_ref().name.as_str()).collect();
+        let mut old: Vec<Option<VipState>> = self.vips.iter().cloned().map(Some).collect();
+        let mut plan = Plan {
+            global: global_config(cfg),
+            vips: Vec::new(),
+            written: Vec::new(),
+            windows: Windows::default(),
+            replaced: Vec::new(),
+            gone: Vec::new(),
+            left: Vec::new(),
+            transitions: Vec::new(),
+        };
+        let mut fresh: Vec<usize> = Vec::new();
         for sv in &cfg.vips {
             let vc = sv.get_ref().clone();
             let key = vip_key(&vc);
-            // A VIP that keeps its name but changes address, port, protocol or ring size is
-            // a new VIP: the old entry and its ring window go first.
-            let prev = match old.remove(&vc.name) {
+            // The same VIP: by name, or by key when its old name is gone (a rename keeps
+            // its id, window, ring and backends' states).
+            let found = old
+                .iter()
+                .position(|o| o.as_ref().is_some_and(|o| o.cfg.name == vc.name))
+                .or_else(|| {
+                    old.iter().position(|o| {
+                        o.as_ref()
+                            .is_some_and(|o| o.key == key && !names.contains(o.cfg.name.as_str()))
+                    })
+                })
+                .and_then(|i| old[i].take());
+            let prev = match found {
                 Some(p) if p.key == key && p.cfg.ring_size == vc.ring_size => Some(p),
                 Some(p) => {
-                    self.remove_vip(p)?;
+                    windows.free(p.meta.ring_offset);
+                    plan.replaced.push(p);
                     None
                 }
                 None => None,
             };
-            let (meta, ring, mut prev_backends) = match prev {
-                Some(p) => (p.meta, p.ring, p.backends),
-                None => match self.adopted_vips.remove(&key) {
+            let (mut meta, written, mut prev_backends) = match prev {
+                Some(p) => {
+                    let written = if self.out_of_step {
+                        self.maps.read_ring(p.meta.ring_offset, p.ring.len())?
+                    } else {
+                        p.ring.clone()
+                    };
+                    (p.meta, written, p.backends)
+                }
+                None => match adopted_vips.remove(&key) {
                     Some(m)
                         if m.ring_size == vc.ring_size
                             || vc.scheduler == SchedulerCfg::RoundRobin =>
                     {
-                        let size = vc.ring_size;
-                        self.windows.insert((m.ring_offset, size));
-                        let ring = self.maps.read_ring(m.ring_offset, size as usize)?;
+                        windows.take(m.ring_offset, vc.ring_size);
+                        let ring = self
+                            .maps
+                            .read_ring(m.ring_offset, vc.ring_size as usize)?;
                         (m, ring, Vec::new())
                     }
                     _ => {
-                        let vip_id = (1..MAX_VIPS)
-                            .find(|id| !taken_vips.contains(id))
-                            .ok_or(ControlError::Full("VIP ids"))?;
-                        taken_vips.insert(vip_id);
-                        let offset = self
-                            .alloc_window(vc.ring_size)
-                            .ok_or(ControlError::Full("LB_RINGS windows"))?;
+                        let vip_id = vip_ids.alloc().ok_or(ControlError::Capacity {
+                            what: "VIP ids",
+                            needed: 1,
+                            available: 0,
+                            advice: "remove VIPs first, in a change of their own",
+                        })?;
+                        fresh.push(plan.vips.len());
                         let meta = VipMeta {
                             vip_id,
-                            ring_offset: offset,
                             ring_size: vc.ring_size,
                             ..VipMeta::default()
                         };
@@ -534,7 +498,6 @@ impl<M: Maps> Controller<M> {
                     }
                 },
             };
-            let mut meta = meta;
             meta.scheduler = scheduler(vc.scheduler) as u8;
             meta.forward = match vc.forward {
                 ForwardCfg::Ipip => Forward::IpIp,
@@ -555,156 +518,237 @@ impl<M: Maps> Controller<M> {
                     .map(|i| prev_backends.remove(i));
                 let b = match kept {
                     Some(mut b) => {
-                        // The file is the source of truth for admin state: a reload that
-                        // drains, disables or enables a backend takes effect.
-                        let before = b.state();
-                        b.admin = admin_of(&bc);
-                        b.cfg = bc;
-                        b.health = health;
-                        if b.state() != before {
-                            b.since = SystemTime::now();
-                            b.reason = "configuration".into();
-                            changed.push((vc.name.clone(), b.cfg.address, before, b.state()));
+                        let addr = bc.address;
+                        if let Some(t) = b.reconfigure(bc, health) {
+                            plan.transitions.push((vc.name.clone(), addr, t));
                         }
                         b
                     }
                     None => {
-                        let adopted = self.adopted_backends.remove(&(meta.vip_id, bc.address));
+                        let adopted = adopted_backends.remove(&(meta.vip_id, bc.address));
                         let id = match adopted {
-                            Some((id, _)) => id,
-                            None => {
-                                let id = (next_backend..MAX_BACKENDS)
-                                    .find(|id| !taken_backends.contains(id))
-                                    .ok_or(ControlError::Full("backend ids"))?;
-                                taken_backends.insert(id);
-                                next_backend = id + 1;
-                                id
-                            }
+                            Some(a) => a.id,
+                            None => backend_ids.alloc().ok_or(ControlError::Capacity {
+                                what: "backend ids",
+                                needed: 1,
+                                available: 0,
+                                advice: "remove backends first, in a change of their own",
+                            })?,
                         };
-                        let down = adopted.map(|(_, down)| down).unwrap_or(false)
-                            && health.kind != CheckKind::None;
-                        BackendState {
-                            admin: admin_of(&bc),
-                            cfg: bc,
-                            id,
-                            health,
-                            live: if down { Liveness::Down } else { Liveness::Up },
-                            degraded: false,
-                            ok_streak: 0,
-                            fail_streak: 0,
-                            latency_ms: None,
-                            recent: VecDeque::new(),
-                            since: SystemTime::now(),
-                            reason: "configured".into(),
-                            last_check: None,
-                            agent: AgentSays::default(),
-                            up_since: None,
-                        }
+                        let down =
+                            adopted.is_some_and(|a| a.down) && health.kind != CheckKind::None;
+                        BackendState::new(bc, id, health, down)
                     }
                 };
                 backends.push(b);
             }
-            // Backends that left this VIP: forgotten in the dataplane once the ring stops
-            // naming them (below).
-            for gone in prev_backends {
-                self.event(&vc.name, Some(gone.cfg.address), "backend removed".into());
-                to_clear.push(gone.id);
-            }
-            new_vips.push(VipState {
+            plan.left
+                .extend(prev_backends.into_iter().map(|b| (vc.name.clone(), b)));
+            let mut v = VipState {
                 cfg: vc,
                 key,
                 meta,
-                ring,
+                ring: Vec::new(),
                 backends,
                 on_backup: false,
-            });
+            };
+            let (ring, on_backup, len) = desired_ring(&v);
+            v.ring = ring;
+            v.on_backup = on_backup;
+            v.meta.ring_size = len;
+            plan.vips.push(v);
+            plan.written.push(written);
         }
-        self.vips = new_vips;
-        // Order matters: backends, then the ring, then the VIP entry, so the dataplane never
-        // follows a VIP to an unfilled ring or a ring to an unknown backend.
-        for i in 0..self.vips.len() {
-            let v = &self.vips[i];
-            let entries: Vec<(u32, Backend)> = v
-                .backends
-                .iter()
-                .map(|b| (b.id, self.backend_entry(v.meta.vip_id, b)))
-                .collect();
-            for (id, e) in entries {
-                self.maps.set_backend(id, &e)?;
-            }
-            let written = self.sync_ring(i)?;
-            let v = &self.vips[i];
-            let (k, m) = (v.key, v.meta);
-            self.maps.set_vip(&k, &m)?;
-            if written > 0 {
-                info!(vip = %v.cfg.name, slots = written, "ring written");
-            }
+        // Windows for new VIPs last, once the replaced ones have given theirs back.
+        let needed: u64 = fresh
+            .iter()
+            .map(|i| plan.vips[*i].cfg.ring_size as u64)
+            .sum();
+        let available = windows.capacity() as u64 - windows.used();
+        for i in fresh {
+            let size = plan.vips[i].cfg.ring_size;
+            plan.vips[i].meta.ring_offset =
+                windows.alloc(size).ok_or(ControlError::Capacity {
+                    what: "LB_RINGS slots ([dataplane] ring_capacity)",
+                    needed,
+                    available,
+                    advice: "VIPs this change removes free their windows only once it is applied: apply the removal first, or raise ring_capacity (lbd purge and a restart)",
+                })?;
         }
-        for id in to_clear {
-            self.maps.set_backend(id, &Backend::default())?;
+        plan.gone = old.into_iter().flatten().collect();
+        for g in &plan.gone {
+            windows.free(g.meta.ring_offset);
         }
-        for (_, gone) in old {
-            self.remove_vip(gone)?;
-        }
-        // Whatever was pinned but is not in the config any more.
-        let stale: Vec<(VipKey, VipMeta)> = self.adopted_vips.drain().collect();
-        for (k, m) in stale {
-            self.maps.remove_vip(&k, m.vip_id)?;
-            info!(
-                vip_id = m.vip_id,
-                "removed a pinned VIP that is not in the config"
-            );
-        }
-        for ((_, _), (id, _)) in self.adopted_backends.drain().collect::<Vec<_>>() {
-            self.maps.set_backend(id, &Backend::default())?;
-        }
-        self.sync_fragment_aliases()?;
-        self.maps.rebuild_vip_filter()?;
-        for (vip, addr, before, after) in changed {
-            self.count_transition(&vip, addr, after);
-            self.event(
-                &vip,
-                Some(addr),
-                format!("{} -> {} by configuration", before.as_str(), after.as_str()),
-            );
-        }
-        self.publish();
-        Ok(())
+        plan.windows = windows;
+        Ok(plan)
     }
 
-    fn remove_vip(&mut self, v: VipState) -> Result<(), ControlError> {
-        self.maps.remove_vip(&v.key, v.meta.vip_id)?;
-        self.windows.retain(|(o, _)| *o != v.meta.ring_offset);
-        for b in &v.backends {
+    /// Write `plan` in the order the dataplane can follow at every step: backends, then the
+    /// ring, then the VIP entry, so no VIP leads to an unfilled ring and no ring to an
+    /// unknown backend; what leaves goes last.
+    fn write(&mut self, plan: &Plan) -> Result<(), MapError> {
+        let repairing = self.out_of_step;
+        self.maps.set_config(&plan.global)?;
+        for r in &plan.replaced {
+            self.maps.remove_vip(&r.key, r.meta.vip_id)?;
+            for b in &r.backends {
+                self.maps.set_backend(b.id, &Backend::default())?;
+            }
+        }
+        for (i, v) in plan.vips.iter().enumerate() {
+            for b in &v.backends {
+                self.maps.set_backend(b.id, &backend_entry(v.meta.vip_id, b))?;
+            }
+            let read;
+            let base = match plan.written.get(i) {
+                Some(w) if !repairing => w,
+                _ => {
+                    read = self.maps.read_ring(v.meta.ring_offset, v.ring.len())?;
+                    &read
+                }
+            };
+            let started = Instant::now();
+            let slots = self.maps.update_ring(v.meta.ring_offset, base, &v.ring)?;
+            if slots > 0 {
+                if let Some(o) = &self.observer {
+                    o.ring_written(Duration::ZERO, started.elapsed());
+                }
+                info!(vip = %v.cfg.name, slots, "ring written");
+            }
+            self.maps.set_vip(&v.key, &v.meta)?;
+        }
+        for (_, b) in &plan.left {
             self.maps.set_backend(b.id, &Backend::default())?;
         }
-        self.event(&v.cfg.name, None, "VIP removed".into());
-        Ok(())
-    }
-
-    /// Every VIP address gets an (address, 0, proto) entry so its fragments find a VIP:
-    /// the all-port VIP if there is one, else an alias of the first VIP declared for that
-    /// address and protocol.
-    fn sync_fragment_aliases(&mut self) -> Result<(), ControlError> {
-        let mut want: HashMap<VipKey, VipMeta> = HashMap::new();
-        for v in &self.vips {
-            let alias = VipKey { port: 0, ..v.key };
-            if v.key.port != 0 && !self.vips.iter().any(|o| o.key == alias) {
-                want.entry(alias).or_insert(VipMeta {
-                    flags: v.meta.flags | VIP_F_FRAGMENTS_ONLY,
-                    ..v.meta
-                });
+        for g in &plan.gone {
+            self.maps.remove_vip(&g.key, g.meta.vip_id)?;
+            for b in &g.backends {
+                self.maps.set_backend(b.id, &Backend::default())?;
             }
         }
+        // Whatever the maps hold that is not ours: pinned by an earlier run and no longer
+        // configured, or left by a write that failed.
+        let ours: HashMap<VipKey, u32> = plan.vips.iter().map(|v| (v.key, v.meta.vip_id)).collect();
+        let aliases = fragment_aliases(&plan.vips);
         for (k, m) in self.maps.vip_entries()? {
-            if m.flags & VIP_F_FRAGMENTS_ONLY != 0 && !want.contains_key(&k) {
+            let keep = if m.flags & VIP_F_FRAGMENTS_ONLY != 0 {
+                aliases.contains_key(&k)
+            } else {
+                ours.get(&k) == Some(&m.vip_id)
+            };
+            if !keep {
                 self.maps.remove_vip(&k, m.vip_id)?;
             }
         }
-        for (k, m) in want {
+        let backend_ids: std::collections::HashSet<u32> = plan
+            .vips
+            .iter()
+            .flat_map(|v| v.backends.iter().map(|b| b.id))
+            .collect();
+        for (id, _) in self.maps.backend_entries()? {
+            if !backend_ids.contains(&id) {
+                self.maps.set_backend(id, &Backend::default())?;
+            }
+        }
+        for (k, m) in aliases {
             self.maps.set_vip(&k, &m)?;
         }
-        Ok(())
+        self.maps.rebuild_vip_filter()
+    }
+
+    /// The plan is in the maps: make it what the controller serves.
+    fn commit(&mut self, plan: Plan) {
+        let was_backup: HashMap<String, bool> = self
+            .vips
+            .iter()
+            .map(|v| (v.cfg.name.clone(), v.on_backup))
+            .collect();
+        if !self.adopted_vips.is_empty() {
+            info!(
+                "pinned VIPs and backends that are not in the configuration were removed"
+            );
+        }
+        self.adopted_vips.clear();
+        self.adopted_backends.clear();
+        self.global = Some(plan.global);
+        self.windows = plan.windows;
+        self.vips = plan.vips;
+        self.out_of_step = false;
+        for r in plan.replaced.iter().chain(&plan.gone) {
+            self.event(&r.cfg.name, None, "VIP removed".into());
+        }
+        for (vip, b) in plan.left {
+            self.event(&vip, Some(b.cfg.address), "backend removed".into());
+        }
+        for (vip, addr, t) in plan.transitions {
+            self.count_transition(&vip, addr, t.to);
+            self.event(
+                &vip,
+                Some(addr),
+                format!("{} -> {} by {}", t.from, t.to, t.reason),
+            );
+        }
+        let changes: Vec<(String, bool)> = self
+            .vips
+            .iter()
+            .filter(|v| was_backup.get(&v.cfg.name).copied().unwrap_or(false) != v.on_backup)
+            .map(|v| (v.cfg.name.clone(), v.on_backup))
+            .collect();
+        for (name, on_backup) in changes {
+            self.backup_event(&name, on_backup);
+        }
+        self.publish();
+    }
+
+    fn backup_event(&mut self, vip: &str, on_backup: bool) {
+        let what = if on_backup {
+            "backup pool takes over: too few primaries usable"
+        } else {
+            "primaries recovered: backup pool hands back"
+        };
+        self.event(vip, None, what.into());
+    }
+
+    fn count_transition(&self, vip: &str, addr: IpAddr, to: State) {
+        if let Some(o) = &self.observer {
+            o.transition(vip, addr, to);
+        }
+    }
+
+    /// Rebuild VIP `i`'s ring and write what changed. Returns slots written.
+    fn sync_ring(&mut self, i: usize) -> Result<usize, MapError> {
+        let started = Instant::now();
+        let (ring, on_backup, len) = desired_ring(&self.vips[i]);
+        let built = started.elapsed();
+        let v = &self.vips[i];
+        let written = self.maps.update_ring(v.meta.ring_offset, &v.ring, &ring);
+        let written = match written {
+            Ok(n) => n,
+            Err(e) => {
+                self.out_of_step = true;
+                return Err(e);
+            }
+        };
+        if let Some(o) = &self.observer {
+            o.ring_written(built, started.elapsed() - built);
+        }
+        let v = &mut self.vips[i];
+        let was_backup = v.on_backup;
+        v.ring = ring;
+        v.on_backup = on_backup;
+        if v.meta.ring_size != len {
+            v.meta.ring_size = len;
+            let (k, m) = (v.key, v.meta);
+            if let Err(e) = self.maps.set_vip(&k, &m) {
+                self.out_of_step = true;
+                return Err(e);
+            }
+        }
+        if was_backup != on_backup {
+            let name = self.vips[i].cfg.name.clone();
+            self.backup_event(&name, on_backup);
+        }
+        Ok(written)
     }
 
     fn find(&self, vip: &str, backend_id: u32) -> Option<(usize, usize)> {
@@ -716,197 +760,80 @@ impl<M: Maps> Controller<M> {
         Some((i, j))
     }
 
-    /// After a backend's state may have changed: flags and ring. Returns slots written.
-    fn sync_backend(&mut self, i: usize, j: usize) -> Result<usize, ControlError> {
+    /// After a backend's state changed: its flags, then the ring, so its flows leave a dead
+    /// backend at once. Returns slots written.
+    fn sync_backend(&mut self, i: usize, j: usize) -> Result<usize, MapError> {
         let v = &self.vips[i];
         let b = &v.backends[j];
-        let entry = self.backend_entry(v.meta.vip_id, b);
-        let id = b.id;
-        // Down first, then the ring: flows leave a dead backend at once.
-        self.maps.set_backend(id, &entry)?;
+        let entry = backend_entry(v.meta.vip_id, b);
+        if let Err(e) = self.maps.set_backend(b.id, &entry) {
+            self.out_of_step = true;
+            return Err(e);
+        }
         self.sync_ring(i)
     }
 
-    /// A probe result: count it, and when rise/fall or a threshold is crossed, change the
-    /// backend's state and the dataplane. Returns the new state on a change.
+    /// A probe result (health check or agent answer): the backend's state machine decides,
+    /// and a change is written at once. Returns the new state when the state shown changed.
     pub fn on_probe(&mut self, p: &Probe) -> Result<Option<State>, ControlError> {
         let Some((i, j)) = self.find(&p.vip, p.backend_id) else {
             return Ok(None);
         };
-        if let Some(answer) = &p.agent {
-            return self.on_agent(i, j, answer, p.at);
-        }
         let b = &mut self.vips[i].backends[j];
-        let before = b.state();
-        let was_down = b.dataplane_down();
-        b.last_check = Some(SystemTime::now());
-        b.recent.push_back(p.result.is_ok());
-        while b.recent.len() > ERROR_WINDOW {
-            b.recent.pop_front();
-        }
-        let mut reason = None;
-        match &p.result {
-            Ok(lat) => {
-                if let Some(o) = &self.observer {
-                    o.check_passed(&p.vip, b.cfg.address, *lat);
-                }
-                let ms = lat.as_secs_f64() * 1000.0;
-                b.latency_ms = Some(b.latency_ms.map_or(ms, |avg| 0.7 * avg + 0.3 * ms));
-                b.ok_streak += 1;
-                b.fail_streak = 0;
-                if b.live == Liveness::Down && b.ok_streak >= b.health.rise {
-                    b.live = Liveness::Up;
-                    b.up_since = b.health.slow_start_ms.map(|_| Instant::now());
-                    reason = Some(format!("{} checks passed", b.ok_streak));
-                }
-            }
-            Err(e) => {
-                b.fail_streak += 1;
-                b.ok_streak = 0;
-                if b.live == Liveness::Up && b.fail_streak >= b.health.fall {
-                    b.live = Liveness::Down;
-                    reason = Some(format!("{} checks failed, last: {e}", b.fail_streak));
-                }
-            }
-        }
-        let slow = matches!((b.health.max_latency_ms, b.latency_ms), (Some(max), Some(avg)) if avg > max as f64);
-        let failing = b
-            .health
-            .max_error_rate
-            .is_some_and(|max| b.recent.len() >= 5 && b.error_rate() > max);
-        if b.degraded != (slow || failing) {
-            b.degraded = slow || failing;
-            reason.get_or_insert_with(|| {
-                if slow {
-                    format!(
-                        "latency {:.1} ms above {} ms",
-                        b.latency_ms.unwrap_or(0.0),
-                        b.health.max_latency_ms.unwrap_or(0)
-                    )
-                } else if failing {
-                    format!(
-                        "error rate {:.0}% above {:.0}%",
-                        b.error_rate() * 100.0,
-                        b.health.max_error_rate.unwrap_or(0.0) * 100.0
-                    )
-                } else {
-                    "back within thresholds".into()
-                }
-            });
-        }
-        let after = b.state();
-        if before == after {
-            // A draining (or disabled) backend that fails or recovers keeps the state shown,
-            // but the dataplane must still learn it is down (its flows move) or back.
-            if b.dataplane_down() != was_down {
-                let (addr, down) = (b.cfg.address, b.dataplane_down());
-                let name = self.vips[i].cfg.name.clone();
-                self.sync_backend(i, j)?;
-                self.event(
-                    &name,
-                    Some(addr),
-                    format!(
-                        "{} and {}",
-                        before.as_str(),
-                        if down {
-                            "failing its checks: marked down"
-                        } else {
-                            "passing its checks again"
-                        }
-                    ),
-                );
-            }
-            return Ok(None);
-        }
-        let reason = reason.unwrap_or_default();
-        b.since = SystemTime::now();
-        b.reason = reason.clone();
         let addr = b.cfg.address;
-        let name = self.vips[i].cfg.name.clone();
-        let written = self.sync_backend(i, j)?;
-        let took = p.at.elapsed();
-        self.count_transition(&name, addr, after);
-        self.event(
-            &name,
-            Some(addr),
-            format!(
-                "{} -> {}: {reason}; {written} ring slots written {:.2} ms after the verdict",
-                before.as_str(),
-                after.as_str(),
-                took.as_secs_f64() * 1000.0
-            ),
-        );
-        Ok(Some(after))
-    }
-
-    /// An agent-check answer: the backend's own view of its state and weight.
-    fn on_agent(
-        &mut self,
-        i: usize,
-        j: usize,
-        answer: &Result<String, String>,
-        at: Instant,
-    ) -> Result<Option<State>, ControlError> {
-        let line = match answer {
-            Ok(line) => line,
+        let t = match &p.agent {
+            Some(Ok(line)) => b.observe_agent(line),
             // As in HAProxy, an unreachable agent changes nothing: the health checks decide.
-            Err(e) => {
+            Some(Err(e)) => {
                 tracing::debug!(error = %e, "agent check failed");
-                return Ok(None);
+                None
+            }
+            None => {
+                if let (Ok(lat), Some(o)) = (&p.result, &self.observer) {
+                    o.check_passed(&p.vip, addr, *lat);
+                }
+                b.observe(&p.result, Instant::now())
             }
         };
-        let says = parse_agent(line);
-        let b = &mut self.vips[i].backends[j];
-        let (before, weight_before) = (b.state(), b.weight());
-        if says.up {
-            b.agent.down = false;
-            b.agent.drain = false;
-            b.agent.maint = false;
-        }
-        b.agent.down |= says.down;
-        b.agent.drain |= says.drain;
-        b.agent.maint |= says.maint;
-        if says.weight_pct.is_some() {
-            b.agent.weight_pct = says.weight_pct;
-        }
-        let (after, weight_after) = (b.state(), b.weight());
-        if before == after && weight_before == weight_after {
-            return Ok(None);
-        }
-        if before != after {
-            b.since = SystemTime::now();
-            b.reason = format!("agent: {line}");
-        }
-        let addr = b.cfg.address;
+        let Some(t) = t else { return Ok(None) };
         let name = self.vips[i].cfg.name.clone();
         let written = self.sync_backend(i, j)?;
-        if before != after {
-            self.count_transition(&name, addr, after);
-        }
-        self.event(
-            &name,
-            Some(addr),
+        let took = p.at.elapsed().as_secs_f64() * 1000.0;
+        let what = if t.visible() {
+            self.count_transition(&name, addr, t.to);
             format!(
-                "{} -> {} (weight {weight_before} -> {weight_after}) by agent {line:?}; {written} ring slots written {:.2} ms after the answer",
-                before.as_str(),
-                after.as_str(),
-                at.elapsed().as_secs_f64() * 1000.0
-            ),
-        );
-        Ok((before != after).then_some(after))
+                "{} -> {}: {}; {written} ring slots written {took:.2} ms after the verdict",
+                t.from, t.to, t.reason
+            )
+        } else if t.was_down != t.now_down {
+            format!(
+                "{} and {}",
+                t.from,
+                if t.now_down {
+                    "failing its checks: marked down"
+                } else {
+                    "passing its checks again"
+                }
+            )
+        } else {
+            format!("{}; {written} ring slots written {took:.2} ms after the answer", t.reason)
+        };
+        self.event(&name, Some(addr), what);
+        self.publish();
+        Ok(t.visible().then_some(t.to))
     }
 
     /// Advance slow-start ramps: rebuild the rings of VIPs with a backend still ramping
     /// (and once more when a ramp ends). Returns slots written.
     pub fn ramp(&mut self) -> Result<usize, ControlError> {
+        let now = Instant::now();
         let mut written = 0;
         for i in 0..self.vips.len() {
-            let v = &mut self.vips[i];
             let mut any = false;
-            for b in &mut v.backends {
+            for b in &mut self.vips[i].backends {
                 if b.up_since.is_some() {
                     any = true;
-                    if !b.ramping() {
+                    if !b.ramping(now) {
                         b.up_since = None;
                     }
                 }
@@ -918,44 +845,34 @@ impl<M: Maps> Controller<M> {
         Ok(written)
     }
 
-    /// Every (VIP, backend id, check settings, agent address) with an agent to ask.
-    pub fn agents(&self) -> Vec<(String, u32, Health, SocketAddr)> {
-        let mut out = Vec::new();
-        for v in &self.vips {
-            for b in &v.backends {
-                if let Some(port) = b.health.agent_port {
-                    out.push((
-                        v.cfg.name.clone(),
-                        b.id,
-                        b.health.clone(),
-                        SocketAddr::new(b.cfg.address, port),
-                    ));
-                }
-            }
-        }
-        out
+    fn targets(&self, port: impl Fn(&BackendState) -> Option<u16>) -> Vec<ProbeTarget> {
+        self.vips
+            .iter()
+            .flat_map(|v| {
+                v.backends.iter().filter_map(|b| {
+                    port(b).map(|p| ProbeTarget {
+                        vip: v.cfg.name.clone(),
+                        backend_id: b.id,
+                        health: b.health.clone(),
+                        addr: SocketAddr::new(b.cfg.address, p),
+                    })
+                })
+            })
+            .collect()
     }
 
-    /// Every (VIP, backend id, health settings, address to probe) that needs probing.
-    pub fn probes(&self) -> Vec<(String, u32, Health, SocketAddr)> {
-        let mut out = Vec::new();
-        for v in &self.vips {
-            for b in &v.backends {
-                if b.health.kind != CheckKind::None {
-                    out.push((
-                        v.cfg.name.clone(),
-                        b.id,
-                        b.health.clone(),
-                        SocketAddr::new(b.cfg.address, b.health.port),
-                    ));
-                }
-            }
-        }
-        out
+    /// Every backend with an agent to ask.
+    pub fn agents(&self) -> Vec<ProbeTarget> {
+        self.targets(|b| b.health.agent_port)
     }
 
-    /// Pass a grace period with no probe results: nothing to do, but warn about VIPs that
-    /// have no usable backend so an operator notices before clients do.
+    /// Every backend that needs health checks.
+    pub fn probes(&self) -> Vec<ProbeTarget> {
+        self.targets(|b| (b.health.kind != CheckKind::None).then_some(b.health.port))
+    }
+
+    /// Warn about VIPs that have no usable backend, so an operator notices before clients
+    /// do.
     pub fn warn_unserved(&self) {
         for v in &self.vips {
             if v.ring.iter().all(|s| *s == NO_BACKEND) {
@@ -965,17 +882,7 @@ impl<M: Maps> Controller<M> {
     }
 }
 
-fn admin_of(b: &BackendConfig) -> Admin {
-    if b.disabled {
-        Admin::Disabled
-    } else if b.drain {
-        Admin::Draining
-    } else {
-        Admin::Enabled
-    }
-}
-
-/// A short, stable description of the time since `t`.
+/// The time since `t` (zero if the clock went back).
 pub fn ago(t: SystemTime) -> Duration {
     SystemTime::now().duration_since(t).unwrap_or_default()
 }

@@ -5,6 +5,8 @@
 //! No aya and no tokio: everything here is unit-tested without root, against [`MemMaps`]
 //! (feature `fake`), which can fail any write on demand.
 
+mod alloc;
+mod backend;
 mod config;
 mod controller;
 mod edit;
@@ -16,6 +18,8 @@ mod observer;
 mod probe;
 mod ring;
 
+pub use alloc::{Ids, Windows};
+pub use backend::{Admin, BackendState, Liveness, State, Transition, ERROR_WINDOW};
 pub use config::*;
 pub use controller::*;
 pub use edit::*;

@@ -3,7 +3,7 @@
 
 use std::{net::IpAddr, time::Duration};
 
-use crate::controller::{State, VipState};
+use crate::{backend::State, controller::VipState};
 
 pub trait Observer: Send + Sync {
     /// A health check passed in `latency`.

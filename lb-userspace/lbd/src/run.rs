@@ -78,11 +78,11 @@ pub fn spawn_probes(
     let checks = ctl
         .probes()
         .into_iter()
-        .map(|(vip, id, h, addr)| probe::spawn(vip, id, h, addr, tx.clone()));
+        .map(|t| probe::spawn(t.vip, t.backend_id, t.health, t.addr, tx.clone()));
     let agents = ctl
         .agents()
         .into_iter()
-        .map(|(vip, id, h, addr)| probe::spawn_agent(vip, id, h, addr, tx.clone()));
+        .map(|t| probe::spawn_agent(t.vip, t.backend_id, t.health, t.addr, tx.clone()));
     checks.chain(agents).collect()
 }
 
@@ -152,11 +152,17 @@ pub async fn run(
                 }
             }
             Some(call) = api_rx.recv() => {
-                let answer = svc.handle(call.req);
+                let answer = svc.handle(call.envelope);
                 let _ = call.reply.send(answer);
             }
             _ = hup.recv() => svc.reload(),
-            _ = tick.tick() => svc.ctl.warn_unserved(),
+            _ = tick.tick() => {
+                svc.ctl.warn_unserved();
+                // A write that failed left the maps out of step: rewrite them in full.
+                if !svc.ctl.in_step() && let Err(e) = svc.ctl.repair() {
+                    error!(error = %e, "repairing the dataplane's maps failed; retrying in 30 s");
+                }
+            }
             _ = ramp.tick() => {
                 if let Err(e) = svc.ctl.ramp() {
                     error!(error = %e, "writing a slow-start step into the dataplane failed");
