@@ -8,7 +8,7 @@ use std::path::Path;
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, DevMapHash, HashMap, MapData, MapInfo, MapType, PerCpuArray, PerCpuValues},
+    maps::{Array, DevMapHash, HashMap, MapData, PerCpuArray, PerCpuValues},
     programs::{
         Xdp, XdpMode,
         links::{FdLink, PinnedLink},
@@ -23,26 +23,12 @@ use lb_common::{
 };
 use thiserror::Error;
 
-use crate::programs::LB_XDP;
+use crate::{
+    pins::{PINNED_MAPS, check_pinned, on_bpffs, purge_advice},
+    programs::LB_XDP,
+};
 
 pub const PROGRAM: &str = "lb_xdp";
-
-/// Maps that outlive the daemon (everything but the per-CPU scratch slot).
-pub const PINNED_MAPS: &[&str] = &[
-    lb_common::MAP_VIPS,
-    lb_common::MAP_BACKENDS,
-    lb_common::MAP_RINGS,
-    lb_common::MAP_FLOWS,
-    lb_common::MAP_CONFIG,
-    lb_common::MAP_STATS,
-    lb_common::MAP_VIP_STATS,
-    lb_common::MAP_BACKEND_STATS,
-    lb_common::MAP_RR,
-    lb_common::MAP_CONNS,
-    lb_common::MAP_TX_PORTS,
-    lb_common::MAP_VIP_FILTER,
-    lb_common::MAP_VIP_BY_ID,
-];
 
 #[derive(Debug, Error)]
 pub enum DataplaneError {
@@ -106,19 +92,6 @@ pub enum DataplaneError {
     },
 }
 
-/// Whether `dir` is on bpffs (pins elsewhere fail, or vanish with a tmpfs).
-pub fn on_bpffs(dir: &Path) -> bool {
-    const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
-    let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()) else {
-        return false;
-    };
-    // SAFETY: statfs writes into the zeroed struct we pass; the path is NUL-terminated.
-    unsafe {
-        let mut st: libc::statfs = std::mem::zeroed();
-        libc::statfs(c.as_ptr(), &mut st) == 0 && st.f_type as i64 == BPF_FS_MAGIC
-    }
-}
-
 fn map_err(map: &'static str) -> impl FnOnce(aya::maps::MapError) -> DataplaneError {
     move |source| DataplaneError::Map { map, source }
 }
@@ -139,164 +112,6 @@ impl Default for LoadOptions {
             ring_capacity: lb_common::DEFAULT_RING_CAPACITY,
         }
     }
-}
-
-/// A map's kind and sizes: what must match for a pinned map to be reused.
-#[derive(Clone, Copy, Debug, PartialEq)]
-struct MapShape {
-    /// `None`: a type this aya does not know (so not one this build creates).
-    map_type: Option<MapType>,
-    key_size: u32,
-    value_size: u32,
-    max_entries: u32,
-    /// The creation flags that change how a map works (`LAYOUT_FLAGS`).
-    flags: u32,
-}
-
-/// BPF_F_NO_PREALLOC and BPF_F_NO_COMMON_LRU (`LB_FLOWS`' per-CPU LRU lists). Only these are
-/// compared: the kernel adds flags of its own to some maps (BPF_F_RDONLY_PROG on a devmap).
-const LAYOUT_FLAGS: u32 = (1 << 0) | (1 << 1);
-
-/// The maps `Dataplane::load` would create under `opts`, read from the embedded object
-/// without creating anything. aya reuses whatever is pinned at a map's path without
-/// comparing, and the verifier's complaint, if any, does not name the map.
-fn expected_shapes(opts: &LoadOptions) -> Result<Vec<(&'static str, MapShape)>, DataplaneError> {
-    let obj = aya_obj::Object::parse(LB_XDP).map_err(|e| DataplaneError::Load(e.into()))?;
-    PINNED_MAPS
-        .iter()
-        .map(|&name| {
-            let def = obj.maps.get(name).ok_or(DataplaneError::MissingMap(name))?;
-            let map_type = aya_obj::generated::bpf_map_type::try_from(def.map_type())
-                .ok()
-                .and_then(|t| MapType::try_from(t).ok());
-            // aya sizes a device or CPU map's value by what the kernel supports, not by the
-            // object. (Ring buffers and perf arrays, whose entries aya derives too, are not
-            // pinned.)
-            let prog_id = match map_type {
-                Some(MapType::DevMap | MapType::DevMapHash) => {
-                    Some(aya::features().devmap_prog_id())
-                }
-                Some(MapType::CpuMap) => Some(aya::features().cpumap_prog_id()),
-                _ => None,
-            };
-            let value_size = prog_id.map_or(def.value_size(), |id| if id { 8 } else { 4 });
-            let max_entries = match name {
-                MAP_FLOWS => opts.flows,
-                MAP_RINGS => opts.ring_capacity,
-                _ => def.max_entries(),
-            };
-            Ok((
-                name,
-                MapShape {
-                    map_type,
-                    key_size: def.key_size(),
-                    value_size,
-                    max_entries,
-                    flags: def.map_flags() & LAYOUT_FLAGS,
-                },
-            ))
-        })
-        .collect()
-}
-
-fn purge_advice(pin_dir: &Path) -> String {
-    format!(
-        "stop lbd if it runs, run `lbd purge --pin-dir {}` (it detaches XDP and removes the \
-         pins, dropping the connection table: established flows may move to other backends) \
-         and start again",
-        pin_dir.display()
-    )
-}
-
-/// The check runs before anything is created or attached, so a refused start leaves a
-/// running dataplane (the old program on its pinned link) forwarding.
-const UNTOUCHED: &str = "Nothing was changed: what is pinned keeps running as it was.";
-
-/// Refuse pins that this build would misread, before anything is loaded or changed.
-fn check_pinned(dir: &Path, opts: &LoadOptions) -> Result<(), DataplaneError> {
-    for (map, needed) in expected_shapes(opts)? {
-        let path = dir.join(map);
-        if !path.exists() {
-            continue;
-        }
-        let info =
-            MapInfo::from_pin(&path).map_err(|source| DataplaneError::PinnedMapUnreadable {
-                map,
-                path: path.clone(),
-                source,
-            })?;
-        let found = MapShape {
-            map_type: info.map_type().ok(),
-            key_size: info.key_size(),
-            value_size: info.value_size(),
-            max_entries: info.max_entries(),
-            flags: info.map_flags() & LAYOUT_FLAGS,
-        };
-        if found == needed {
-            continue;
-        }
-        let (found_text, needed_text) = differences(&found, &needed);
-        let setting = match map {
-            MAP_FLOWS => Some("flows"),
-            MAP_RINGS => Some("ring_capacity"),
-            _ => None,
-        };
-        let resized_only = MapShape {
-            max_entries: needed.max_entries,
-            ..found
-        } == needed;
-        let remedy = match setting {
-            Some(key) if resized_only => format!(
-                "[dataplane] {key} changed since the map was pinned, and a pinned map keeps its \
-                 size. {UNTOUCHED} To keep what it holds, set {key} = {} again; to apply the \
-                 new size, {}",
-                found.max_entries,
-                purge_advice(dir)
-            ),
-            _ => format!(
-                "its layout changed between versions, so the pinned state (established flows \
-                 included) cannot be carried over. {UNTOUCHED} To move to this version, {}",
-                purge_advice(dir)
-            ),
-        };
-        return Err(DataplaneError::PinnedMapMismatch {
-            map,
-            path,
-            found: found_text,
-            needed: needed_text,
-            remedy,
-        });
-    }
-    Ok(())
-}
-
-/// The attributes in which `found` differs from `needed`, phrased for each side.
-fn differences(found: &MapShape, needed: &MapShape) -> (String, String) {
-    let kind = |t: Option<MapType>| match t {
-        Some(t) => format!("type {t:?}"),
-        None => "an unknown type".to_string(),
-    };
-    let mut sides: Vec<(String, String)> = Vec::new();
-    if found.map_type != needed.map_type {
-        sides.push((kind(found.map_type), kind(needed.map_type)));
-    }
-    for (f, n, what) in [
-        (found.key_size, needed.key_size, "-byte keys"),
-        (found.value_size, needed.value_size, "-byte values"),
-        (found.max_entries, needed.max_entries, " entries"),
-    ] {
-        if f != n {
-            sides.push((format!("{f}{what}"), format!("{n}{what}")));
-        }
-    }
-    if found.flags != needed.flags {
-        sides.push((
-            format!("flags {:#x}", found.flags),
-            format!("flags {:#x}", needed.flags),
-        ));
-    }
-    let (f, n): (Vec<String>, Vec<String>) = sides.into_iter().unzip();
-    (f.join(", "), n.join(", "))
 }
 
 pub struct Dataplane {
