@@ -71,6 +71,7 @@ fn every_documented_command_parses() {
             let res = match tool {
                 "lbd" => lbd::parses(&args),
                 "lbctl" => lbctl::parses(&args),
+                "lb-demo" => lb_lab::demo::parses(&args),
                 "xtask" => match args.first().copied() {
                     Some("setup" | "test" | "demo" | "bench" | "install" | "uninstall") => Ok(()),
                     other => Err(format!("no xtask subcommand {other:?}")),
