@@ -243,16 +243,47 @@ pub struct DecapAddr {
 #[cfg(feature = "user")]
 mod user {
     use super::*;
-    // SAFETY: all of these are repr(C) with explicit padding and bytemuck::Pod.
-    unsafe impl aya::Pod for VipKey {}
-    unsafe impl aya::Pod for VipMeta {}
-    unsafe impl aya::Pod for VipRecord {}
-    unsafe impl aya::Pod for Backend {}
-    unsafe impl aya::Pod for FlowKey {}
-    unsafe impl aya::Pod for FlowEntry {}
-    unsafe impl aya::Pod for VipStats {}
-    unsafe impl aya::Pod for BackendStats {}
-    unsafe impl aya::Pod for GlobalConfig {}
-    unsafe impl aya::Pod for DecapAddr {}
-    unsafe impl aya::Pod for crate::bench::BenchFrame {}
+
+    /// aya's Pod for types that are bytemuck's Pod (the bound is checked here).
+    macro_rules! aya_pod {
+        ($($t:ty),* $(,)?) => {$(
+            const _: fn() = || {
+                fn is_pod<T: bytemuck::Pod>() {}
+                is_pod::<$t>();
+            };
+            // SAFETY: the type is bytemuck::Pod (checked above): repr(C), explicit padding,
+            // no uninitialized bytes, every bit pattern valid, as aya::Pod requires.
+            unsafe impl aya::Pod for $t {}
+        )*};
+    }
+
+    aya_pod!(
+        VipKey,
+        VipMeta,
+        VipRecord,
+        Backend,
+        FlowKey,
+        FlowEntry,
+        VipStats,
+        BackendStats,
+        GlobalConfig,
+        DecapAddr,
+        crate::bench::BenchFrame,
+    );
 }
+
+// The kernel reads these with the same layout: a size that moves is a map that no longer
+// matches its pinned twin (the pin check compares sizes) or the program's view of it.
+const _: () = {
+    use core::mem::size_of;
+    assert!(size_of::<VipKey>() == 20);
+    assert!(size_of::<VipMeta>() == 16);
+    assert!(size_of::<Backend>() == 28);
+    assert!(size_of::<FlowKey>() == 40);
+    assert!(size_of::<FlowEntry>() == 16);
+    assert!(size_of::<VipStats>() == 24);
+    assert!(size_of::<BackendStats>() == 16);
+    assert!(size_of::<GlobalConfig>() == 32);
+    assert!(size_of::<VipRecord>() == 40);
+    assert!(size_of::<DecapAddr>() == 20);
+};

@@ -72,7 +72,17 @@ reasons! {
     Decapsulated = 23, "decapsulated";
 }
 
-pub const REASON_COUNT: u32 = 24;
+/// Derived from the enum: LB_STATS has one slot per reason.
+pub const REASON_COUNT: u32 = Reason::ALL.len() as u32;
+
+// The counters are indexed by the discriminant: the values must run 0..REASON_COUNT.
+const _: () = {
+    let mut i = 0;
+    while i < Reason::ALL.len() {
+        assert!(Reason::ALL[i] as usize == i);
+        i += 1;
+    }
+};
 
 impl Reason {
     /// The verdict for a packet that stops with this reason: drops are deliberate,

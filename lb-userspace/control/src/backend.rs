@@ -235,7 +235,11 @@ impl BackendState {
 
     /// A health-check result: count it toward rise/fall and the latency and error-rate
     /// limits. Returns a transition when the state shown or the dataplane's flag changed.
-    pub fn observe(&mut self, result: &Result<Duration, String>, now: Instant) -> Option<Transition> {
+    pub fn observe(
+        &mut self,
+        result: &Result<Duration, String>,
+        now: Instant,
+    ) -> Option<Transition> {
         let (from, was_down) = (self.state(), self.dataplane_down());
         self.last_check = Some(SystemTime::now());
         self.recent.push_back(result.is_ok());
@@ -299,8 +303,7 @@ impl BackendState {
     /// are ignored. Returns a transition when the state, the flag or the weight changed.
     pub fn observe_agent(&mut self, line: &str) -> Option<Transition> {
         let says = parse_agent(line);
-        let (from, was_down, weight_before) =
-            (self.state(), self.dataplane_down(), self.weight());
+        let (from, was_down, weight_before) = (self.state(), self.dataplane_down(), self.weight());
         if says.up {
             self.agent.down = false;
             self.agent.drain = false;
@@ -328,7 +331,12 @@ impl BackendState {
         }
     }
 
-    fn settle(&mut self, from: State, was_down: bool, reason: Option<String>) -> Option<Transition> {
+    fn settle(
+        &mut self,
+        from: State,
+        was_down: bool,
+        reason: Option<String>,
+    ) -> Option<Transition> {
         let (to, now_down) = (self.state(), self.dataplane_down());
         if to == from && now_down == was_down {
             return None;

@@ -26,8 +26,8 @@ use crate::{
     alloc::{Ids, Windows},
     backend::{BackendState, State, Transition},
     config::{
-        CheckKind, Config, ForwardCfg, Health, NoBackend, Protocol, Role, SchedulerCfg,
-        VipConfig, parse_mac, parse_prefix,
+        CheckKind, Config, ForwardCfg, Health, NoBackend, Protocol, Role, SchedulerCfg, VipConfig,
+        parse_mac, parse_prefix,
     },
     maps::{MapError, Maps},
     observer::Observer,
@@ -42,9 +42,7 @@ const MAX_EVENTS: usize = 10_000;
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
     /// A map write failed outside an apply (a health change, a slow-start step).
-    #[error(
-        "{0}; the maps are rewritten in full at the next repair (every 30 s) or apply"
-    )]
+    #[error("{0}; the maps are rewritten in full at the next repair (every 30 s) or apply")]
     Map(#[from] MapError),
     /// The change does not fit; nothing was written.
     #[error(
@@ -476,9 +474,7 @@ impl<M: Maps> Controller<M> {
                             || vc.scheduler == SchedulerCfg::RoundRobin =>
                     {
                         windows.take(m.ring_offset, vc.ring_size);
-                        let ring = self
-                            .maps
-                            .read_ring(m.ring_offset, vc.ring_size as usize)?;
+                        let ring = self.maps.read_ring(m.ring_offset, vc.ring_size as usize)?;
                         (m, ring, Vec::new())
                     }
                     _ => {
@@ -597,7 +593,8 @@ impl<M: Maps> Controller<M> {
         }
         for (i, v) in plan.vips.iter().enumerate() {
             for b in &v.backends {
-                self.maps.set_backend(b.id, &backend_entry(v.meta.vip_id, b))?;
+                self.maps
+                    .set_backend(b.id, &backend_entry(v.meta.vip_id, b))?;
             }
             let read;
             let base = match plan.written.get(i) {
@@ -664,9 +661,7 @@ impl<M: Maps> Controller<M> {
             .map(|v| (v.cfg.name.clone(), v.on_backup))
             .collect();
         if !self.adopted_vips.is_empty() {
-            info!(
-                "pinned VIPs and backends that are not in the configuration were removed"
-            );
+            info!("pinned VIPs and backends that are not in the configuration were removed");
         }
         self.adopted_vips.clear();
         self.adopted_backends.clear();
@@ -816,7 +811,10 @@ impl<M: Maps> Controller<M> {
                 }
             )
         } else {
-            format!("{}; {written} ring slots written {took:.2} ms after the answer", t.reason)
+            format!(
+                "{}; {written} ring slots written {took:.2} ms after the answer",
+                t.reason
+            )
         };
         self.event(&name, Some(addr), what);
         self.publish();

@@ -55,9 +55,8 @@ impl U32Array {
         let fd = bpf(BPF_MAP_CREATE, &mut a)
             .map_err(|e| anyhow::anyhow!("BPF_MAP_CREATE (array of {entries}): {e}"))?;
         // SAFETY: the kernel returned a new file descriptor that nothing else owns.
-        Ok(U32Array {
-            fd: unsafe { OwnedFd::from_raw_fd(fd as i32) },
-        })
+        let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+        Ok(U32Array { fd })
     }
 
     /// Write `values[i]` at `keys[i]` in one syscall.
