@@ -5,7 +5,7 @@ mod bench;
 mod cmd;
 mod install;
 mod setup;
-mod testrun;
+mod suite;
 
 use std::process::{Command, ExitCode};
 
@@ -64,7 +64,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let r = match cli.task {
         Task::Setup(a) => setup::run(&a).map(|()| 0),
-        Task::Test { args } => testrun::run(&args),
+        Task::Test { args } => suite::run(&args),
         Task::Demo { args } => demo(&args).map(|()| 0),
         Task::Bench { args } => bench::run(&args).map(|()| 0),
         Task::Install(a) => install::install(&a).map(|()| 0),

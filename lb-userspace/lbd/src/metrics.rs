@@ -106,7 +106,7 @@ impl Metrics {
             vips: Vec::new(),
             flows_capacity,
         }));
-        registry.register_collector(Box::new(Dataplane {
+        registry.register_collector(Box::new(PinnedCounters {
             pin_dir,
             snapshot: snapshot.clone(),
         }));
@@ -133,7 +133,7 @@ impl Metrics {
 
 /// Counters and gauges read from the pinned maps at scrape time.
 #[derive(Debug)]
-struct Dataplane {
+struct PinnedCounters {
     pin_dir: PathBuf,
     snapshot: Arc<Mutex<Snapshot>>,
 }
@@ -164,7 +164,7 @@ fn gauge_family(
     Ok(())
 }
 
-impl Collector for Dataplane {
+impl Collector for PinnedCounters {
     fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let snap = self.snapshot.lock().map(|s| s.clone()).unwrap_or_default();
         let counters = Counters::open(&self.pin_dir);
