@@ -92,7 +92,9 @@ pub fn main() -> ExitCode {
         Cmd::Check { config } => Config::load(&config)
             .map(|c| println!("{}: valid, {} VIPs", config.display(), c.vips.len()))
             .map_err(Into::into),
-        Cmd::Purge { pin_dir } => lb_dataplane::purge_pins(&pin_dir).map_err(Into::into),
+        // A running daemon holds the directory's lock: purging under it would detach a
+        // balancer that still believes it serves.
+        Cmd::Purge { pin_dir } => purge(&pin_dir),
         Cmd::Completions { shell } => {
             print!("{}", lb_clidoc::completions(Cli::command(), shell));
             Ok(())
@@ -109,4 +111,14 @@ pub fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `lbd purge`: refused while a daemon holds the pin directory, as detaching under it
+/// would stop a balancer that still believes it serves.
+fn purge(pin_dir: &std::path::Path) -> anyhow::Result<()> {
+    let _lock = match pin_dir.exists() {
+        true => Some(crate::run::lock_pin_dir(pin_dir)?),
+        false => None,
+    };
+    lb_dataplane::purge_pins(pin_dir).map_err(Into::into)
 }

@@ -96,7 +96,8 @@ pub async fn run(
     let text = std::fs::read_to_string(config_path)
         .with_context(|| format!("reading {}", config_path.display()))?;
     let cfg = Config::parse(&text, config_path)?;
-    let _lock = lock(&cfg.daemon.state_dir)?;
+    let _state_lock = lock(&cfg.daemon.state_dir)?;
+    let _pin_lock = lock_pin_dir(&cfg.daemon.pin_dir)?;
     let mut ctl = start_dataplane(&cfg)?;
     let metrics = Metrics::new(cfg.daemon.pin_dir.clone(), cfg.dataplane.flows);
     ctl.set_observer(metrics.clone());
@@ -192,16 +193,44 @@ pub async fn run(
     Ok(())
 }
 
-/// One daemon per state directory (and so per pin directory and socket): a second one
-/// would fight the first over the same maps. The lock goes with the process, even on SIGKILL.
-fn lock(state_dir: &Path) -> Result<std::fs::File> {
+/// Hold an exclusive lock on `f` for as long as it is open (with the process, even on
+/// SIGKILL); false if another process holds it.
+fn try_flock(f: &std::fs::File) -> bool {
     use std::os::fd::AsRawFd;
+    // SAFETY: flock on a descriptor we own and keep open; it touches no memory.
+    unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) == 0 }
+}
+
+/// One daemon per pin directory: a second one (with its own state, socket and metrics
+/// port) would take over the pinned XDP link and rewrite the first one's maps. The lock is
+/// on the directory itself, as bpffs holds no regular files.
+pub fn lock_pin_dir(pin_dir: &Path) -> Result<std::fs::File> {
+    std::fs::create_dir_all(pin_dir).with_context(|| {
+        format!(
+            "creating the pin directory {}; is bpffs mounted there?",
+            pin_dir.display()
+        )
+    })?;
+    let f = std::fs::File::open(pin_dir)
+        .with_context(|| format!("opening the pin directory {}", pin_dir.display()))?;
+    if !try_flock(&f) {
+        bail!(
+            "another lbd uses pin_dir {}: a second one would take over its XDP link and rewrite its maps; stop it first, or give this one a pin_dir of its own",
+            pin_dir.display()
+        );
+    }
+    Ok(f)
+}
+
+/// One daemon per state directory (and so per socket and revision store): a second one
+/// would fight the first over the same files. The lock goes with the process, even on
+/// SIGKILL.
+fn lock(state_dir: &Path) -> Result<std::fs::File> {
     std::fs::create_dir_all(state_dir)
         .with_context(|| format!("creating {}", state_dir.display()))?;
     let path = state_dir.join("lbd.lock");
     let f = std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
-    // SAFETY: flock on a descriptor we own.
-    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+    if !try_flock(&f) {
         bail!(
             "another lbd runs with state_dir {} (it holds {}): stop it first",
             state_dir.display(),

@@ -551,6 +551,68 @@ fn a_second_daemon_on_the_same_state_refuses_to_start() {
 }
 
 #[test]
+fn a_second_daemon_on_the_same_pins_refuses_to_start() {
+    let t = Topology::new(3, Forward::IpIp, ECHO);
+    let mut d = Daemon::start(&t, LBD, &three());
+    d.wait_served(&t, &web());
+    // Its own state, socket and metrics port: only the pin directory is shared.
+    let text = std::fs::read_to_string(&d.config).unwrap();
+    let own = d.dir.join("second");
+    let text = text
+        .replace(
+            &d.dir.join("state").display().to_string(),
+            &own.join("state").display().to_string(),
+        )
+        .replace(
+            &d.socket().display().to_string(),
+            &own.join("lbd.sock").display().to_string(),
+        )
+        .replacen(
+            "[daemon]\n",
+            "[daemon]\nmetrics_listen = \"127.0.0.1:9479\"\n",
+            1,
+        );
+    let second = d.dir.join("second.toml");
+    std::fs::write(&second, text).unwrap();
+    // Bounded: a second daemon that is let in runs until killed.
+    let out = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &t.lb_host.ns.name,
+            "timeout",
+            "10",
+            LBD,
+            "run",
+            "-c",
+        ])
+        .arg(&second)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("another lbd uses pin_dir"),
+        "{err}"
+    );
+    // Nor may the pins be purged from under the running daemon.
+    let out = std::process::Command::new(LBD)
+        .args(["purge", "--pin-dir"])
+        .arg(&d.pin_dir)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("another lbd uses pin_dir"),
+        "{err}"
+    );
+    d.assert_running();
+    // The first still serves all three backends: its VIP was not taken over.
+    let (seen, failed) = t.requests("--tcp", &web(), 60);
+    assert_eq!(failed, 0);
+    assert_eq!(seen.len(), 3, "{seen:?}");
+}
+
+#[test]
 fn purge_stops_for_good() {
     let t = Topology::new(3, Forward::IpIp, ECHO);
     let mut d = Daemon::start(&t, LBD, &three());
