@@ -316,6 +316,13 @@ fn default_weight() -> u32 {
 
 pub const MAX_WEIGHT: u32 = 65_535;
 
+/// The connection table's size: at least one entry per CPU's LRU list, and what the
+/// kernel can allocate as one map.
+pub const MIN_FLOWS: u32 = 1024;
+pub const MAX_FLOWS: u32 = 1 << 27;
+/// LB_RINGS slots: 4 bytes each, one array.
+pub const MAX_RING_CAPACITY: u32 = 1 << 28;
+
 /// VIPs one node can hold: ids 1..MAX_VIPS (0 marks "no VIP" in the maps).
 pub const MAX_VIP_COUNT: u32 = lb_common::MAX_VIPS - 1;
 /// Backends over all VIPs: ids 1..MAX_BACKENDS (0 marks "no backend").
@@ -429,7 +436,45 @@ impl Config {
                 "[daemon] interfaces is empty: name the NIC(s) to attach to".into(),
             ));
         }
+        let mut ifaces = HashSet::new();
+        for i in &self.daemon.interfaces {
+            if bad_interface(i) || !ifaces.insert(i) {
+                return Err((
+                    key_at(src, "daemon", "interfaces"),
+                    format!(
+                        "[daemon] interfaces: {i:?} is empty, too long, path-like or listed twice: name each NIC once"
+                    ),
+                ));
+            }
+        }
+        if self.daemon.api_socket.is_file() {
+            return Err((
+                key_at(src, "daemon", "api_socket"),
+                format!(
+                    "[daemon] api_socket {} is an existing regular file, which lbd would replace: choose a socket path",
+                    self.daemon.api_socket.display()
+                ),
+            ));
+        }
         let d = &self.dataplane;
+        if !(MIN_FLOWS..=MAX_FLOWS).contains(&d.flows) {
+            return Err((
+                key_at(src, "dataplane", "flows"),
+                format!(
+                    "[dataplane] flows {} is out of range {MIN_FLOWS}..={MAX_FLOWS} (the connection table's entries)",
+                    d.flows
+                ),
+            ));
+        }
+        if d.ring_capacity == 0 || d.ring_capacity > MAX_RING_CAPACITY {
+            return Err((
+                key_at(src, "dataplane", "ring_capacity"),
+                format!(
+                    "[dataplane] ring_capacity {} is out of range 1..={MAX_RING_CAPACITY} (LB_RINGS slots for all VIPs together)",
+                    d.ring_capacity
+                ),
+            ));
+        }
         if let Some(mac) = &d.gateway_mac
             && parse_mac(mac).is_none()
         {
@@ -474,6 +519,24 @@ impl Config {
         for v in &self.vips {
             let at = v.span().start;
             let v = v.get_ref();
+            if v.name.is_empty() || v.name.chars().any(|c| c.is_control()) {
+                return Err((
+                    at,
+                    format!(
+                        "VIP name {:?} is empty or holds a control character (a newline would forge log lines): use letters, digits, '-', '_', '.'",
+                        v.name
+                    ),
+                ));
+            }
+            if let Some(what) = unusable(v.address) {
+                return Err((
+                    at,
+                    format!(
+                        "VIP {:?}: address {} is {what}: clients cannot reach it",
+                        v.name, v.address
+                    ),
+                ));
+            }
             if !names.insert(v.name.clone()) {
                 return Err((
                     at,
@@ -506,6 +569,21 @@ impl Config {
             for b in &v.backends {
                 let bat = b.span().start;
                 let b = b.get_ref();
+                if let Some(what) = unusable(b.address) {
+                    return Err((
+                        bat,
+                        format!("VIP {:?}: backend {} is {what}", v.name, b.address),
+                    ));
+                }
+                if b.address == v.address {
+                    return Err((
+                        bat,
+                        format!(
+                            "VIP {:?}: backend {} is the VIP's own address: packets would loop",
+                            v.name, b.address
+                        ),
+                    ));
+                }
                 if !addrs.insert(b.address) {
                     return Err((
                         bat,
@@ -630,7 +708,52 @@ fn check_health(h: &Health) -> Result<(), String> {
     if matches!(h.kind, CheckKind::Http | CheckKind::Https) && !h.path.starts_with('/') {
         return Err(format!("health path {:?} must start with /", h.path));
     }
+    // Sent raw on the wire: a CR or LF would inject headers into the check's request.
+    if let Some(bad) = [Some(&h.path), h.host.as_ref()]
+        .into_iter()
+        .flatten()
+        .find(|t| t.chars().any(|c| c.is_control()))
+    {
+        return Err(format!(
+            "health path or host {bad:?} holds a control character (CR, LF, ...): remove it"
+        ));
+    }
+    if h.kind != CheckKind::None && h.port == 0 {
+        return Err("health port 0 cannot be probed: set a port".into());
+    }
+    if matches!(h.kind, CheckKind::Http | CheckKind::Https)
+        && !(100..=599).contains(&h.expect_status)
+    {
+        return Err(format!(
+            "health expect_status {} is not an HTTP status (100..=599)",
+            h.expect_status
+        ));
+    }
     Ok(())
+}
+
+/// An address no client sends to or no backend can be: unspecified, broadcast, multicast.
+fn unusable(ip: IpAddr) -> Option<&'static str> {
+    if ip.is_unspecified() {
+        Some("unspecified")
+    } else if ip.is_multicast() {
+        Some("multicast")
+    } else if matches!(ip, IpAddr::V4(a) if a.is_broadcast()) {
+        Some("broadcast")
+    } else {
+        None
+    }
+}
+
+/// Interface names as the kernel takes them: 1..=15 bytes, no '/', no whitespace.
+fn bad_interface(name: &str) -> bool {
+    name.is_empty()
+        || name.len() > 15
+        || name == "."
+        || name == ".."
+        || name
+            .chars()
+            .any(|c| c == '/' || c.is_whitespace() || c.is_control())
 }
 
 #[cfg(test)]
@@ -711,10 +834,65 @@ mod example {
 mod located {
     #[test]
     fn node_wide_errors_point_at_their_line() {
-        let src = "[daemon]\ninterfaces = [\"eth0\"]\n\n[dataplane]\nflows = 10\nmtu = 100\n";
+        let src = "[daemon]\ninterfaces = [\"eth0\"]\n\n[dataplane]\nflows = 4096\nmtu = 100\n";
         let e = super::Config::parse(src, std::path::Path::new("lb.toml"))
             .unwrap_err()
             .to_string();
         assert!(e.starts_with("lb.toml:6:1: [dataplane] mtu 100"), "{e}");
+    }
+}
+
+#[cfg(test)]
+mod refused {
+    /// What `lbd check` passed and `run` then failed on, or what lied: each refused, with a
+    /// message naming the key.
+    #[test]
+    fn nonsense_is_refused_with_its_key() {
+        let base = "[daemon]\ninterfaces = [\"eth0\"]\n\n[dataplane]\n@DP@\n[[vip]]\nname = \"@NAME@\"\naddress = \"@VIP@\"\nport = 80\n[vip.health]\nkind = \"http\"\n@HEALTH@\n[[vip.backend]]\naddress = \"@BE@\"\n";
+        let good = [
+            ("@DP@", ""),
+            ("@NAME@", "web"),
+            ("@VIP@", "198.18.100.1"),
+            ("@HEALTH@", ""),
+            ("@BE@", "198.18.0.21"),
+        ];
+        let render = |field: &str, value: &str| {
+            good.iter().fold(base.to_string(), |t, (k, v)| {
+                t.replace(k, if *k == field { value } else { v })
+            })
+        };
+        let parse = |t: &str| super::Config::parse(t, std::path::Path::new("lb.toml"));
+        assert!(parse(&render("", "")).is_ok());
+        for (field, value, says) in [
+            ("@DP@", "flows = 0", "flows 0"),
+            ("@DP@", "flows = 4294967295", "flows 4294967295"),
+            ("@DP@", "ring_capacity = 0", "ring_capacity 0"),
+            ("@NAME@", "", "VIP name \"\""),
+            ("@NAME@", "we\\nb", "control character"),
+            ("@NAME@", "we\\u0000b", "control character"),
+            ("@VIP@", "0.0.0.0", "unspecified"),
+            ("@VIP@", "255.255.255.255", "broadcast"),
+            ("@VIP@", "224.0.0.1", "multicast"),
+            ("@BE@", "198.18.100.1", "VIP's own address"),
+            ("@BE@", "0.0.0.0", "unspecified"),
+            (
+                "@HEALTH@",
+                "path = \"/x\\r\\nX-Evil: 1\"",
+                "control character",
+            ),
+            ("@HEALTH@", "host = \"a\\nb\"", "control character"),
+            ("@HEALTH@", "port = 0", "port 0"),
+            ("@HEALTH@", "expect_status = 0", "expect_status 0"),
+        ] {
+            let e = parse(&render(field, value))
+                .expect_err(&format!("{field} = {value} was accepted"))
+                .to_string();
+            assert!(e.contains(says), "{field} = {value}: {e}");
+        }
+        for ifaces in ["[\"\"]", "[\"eth0\", \"eth0\"]", "[\"../x\"]"] {
+            let t = render("", "").replace("[\"eth0\"]", ifaces);
+            let e = parse(&t).expect_err(ifaces).to_string();
+            assert!(e.contains("[daemon] interfaces"), "{ifaces}: {e}");
+        }
     }
 }
