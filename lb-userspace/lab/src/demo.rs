@@ -65,6 +65,14 @@ pub fn main() -> std::process::ExitCode {
     }
 }
 
+/// Whether `args` (without the program name) is a valid `lb-demo` command line: lets the
+/// docs' commands be checked against the real parser.
+pub fn parses(args: &[&str]) -> std::result::Result<(), String> {
+    Cli::try_parse_from(std::iter::once("lb-demo").chain(args.iter().copied()))
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
 /// `given`, or the program `name` in lb-demo's own directory (cargo puts a workspace's
 /// binaries side by side).
 fn beside_me(name: &str, given: Option<PathBuf>) -> Result<PathBuf> {
@@ -322,21 +330,34 @@ impl Lab {
         Ok(())
     }
 
-    /// One control-API request (what `lbctl` sends); the answer's data.
-    fn api(&self, op: &str, args: serde_json::Value) -> Result<serde_json::Value> {
-        let req = lb_api::Request {
-            v: lb_api::VERSION,
-            op: op.into(),
-            args,
-            base_revision: None,
-        };
-        let socket = self.dir.join("lbd.sock");
-        let answer = lb_api::call(&socket, &req)
-            .with_context(|| format!("calling the daemon at {}", socket.display()))?;
-        if answer["ok"] != serde_json::json!(true) {
-            bail!("{op}: {}", answer["error"]["message"]);
-        }
-        Ok(answer["data"].clone())
+    /// The daemon's control API, as `lbctl` calls it.
+    fn api(&self) -> lb_api::Client {
+        lb_api::Client::new(self.dir.join("lbd.sock"))
+    }
+
+    /// One change through the control API: the revision it made.
+    fn change(&self, request: lb_api::Request) -> Result<lb_api::RevisionMeta> {
+        let op = request.op();
+        self.api()
+            .call_typed(&request, None)
+            .with_context(|| format!("{op} through the control API"))
+    }
+
+    /// `backend.set` of `fields` on one backend of `web4`.
+    fn set_backend(
+        &self,
+        address: &str,
+        fields: serde_json::Value,
+    ) -> Result<lb_api::RevisionMeta> {
+        self.change(lb_api::Request::BackendSet {
+            vip: "web4".into(),
+            address: address.into(),
+            comment: String::new(),
+            fields: match fields {
+                serde_json::Value::Object(m) => m,
+                _ => serde_json::Map::new(),
+            },
+        })
     }
 
     /// `n` GETs from the client, in its namespace.
@@ -505,14 +526,10 @@ fn run(keep: bool, lbd: PathBuf) -> Result<()> {
         None
     });
     std::mem::forget(client);
-    let r = lab.api(
-        "backend.set",
-        serde_json::json!({"vip": "web4", "address": "198.18.0.35", "drain": true}),
-    )?;
+    let r = lab.set_backend("198.18.0.35", serde_json::json!({"drain": true}))?;
     say(format!(
         "  configuration revision {} ({})",
-        r["revision"],
-        r["source"].as_str().unwrap_or("")
+        r.revision, r.source
     ));
     let (m, f) = spread(&lab.requests(v4, 300));
     say(format!("  new requests after the drain: {m:?}, {f} failed"));
@@ -536,45 +553,28 @@ fn run(keep: bool, lbd: PathBuf) -> Result<()> {
     say(
         "\n4. A configuration change, then rolled back (lbctl backend weight / lbctl config rollback)",
     );
-    lab.api(
-        "backend.set",
-        serde_json::json!({"vip": "web4", "address": "198.18.0.35", "drain": null}),
-    )?;
-    let good = lab.api(
-        "backend.set",
-        serde_json::json!({"vip": "web4", "address": "198.18.0.33", "weight": 100}),
-    )?;
-    lab.api(
-        "backend.set",
-        serde_json::json!({"vip": "web4", "address": "198.18.0.33", "weight": 600}),
-    )?;
+    lab.set_backend("198.18.0.35", serde_json::json!({"drain": null}))?;
+    let good = lab.set_backend("198.18.0.33", serde_json::json!({"weight": 100}))?;
+    lab.set_backend("198.18.0.33", serde_json::json!({"weight": 600}))?;
     let (m, f) = spread(&lab.requests(v4, 550));
     show_spread("with b1's weight raised to 600", &m, f, [600, 200, 300]);
-    let r = lab.api(
-        "config.rollback",
-        serde_json::json!({"to": good["revision"]}),
-    )?;
+    let r = lab.change(lb_api::Request::ConfigRollback {
+        target: lb_api::RollbackTarget::Revision(good.revision),
+        comment: String::new(),
+    })?;
     say(format!(
         "  rolled back to revision {}: now revision {}",
-        good["revision"], r["revision"]
+        good.revision, r.revision
     ));
     let (m, f) = spread(&lab.requests(v4, 600));
     show_spread("after the rollback", &m, f, WEIGHTS);
     say("  history (lbctl config history):");
-    for h in lab
-        .api("config.history", serde_json::json!({}))?
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-        .iter()
-        .take(6)
-    {
-        say(format!(
-            "    {:>3}  {}  {}",
-            h["revision"],
-            h["at"].as_str().unwrap_or(""),
-            h["source"].as_str().unwrap_or("")
-        ));
+    let history: Vec<lb_api::RevisionMeta> = lab
+        .api()
+        .call_typed(&lb_api::Request::ConfigHistory {}, None)
+        .context("config.history through the control API")?;
+    for h in history.iter().take(6) {
+        say(format!("    {:>3}  {}  {}", h.revision, h.at, h.source));
     }
 
     say("\n5. Dataplane counters (LB_STATS, summed over CPUs)");

@@ -1,25 +1,32 @@
 //! `lbctl`: the operator's command line, a client of the daemon's control API (and of
 //! its `/metrics` for `top`).
 //!
+//! Every request is an `lb_api::Request` and every answer is decoded into the type the
+//! operation answers with; one function per subcommand.
+//!
 //! Exit codes: 0 done; 1 the daemon refused (invalid change, unknown VIP or backend,
-//! conflicting revision, bad request); 2 usage error; 3 the daemon cannot be reached;
-//! 4 permission denied.
+//! conflicting revision, bad request); 2 usage error; 3 the daemon cannot be reached (or
+//! its answer is not valid); 4 permission denied.
 
 use std::{
     collections::BTreeMap,
     io::{Read, Write},
     net::{IpAddr, TcpStream},
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::ExitCode,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context, Result, bail};
 use clap::{CommandFactory, Parser, Subcommand};
-use serde_json::{Map, Value, json};
-
-use lb_api::{Request, VERSION, call};
+use lb_api::{
+    BackendRow, Client, ClientError, ConfigText, Diff, ErrorCode, EventRow, ExportedRevision,
+    Forward, Protocol, Request, RevisionMeta, Role, RollbackTarget, Scheduler, Stats, Status,
+    Validity, VipRow,
+};
 use lb_clidoc::{self as clidoc, ManArgs};
+use serde::{Serialize, de::DeserializeOwned};
+use serde_json::{Map, Value};
 
 #[derive(Parser)]
 #[command(
@@ -98,12 +105,15 @@ enum VipCmd {
         address: IpAddr,
         #[arg(long, default_value_t = 0)]
         port: u16,
+        /// tcp or udp.
         #[arg(long, default_value = "tcp")]
-        protocol: String,
+        protocol: Protocol,
+        /// maglev, round_robin, random, least_conn or source_hash.
         #[arg(long, default_value = "maglev")]
-        scheduler: String,
+        scheduler: Scheduler,
+        /// ipip or l2dsr.
         #[arg(long, default_value = "ipip")]
-        forward: String,
+        forward: Forward,
     },
     Remove {
         name: String,
@@ -128,7 +138,7 @@ enum BackendCmd {
         weight: Option<u32>,
         /// primary or backup.
         #[arg(long)]
-        role: Option<String>,
+        role: Option<Role>,
         /// Next-hop MAC, for L2 DSR.
         #[arg(long)]
         mac: Option<String>,
@@ -203,392 +213,572 @@ enum ConfigCmd {
     },
 }
 
-/// A failure with its exit code.
-struct Fail(u8, String);
+/// A failure: what to print, and the exit code.
+struct Fail {
+    code: u8,
+    message: String,
+}
 
-fn request(cli: &Cli, op: &str, args: Value, base: Option<u64>) -> Result<Value, Fail> {
-    let req = Request {
-        v: VERSION,
-        op: op.into(),
-        args,
-        base_revision: base,
-    };
-    let answer = call(&cli.socket, &req).map_err(|e| {
-        let code = if e.kind() == std::io::ErrorKind::PermissionDenied { 4 } else { 3 };
-        Fail(code, format!("cannot reach the daemon at {}: {e} (is lbd running? is --socket right? are you root?)", cli.socket.display()))
-    })?;
-    if answer["ok"] == json!(true) {
-        return Ok(answer);
+impl Fail {
+    fn new(code: u8, message: impl Into<String>) -> Fail {
+        Fail {
+            code,
+            message: message.into(),
+        }
     }
-    let code = answer["error"]["code"].as_str().unwrap_or("internal");
-    let msg = answer["error"]["message"]
-        .as_str()
-        .unwrap_or("no message")
-        .to_string();
-    Err(Fail(
-        if code == "permission" { 4 } else { 1 },
-        format!("{code}: {msg}"),
-    ))
+}
+
+impl From<ClientError> for Fail {
+    fn from(e: ClientError) -> Fail {
+        match &e {
+            ClientError::Unreachable { socket, source } => Fail::new(
+                if e.io_kind() == Some(std::io::ErrorKind::PermissionDenied) {
+                    4
+                } else {
+                    3
+                },
+                format!(
+                    "cannot reach the daemon at {}: {source} (is lbd running? is --socket right? are you root?)",
+                    socket.display()
+                ),
+            ),
+            ClientError::Refused(refusal) => Fail::new(
+                if refusal.code == ErrorCode::Permission {
+                    4
+                } else {
+                    1
+                },
+                e.to_string(),
+            ),
+            ClientError::BadAnswer { .. } => Fail::new(3, e.to_string()),
+        }
+    }
+}
+
+/// What every subcommand that talks to the daemon needs.
+struct Ctx {
+    client: Client,
+    /// Print the answer's data as JSON instead of for people.
+    json: bool,
+}
+
+impl Ctx {
+    /// A read: its data as `T`, rendered by `human` (or as JSON).
+    fn read<T: Serialize + DeserializeOwned>(
+        &self,
+        request: Request,
+        human: impl FnOnce(T) -> String,
+    ) -> Result<String, Fail> {
+        let data: T = self.client.call_typed(&request, None)?;
+        Ok(if self.json {
+            pretty(&data)
+        } else {
+            human(data)
+        })
+    }
+
+    /// A mutation (refused unless `base` is still current, if given): the revision it made.
+    fn change(&self, request: Request, base: Option<u64>) -> Result<String, Fail> {
+        let meta: RevisionMeta = self.client.call_typed(&request, base)?;
+        Ok(if self.json {
+            pretty(&meta)
+        } else {
+            format!("revision {} ({})\n", meta.revision, meta.source)
+        })
+    }
+
+    /// `backend.set` of `fields` on one backend.
+    fn set_backend(
+        &self,
+        vip: &str,
+        address: &IpAddr,
+        fields: Map<String, Value>,
+    ) -> Result<String, Fail> {
+        self.change(
+            Request::BackendSet {
+                vip: vip.to_string(),
+                address: address.to_string(),
+                comment: String::new(),
+                fields,
+            },
+            None,
+        )
+    }
+}
+
+/// JSON for scripts, keys in alphabetical order as the daemon writes them.
+fn pretty(data: &impl Serialize) -> String {
+    let value = serde_json::to_value(data).unwrap_or(Value::Null);
+    format!(
+        "{}\n",
+        serde_json::to_string_pretty(&value).unwrap_or_default()
+    )
 }
 
 /// A local file the command names (exit 2 when unusable: it is the command line's fault).
-fn read_file(path: &PathBuf) -> Result<String, Fail> {
+fn read_file(path: &Path) -> Result<String, Fail> {
     std::fs::read_to_string(path)
-        .map_err(|e| Fail(2, format!("cannot read {}: {e}", path.display())))
+        .map_err(|e| Fail::new(2, format!("cannot read {}: {e}", path.display())))
 }
 
-fn table(rows: &[Value], cols: &[(&str, &str)]) -> String {
-    let cell = |v: &Value, k: &str| match &v[k] {
-        Value::Null => "-".to_string(),
-        Value::String(s) => s.clone(),
-        Value::Number(n) if n.is_f64() => format!("{:.2}", n.as_f64().unwrap_or(0.0)),
-        other => other.to_string(),
-    };
-    let widths: Vec<usize> = cols
+/// Columns under `headers`, each as wide as its widest cell.
+fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
+    let widths: Vec<usize> = headers
         .iter()
-        .map(|(k, h)| {
+        .enumerate()
+        .map(|(i, h)| {
             rows.iter()
-                .map(|r| cell(r, k).len())
+                .map(|r| r[i].len())
                 .max()
                 .unwrap_or(0)
                 .max(h.len())
         })
         .collect();
-    let mut out = String::new();
-    for ((_, h), w) in cols.iter().zip(&widths) {
-        out.push_str(&format!("{h:<w$}  "));
-    }
-    out = out.trim_end().to_string() + "\n";
-    for r in rows {
-        let mut line = String::new();
-        for ((k, _), w) in cols.iter().zip(&widths) {
-            line.push_str(&format!("{:<w$}  ", cell(r, k)));
+    let line = |cells: &mut dyn Iterator<Item = &str>| {
+        let mut out = String::new();
+        for (cell, w) in cells.zip(&widths) {
+            out.push_str(&format!("{cell:<w$}  "));
         }
-        out.push_str(line.trim_end());
-        out.push('\n');
+        format!("{}\n", out.trim_end())
+    };
+    let mut out = line(&mut headers.iter().copied());
+    for r in rows {
+        out.push_str(&line(&mut r.iter().map(String::as_str)));
     }
     out
 }
 
-fn backend_change(cli: &Cli, vip: &str, address: &IpAddr, fields: Value) -> Result<Value, Fail> {
-    let mut args = json!({"vip": vip, "address": address.to_string()});
-    for (k, v) in fields.as_object().cloned().unwrap_or_default() {
-        args[k] = v;
-    }
-    request(cli, "backend.set", args, None)
+/// A cell for a value that may be missing.
+fn or_dash<T>(v: Option<T>, show: impl Fn(T) -> String) -> String {
+    v.map(show).unwrap_or_else(|| "-".into())
 }
 
-fn changed(answer: &Value, json_out: bool) -> String {
-    let d = &answer["data"];
-    if json_out {
-        return format!("{}\n", serde_json::to_string_pretty(d).unwrap_or_default());
-    }
-    format!(
-        "revision {} ({})\n",
-        d["revision"],
-        d["source"].as_str().unwrap_or("")
-    )
+fn two_places(x: f64) -> String {
+    format!("{x:.2}")
+}
+
+/// Fields of a table from pairs of a key and a JSON value.
+fn fields<const N: usize>(pairs: [(&str, Value); N]) -> Map<String, Value> {
+    pairs.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
 }
 
 fn run(cli: &Cli) -> Result<String, Fail> {
-    let show = |answer: Value, human: &dyn Fn(&Value) -> String| -> String {
-        if cli.json {
-            format!(
-                "{}\n",
-                serde_json::to_string_pretty(&answer["data"]).unwrap_or_default()
-            )
-        } else {
-            human(&answer["data"])
-        }
+    let ctx = Ctx {
+        client: Client::new(&cli.socket),
+        json: cli.json,
     };
-    let list = |v: &Value| v.as_array().cloned().unwrap_or_default();
-    Ok(match &cli.cmd {
-        Cmd::Status => show(request(cli, "status", json!({}), None)?, &|d| {
-            format!(
-                "revision {}\nVIPs {}\nbackends {}\ninterfaces {}\nuptime {} s\n",
-                d["revision"], d["vips"], d["backends"], d["interfaces"], d["uptime_s"]
-            )
-        }),
-        Cmd::Vip { cmd: VipCmd::List } => show(request(cli, "vip.list", json!({}), None)?, &|d| {
-            table(
-                &list(d),
-                &[
-                    ("name", "NAME"),
-                    ("address", "ADDRESS"),
-                    ("port", "PORT"),
-                    ("protocol", "PROTO"),
-                    ("scheduler", "SCHEDULER"),
-                    ("forward", "FORWARD"),
-                    ("backends", "BACKENDS"),
-                    ("usable", "USABLE"),
-                    ("on_backup", "ON BACKUP"),
-                ],
-            )
-        }),
-        Cmd::Vip {
-            cmd:
-                VipCmd::Add {
-                    name,
-                    address,
-                    port,
-                    protocol,
-                    scheduler,
-                    forward,
-                },
-        } => {
-            let args = json!({"name": name, "address": address.to_string(), "port": port, "protocol": protocol, "scheduler": scheduler, "forward": forward});
-            changed(&request(cli, "vip.add", args, None)?, cli.json)
-        }
-        Cmd::Vip {
-            cmd: VipCmd::Remove { name },
-        } => changed(
-            &request(cli, "vip.remove", json!({"name": name}), None)?,
-            cli.json,
-        ),
-        Cmd::Vip {
-            cmd: VipCmd::Set { name, settings },
-        } => {
-            let mut args = Map::new();
-            args.insert("name".into(), json!(name));
-            for kv in settings {
-                let (k, v) = kv
-                    .split_once('=')
-                    .ok_or_else(|| Fail(2, format!("{kv:?}: write KEY=VALUE")))?;
-                let v = v
-                    .parse::<i64>()
-                    .map(Value::from)
-                    .or_else(|_| v.parse::<bool>().map(Value::from))
-                    .unwrap_or_else(|_| json!(v));
-                args.insert(k.into(), v);
-            }
-            changed(
-                &request(cli, "vip.set", Value::Object(args), None)?,
-                cli.json,
-            )
-        }
-        Cmd::Backend {
-            cmd: BackendCmd::List { vip },
-        }
-        | Cmd::Health { vip } => {
-            let args = vip.as_ref().map(|v| json!({"vip": v})).unwrap_or(json!({}));
-            show(request(cli, "backend.list", args, None)?, &|d| {
-                table(
-                    &list(d),
-                    &[
-                        ("vip", "VIP"),
-                        ("address", "BACKEND"),
-                        ("role", "ROLE"),
-                        ("weight", "WEIGHT"),
-                        ("effective_weight", "NOW"),
-                        ("state", "STATE"),
-                        ("since_s", "FOR (s)"),
-                        ("last_check_s", "CHECKED (s ago)"),
-                        ("latency_ms", "LATENCY (ms)"),
-                        ("reason", "REASON"),
-                    ],
-                )
-            })
-        }
-        Cmd::Backend {
-            cmd:
-                BackendCmd::Add {
-                    vip,
-                    address,
-                    weight,
-                    role,
-                    mac,
-                },
-        } => {
-            let mut args = json!({"vip": vip, "address": address.to_string()});
-            if let Some(w) = weight {
-                args["weight"] = json!(w);
-            }
-            if let Some(r) = role {
-                args["role"] = json!(r);
-            }
-            if let Some(m) = mac {
-                args["mac"] = json!(m);
-            }
-            changed(&request(cli, "backend.add", args, None)?, cli.json)
-        }
-        Cmd::Backend {
-            cmd: BackendCmd::Remove { vip, address },
-        } => changed(
-            &request(
-                cli,
-                "backend.remove",
-                json!({"vip": vip, "address": address.to_string()}),
-                None,
-            )?,
-            cli.json,
-        ),
-        Cmd::Backend {
-            cmd: BackendCmd::Drain { vip, address },
-        } => changed(
-            &backend_change(cli, vip, address, json!({"drain": true}))?,
-            cli.json,
-        ),
-        Cmd::Backend {
-            cmd: BackendCmd::Enable { vip, address },
-        } => changed(
-            &backend_change(cli, vip, address, json!({"drain": null, "disabled": null}))?,
-            cli.json,
-        ),
-        Cmd::Backend {
-            cmd: BackendCmd::Disable { vip, address },
-        } => changed(
-            &backend_change(cli, vip, address, json!({"disabled": true}))?,
-            cli.json,
-        ),
-        Cmd::Backend {
-            cmd:
-                BackendCmd::Weight {
-                    vip,
-                    address,
-                    weight,
-                },
-        } => changed(
-            &backend_change(cli, vip, address, json!({"weight": weight}))?,
-            cli.json,
-        ),
-        Cmd::Stats => show(request(cli, "stats", json!({}), None)?, &|d| {
-            let mut out = String::from("REASON                  PACKETS\n");
-            for (k, v) in d["reasons"].as_object().cloned().unwrap_or_default() {
-                if v != json!(0) {
-                    out.push_str(&format!("{k:<22}  {v}\n"));
-                }
-            }
-            out.push('\n');
-            out.push_str(&table(
-                &list(&d["vips"]),
-                &[
-                    ("vip", "VIP"),
-                    ("packets", "PACKETS"),
-                    ("bytes", "BYTES"),
-                    ("new_flows", "NEW FLOWS"),
-                ],
-            ));
-            out.push('\n');
-            out.push_str(&table(
-                &list(&d["backends"]),
-                &[
-                    ("vip", "VIP"),
-                    ("address", "BACKEND"),
-                    ("packets", "PACKETS"),
-                    ("bytes", "BYTES"),
-                ],
-            ));
-            out
-        }),
-        Cmd::Events { limit } => show(
-            request(cli, "events", json!({"limit": limit}), None)?,
-            &|d| {
-                list(d)
-                    .iter()
-                    .map(|e| {
-                        format!(
-                            "{}  {}  {}  {}\n",
-                            e["at"].as_str().unwrap_or(""),
-                            e["vip"].as_str().unwrap_or(""),
-                            e["backend"].as_str().unwrap_or("-"),
-                            e["what"].as_str().unwrap_or("")
-                        )
-                    })
-                    .collect()
-            },
-        ),
+    match &cli.cmd {
+        Cmd::Status => status(&ctx),
+        Cmd::Vip { cmd } => match cmd {
+            VipCmd::List => vip_list(&ctx),
+            VipCmd::Add {
+                name,
+                address,
+                port,
+                protocol,
+                scheduler,
+                forward,
+            } => vip_add(&ctx, name, address, *port, *protocol, *scheduler, *forward),
+            VipCmd::Remove { name } => vip_remove(&ctx, name),
+            VipCmd::Set { name, settings } => vip_set(&ctx, name, settings),
+        },
+        Cmd::Backend { cmd } => match cmd {
+            BackendCmd::List { vip } => backend_list(&ctx, vip.as_deref()),
+            BackendCmd::Add {
+                vip,
+                address,
+                weight,
+                role,
+                mac,
+            } => backend_add(&ctx, vip, address, *weight, *role, mac.as_deref()),
+            BackendCmd::Remove { vip, address } => backend_remove(&ctx, vip, address),
+            BackendCmd::Drain { vip, address } => backend_drain(&ctx, vip, address),
+            BackendCmd::Enable { vip, address } => backend_enable(&ctx, vip, address),
+            BackendCmd::Disable { vip, address } => backend_disable(&ctx, vip, address),
+            BackendCmd::Weight {
+                vip,
+                address,
+                weight,
+            } => backend_weight(&ctx, vip, address, *weight),
+        },
+        Cmd::Health { vip } => backend_list(&ctx, vip.as_deref()),
+        Cmd::Stats => stats(&ctx),
+        Cmd::Events { limit } => events(&ctx, *limit),
         Cmd::Config { cmd } => match cmd {
-            ConfigCmd::Show { revision } => {
-                let args = revision
-                    .map(|r| json!({"revision": r}))
-                    .unwrap_or(json!({}));
-                show(request(cli, "config.show", args, None)?, &|d| {
-                    d["config"].as_str().unwrap_or("").to_string()
-                })
-            }
-            ConfigCmd::Validate { file } => {
-                request(
-                    cli,
-                    "config.validate",
-                    json!({"config": read_file(file)?, "name": file.display().to_string()}),
-                    None,
-                )?;
-                format!("{}: valid\n", file.display())
-            }
+            ConfigCmd::Show { revision } => config_show(&ctx, *revision),
+            ConfigCmd::Validate { file } => config_validate(&ctx, file),
             ConfigCmd::Apply {
                 file,
                 comment,
                 base,
-            } => changed(
-                &request(
-                    cli,
-                    "config.apply",
-                    json!({"config": read_file(file)?, "comment": comment}),
-                    *base,
-                )?,
-                cli.json,
-            ),
-            ConfigCmd::Diff { from, to } => {
-                let mut args = json!({"from": from});
-                if let Some(t) = to {
-                    args["to"] = json!(t);
-                }
-                show(request(cli, "config.diff", args, None)?, &|d| {
-                    d["diff"].as_str().unwrap_or("").to_string()
-                })
-            }
-            ConfigCmd::History => show(request(cli, "config.history", json!({}), None)?, &|d| {
-                table(
-                    &list(d),
-                    &[
-                        ("revision", "REVISION"),
-                        ("at", "AT"),
-                        ("source", "SOURCE"),
-                        ("comment", "COMMENT"),
-                    ],
-                )
-            }),
-            ConfigCmd::Rollback { to, at } => {
-                let args = match (to, at) {
-                    (Some(t), _) => json!({"to": t}),
-                    (None, Some(a)) => json!({"at": a}),
-                    (None, None) => return Err(Fail(2, "give --to REVISION or --at TIME".into())),
-                };
-                changed(&request(cli, "config.rollback", args, None)?, cli.json)
-            }
-            ConfigCmd::Export { file } => {
-                let answer = request(cli, "config.export", json!({}), None)?;
-                let text = serde_json::to_string_pretty(&answer["data"]).unwrap_or_default();
-                std::fs::write(file, text)
-                    .map_err(|e| Fail(1, format!("cannot write {}: {e}", file.display())))?;
-                format!(
-                    "{} revisions written to {}\n",
-                    answer["data"].as_array().map(Vec::len).unwrap_or(0),
-                    file.display()
-                )
-            }
-            ConfigCmd::Import { file } => {
-                let revisions: Value = serde_json::from_str(&read_file(file)?)
-                    .map_err(|e| Fail(1, format!("{} is not an export: {e}", file.display())))?;
-                changed(
-                    &request(cli, "config.import", json!({"revisions": revisions}), None)?,
-                    cli.json,
-                )
-            }
+            } => config_apply(&ctx, file, comment, *base),
+            ConfigCmd::Diff { from, to } => config_diff(&ctx, *from, *to),
+            ConfigCmd::History => config_history(&ctx),
+            ConfigCmd::Rollback { to, at } => config_rollback(&ctx, *to, at.as_deref()),
+            ConfigCmd::Export { file } => config_export(&ctx, file),
+            ConfigCmd::Import { file } => config_import(&ctx, file),
         },
         Cmd::Top {
             metrics,
             interval,
             once,
         } => {
-            top(metrics, *interval, *once).map_err(|e| Fail(3, format!("{e:#}")))?;
-            String::new()
+            top(metrics, *interval, *once).map_err(|e| Fail::new(3, format!("{e:#}")))?;
+            Ok(String::new())
         }
-        Cmd::Completions { shell } => clidoc::completions(Cli::command(), *shell),
+        Cmd::Completions { shell } => Ok(clidoc::completions(Cli::command(), *shell)),
         Cmd::Man(args) => args
             .run(Cli::command(), "lbd")
-            .map_err(|e| Fail(1, e.to_string()))?,
+            .map_err(|e| Fail::new(1, e.to_string())),
+    }
+}
+
+fn status(ctx: &Ctx) -> Result<String, Fail> {
+    ctx.read(Request::Status {}, |s: Status| {
+        format!(
+            "revision {}\nVIPs {}\nbackends {}\ninterfaces {}\nuptime {} s\n",
+            s.revision,
+            s.vips,
+            serde_json::to_string(&s.backends).unwrap_or_default(),
+            serde_json::to_string(&s.interfaces).unwrap_or_default(),
+            s.uptime_s
+        )
     })
+}
+
+fn vip_list(ctx: &Ctx) -> Result<String, Fail> {
+    ctx.read(Request::VipList { vip: None }, |vips: Vec<VipRow>| {
+        let rows: Vec<Vec<String>> = vips
+            .iter()
+            .map(|v| {
+                vec![
+                    v.name.clone(),
+                    v.address.to_string(),
+                    v.port.to_string(),
+                    v.protocol.to_string(),
+                    v.scheduler.to_string(),
+                    v.forward.to_string(),
+                    v.backends.to_string(),
+                    v.usable.to_string(),
+                    v.on_backup.to_string(),
+                ]
+            })
+            .collect();
+        table(
+            &[
+                "NAME",
+                "ADDRESS",
+                "PORT",
+                "PROTO",
+                "SCHEDULER",
+                "FORWARD",
+                "BACKENDS",
+                "USABLE",
+                "ON BACKUP",
+            ],
+            &rows,
+        )
+    })
+}
+
+fn vip_add(
+    ctx: &Ctx,
+    name: &str,
+    address: &IpAddr,
+    port: u16,
+    protocol: Protocol,
+    scheduler: Scheduler,
+    forward: Forward,
+) -> Result<String, Fail> {
+    let word = |v: &dyn std::fmt::Display| Value::String(v.to_string());
+    ctx.change(
+        Request::VipAdd {
+            name: name.to_string(),
+            address: address.to_string(),
+            comment: String::new(),
+            fields: fields([
+                ("port", Value::from(port)),
+                ("protocol", word(&protocol)),
+                ("scheduler", word(&scheduler)),
+                ("forward", word(&forward)),
+            ]),
+        },
+        None,
+    )
+}
+
+fn vip_remove(ctx: &Ctx, name: &str) -> Result<String, Fail> {
+    ctx.change(
+        Request::VipRemove {
+            name: name.to_string(),
+            comment: String::new(),
+        },
+        None,
+    )
+}
+
+/// `KEY=VALUE`s: a value that parses as an integer is a number, `true`/`false` a boolean,
+/// anything else a string.
+fn vip_set(ctx: &Ctx, name: &str, settings: &[String]) -> Result<String, Fail> {
+    let mut fields = Map::new();
+    for kv in settings {
+        let (k, v) = kv
+            .split_once('=')
+            .ok_or_else(|| Fail::new(2, format!("{kv:?}: write KEY=VALUE")))?;
+        let v = v
+            .parse::<i64>()
+            .map(Value::from)
+            .or_else(|_| v.parse::<bool>().map(Value::from))
+            .unwrap_or_else(|_| Value::from(v));
+        fields.insert(k.into(), v);
+    }
+    ctx.change(
+        Request::VipSet {
+            name: name.to_string(),
+            comment: String::new(),
+            fields,
+        },
+        None,
+    )
+}
+
+/// `backend list` and `health`: one table.
+fn backend_list(ctx: &Ctx, vip: Option<&str>) -> Result<String, Fail> {
+    let request = Request::BackendList {
+        vip: vip.map(str::to_string),
+    };
+    ctx.read(request, |backends: Vec<BackendRow>| {
+        let rows: Vec<Vec<String>> = backends
+            .iter()
+            .map(|b| {
+                vec![
+                    b.vip.clone(),
+                    b.address.to_string(),
+                    b.role.to_string(),
+                    b.weight.to_string(),
+                    b.effective_weight.to_string(),
+                    b.state.to_string(),
+                    b.since_s.to_string(),
+                    or_dash(b.last_check_s, two_places),
+                    or_dash(b.latency_ms, two_places),
+                    b.reason.clone(),
+                ]
+            })
+            .collect();
+        table(
+            &[
+                "VIP",
+                "BACKEND",
+                "ROLE",
+                "WEIGHT",
+                "NOW",
+                "STATE",
+                "FOR (s)",
+                "CHECKED (s ago)",
+                "LATENCY (ms)",
+                "REASON",
+            ],
+            &rows,
+        )
+    })
+}
+
+fn backend_add(
+    ctx: &Ctx,
+    vip: &str,
+    address: &IpAddr,
+    weight: Option<u32>,
+    role: Option<Role>,
+    mac: Option<&str>,
+) -> Result<String, Fail> {
+    let mut fields = Map::new();
+    if let Some(w) = weight {
+        fields.insert("weight".into(), Value::from(w));
+    }
+    if let Some(r) = role {
+        fields.insert("role".into(), Value::String(r.to_string()));
+    }
+    if let Some(m) = mac {
+        fields.insert("mac".into(), Value::from(m));
+    }
+    ctx.change(
+        Request::BackendAdd {
+            vip: vip.to_string(),
+            address: address.to_string(),
+            comment: String::new(),
+            fields,
+        },
+        None,
+    )
+}
+
+fn backend_remove(ctx: &Ctx, vip: &str, address: &IpAddr) -> Result<String, Fail> {
+    ctx.change(
+        Request::BackendRemove {
+            vip: vip.to_string(),
+            address: address.to_string(),
+            comment: String::new(),
+        },
+        None,
+    )
+}
+
+fn backend_drain(ctx: &Ctx, vip: &str, address: &IpAddr) -> Result<String, Fail> {
+    ctx.set_backend(vip, address, fields([("drain", Value::Bool(true))]))
+}
+
+/// `null` removes a key: back to the default, enabled.
+fn backend_enable(ctx: &Ctx, vip: &str, address: &IpAddr) -> Result<String, Fail> {
+    ctx.set_backend(
+        vip,
+        address,
+        fields([("drain", Value::Null), ("disabled", Value::Null)]),
+    )
+}
+
+fn backend_disable(ctx: &Ctx, vip: &str, address: &IpAddr) -> Result<String, Fail> {
+    ctx.set_backend(vip, address, fields([("disabled", Value::Bool(true))]))
+}
+
+fn backend_weight(ctx: &Ctx, vip: &str, address: &IpAddr, weight: u32) -> Result<String, Fail> {
+    ctx.set_backend(vip, address, fields([("weight", Value::from(weight))]))
+}
+
+fn stats(ctx: &Ctx) -> Result<String, Fail> {
+    ctx.read(Request::Stats {}, |s: Stats| {
+        let mut out = String::from("REASON                  PACKETS\n");
+        for (reason, packets) in s.reasons.iter().filter(|(_, n)| **n != 0) {
+            out.push_str(&format!("{reason:<22}  {packets}\n"));
+        }
+        out.push('\n');
+        let vips: Vec<Vec<String>> = s
+            .vips
+            .iter()
+            .map(|v| {
+                vec![
+                    v.vip.clone(),
+                    v.packets.to_string(),
+                    v.bytes.to_string(),
+                    v.new_flows.to_string(),
+                ]
+            })
+            .collect();
+        out.push_str(&table(&["VIP", "PACKETS", "BYTES", "NEW FLOWS"], &vips));
+        out.push('\n');
+        let backends: Vec<Vec<String>> = s
+            .backends
+            .iter()
+            .map(|b| {
+                vec![
+                    b.vip.clone(),
+                    b.address.to_string(),
+                    b.packets.to_string(),
+                    b.bytes.to_string(),
+                ]
+            })
+            .collect();
+        out.push_str(&table(&["VIP", "BACKEND", "PACKETS", "BYTES"], &backends));
+        out
+    })
+}
+
+fn events(ctx: &Ctx, limit: u64) -> Result<String, Fail> {
+    ctx.read(Request::Events { limit }, |events: Vec<EventRow>| {
+        events
+            .iter()
+            .map(|e| {
+                format!(
+                    "{}  {}  {}  {}\n",
+                    e.at,
+                    e.vip,
+                    or_dash(e.backend, |b| b.to_string()),
+                    e.what
+                )
+            })
+            .collect()
+    })
+}
+
+fn config_show(ctx: &Ctx, revision: Option<u64>) -> Result<String, Fail> {
+    ctx.read(Request::ConfigShow { revision }, |c: ConfigText| c.config)
+}
+
+fn config_validate(ctx: &Ctx, file: &Path) -> Result<String, Fail> {
+    let request = Request::ConfigValidate {
+        config: read_file(file)?,
+        name: Some(file.display().to_string()),
+    };
+    let _: Validity = ctx.client.call_typed(&request, None)?;
+    Ok(format!("{}: valid\n", file.display()))
+}
+
+fn config_apply(ctx: &Ctx, file: &Path, comment: &str, base: Option<u64>) -> Result<String, Fail> {
+    let request = Request::ConfigApply {
+        config: read_file(file)?,
+        comment: comment.to_string(),
+    };
+    ctx.change(request, base)
+}
+
+fn config_diff(ctx: &Ctx, from: u64, to: Option<u64>) -> Result<String, Fail> {
+    ctx.read(Request::ConfigDiff { from, to }, |d: Diff| d.diff)
+}
+
+fn config_history(ctx: &Ctx) -> Result<String, Fail> {
+    ctx.read(Request::ConfigHistory {}, |revisions: Vec<RevisionMeta>| {
+        let rows: Vec<Vec<String>> = revisions
+            .into_iter()
+            .map(|r| vec![r.revision.to_string(), r.at, r.source, r.comment])
+            .collect();
+        table(&["REVISION", "AT", "SOURCE", "COMMENT"], &rows)
+    })
+}
+
+fn config_rollback(ctx: &Ctx, to: Option<u64>, at: Option<&str>) -> Result<String, Fail> {
+    let target = match (to, at) {
+        (Some(id), _) => RollbackTarget::Revision(id),
+        (None, Some(at)) => RollbackTarget::Time(at.to_string()),
+        (None, None) => return Err(Fail::new(2, "give --to REVISION or --at TIME")),
+    };
+    ctx.change(
+        Request::ConfigRollback {
+            target,
+            comment: String::new(),
+        },
+        None,
+    )
+}
+
+fn config_export(ctx: &Ctx, file: &Path) -> Result<String, Fail> {
+    let revisions: Vec<ExportedRevision> =
+        ctx.client.call_typed(&Request::ConfigExport {}, None)?;
+    std::fs::write(file, pretty(&revisions))
+        .map_err(|e| Fail::new(1, format!("cannot write {}: {e}", file.display())))?;
+    Ok(format!(
+        "{} revisions written to {}\n",
+        revisions.len(),
+        file.display()
+    ))
+}
+
+fn config_import(ctx: &Ctx, file: &Path) -> Result<String, Fail> {
+    let revisions: Vec<ExportedRevision> =
+        serde_json::from_str(&read_file(file)?).map_err(|e| {
+            Fail::new(
+                1,
+                format!(
+                    "{} is not an export (`lbctl config export` writes one): {e}",
+                    file.display()
+                ),
+            )
+        })?;
+    ctx.change(
+        Request::ConfigImport {
+            revisions,
+            comment: String::new(),
+        },
+        None,
+    )
 }
 
 /// Samples of one scrape: (metric, sorted labels) -> value.
@@ -759,8 +949,8 @@ pub fn main() -> ExitCode {
             print!("{out}");
             ExitCode::SUCCESS
         }
-        Err(Fail(code, msg)) => {
-            eprintln!("lbctl: {msg}");
+        Err(Fail { code, message }) => {
+            eprintln!("lbctl: {message}");
             ExitCode::from(code)
         }
     }

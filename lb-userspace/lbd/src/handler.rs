@@ -5,16 +5,15 @@
 
 use std::{
     path::{Path, PathBuf},
-    time::{Duration, Instant, UNIX_EPOCH},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
-use serde_json::{Map, Value, json};
-use tokio::{sync::mpsc, task::JoinHandle};
-use tracing::{error, info};
-
-use lb_api::{Request, err, ok};
+use lb_api::{self as api, ApiError, Envelope, ErrorCode, Op, Reply, Request, RollbackTarget};
 use lb_control::{self as edit, Config, Controller, Probe, ago};
 use lb_dataplane::Dataplane;
+use serde_json::{Map, Value};
+use tokio::{sync::mpsc, task::JoinHandle};
+use tracing::{error, info};
 
 use crate::store::{Meta, Store};
 
@@ -30,27 +29,92 @@ pub struct Handler {
     started: Instant,
 }
 
-/// (error code, message) for the API.
-type Failure = (&'static str, String);
+/// Why a request failed: its code and message for the API.
+type Failure = ApiError;
+
+fn fail(code: ErrorCode, message: impl std::fmt::Display) -> Failure {
+    ApiError::new(code, message)
+}
 
 fn rfc3339(ms: u64) -> String {
     humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
 }
 
-fn meta_json(m: &Meta) -> Value {
-    json!({"revision": m.id, "at": rfc3339(m.at_ms), "source": m.source, "comment": m.comment})
+fn ms_since_epoch(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
-/// `RoundRobin` -> `round_robin`: the spelling of the config file.
-fn snake(s: &str) -> String {
-    let mut out = String::new();
-    for (i, c) in s.chars().enumerate() {
-        if c.is_uppercase() && i > 0 {
-            out.push('_');
-        }
-        out.push(c.to_ascii_lowercase());
+fn revision_meta(m: &Meta) -> api::RevisionMeta {
+    api::RevisionMeta {
+        revision: m.id,
+        at: rfc3339(m.at_ms),
+        source: m.source.clone(),
+        comment: m.comment.clone(),
     }
-    out
+}
+
+// The configuration's words as the API spells them. Exhaustive: a new scheduler, role ...
+// does not compile until the API has it too.
+
+fn api_state(s: lb_control::State) -> api::BackendState {
+    use lb_control::State;
+    match s {
+        State::Up => api::BackendState::Up,
+        State::Down => api::BackendState::Down,
+        State::Degraded => api::BackendState::Degraded,
+        State::Draining => api::BackendState::Draining,
+        State::Disabled => api::BackendState::Disabled,
+    }
+}
+
+fn api_role(r: lb_control::Role) -> api::Role {
+    match r {
+        lb_control::Role::Primary => api::Role::Primary,
+        lb_control::Role::Backup => api::Role::Backup,
+    }
+}
+
+fn api_protocol(p: lb_control::Protocol) -> api::Protocol {
+    match p {
+        lb_control::Protocol::Tcp => api::Protocol::Tcp,
+        lb_control::Protocol::Udp => api::Protocol::Udp,
+    }
+}
+
+fn api_scheduler(s: lb_control::SchedulerCfg) -> api::Scheduler {
+    use lb_control::SchedulerCfg as S;
+    match s {
+        S::Maglev => api::Scheduler::Maglev,
+        S::RoundRobin => api::Scheduler::RoundRobin,
+        S::Random => api::Scheduler::Random,
+        S::LeastConn => api::Scheduler::LeastConn,
+        S::SourceHash => api::Scheduler::SourceHash,
+    }
+}
+
+fn api_forward(f: lb_control::ForwardCfg) -> api::Forward {
+    match f {
+        lb_control::ForwardCfg::Ipip => api::Forward::Ipip,
+        lb_control::ForwardCfg::L2dsr => api::Forward::L2dsr,
+    }
+}
+
+/// An edit's failure: an unknown VIP or backend is `not_found`, anything else `invalid`.
+fn edit_failure(e: edit::EditError) -> Failure {
+    match e {
+        edit::EditError::NoVip(_) | edit::EditError::NoBackend { .. } => {
+            fail(ErrorCode::NotFound, e)
+        }
+        _ => fail(ErrorCode::Invalid, e),
+    }
+}
+
+/// `fields` with `key` first set to `value` (for the edits that take the whole table).
+fn with(key: &str, value: String, mut fields: Map<String, Value>) -> Map<String, Value> {
+    fields.insert(key.to_string(), Value::String(value));
+    fields
 }
 
 fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
@@ -124,14 +188,17 @@ impl Handler {
         source: &str,
         comment: &str,
     ) -> Result<Meta, Failure> {
-        let new = Config::parse(&text, &self.path).map_err(|e| ("invalid", e.to_string()))?;
+        let new = Config::parse(&text, &self.path).map_err(|e| fail(ErrorCode::Invalid, e))?;
         if new.daemon != self.cfg.daemon {
-            return Err(("invalid", "[daemon] settings (interfaces, pin_dir, sockets, state_dir) change only with a restart".into()));
+            return Err(fail(
+                ErrorCode::Invalid,
+                "[daemon] settings (interfaces, pin_dir, sockets, state_dir) change only with a restart",
+            ));
         }
         if let Err(e) = self.ctl.apply(&new) {
             error!(error = %e, "applying a configuration failed part way");
-            return Err((
-                "internal",
+            return Err(fail(
+                ErrorCode::Internal,
                 format!(
                     "applying failed part way ({e}); the dataplane may be partly updated: apply a good configuration again"
                 ),
@@ -147,8 +214,8 @@ impl Handler {
         self.cfg = new;
         self.text = text.clone();
         let meta = self.store.commit(&text, source, comment).map_err(|e| {
-            (
-                "internal",
+            fail(
+                ErrorCode::Internal,
                 format!("applied, but recording the revision failed: {e}"),
             )
         })?;
@@ -189,318 +256,369 @@ impl Handler {
                 vips = self.ctl.vips.len(),
                 "configuration reloaded"
             ),
-            Err((_, msg)) => error!("reload rejected, the running configuration stays: {msg}"),
+            Err(e) => error!(
+                "reload rejected, the running configuration stays: {}",
+                e.message
+            ),
         }
     }
 
-    pub fn handle(&mut self, req: Request) -> Value {
-        let args = req.args.as_object().cloned().unwrap_or_default();
-        let mutation = matches!(
-            req.op.as_str(),
-            "config.apply"
-                | "config.rollback"
-                | "config.import"
-                | "backend.set"
-                | "backend.add"
-                | "backend.remove"
-                | "vip.add"
-                | "vip.set"
-                | "vip.remove"
-        );
-        if mutation
-            && let Some(base) = req.base_revision
+    /// Answer one request. Every operation is an arm of the one match below: an operation
+    /// added to or removed from `lb_api::Request` does not compile until it is handled here.
+    pub fn handle(&mut self, envelope: Envelope) -> Reply {
+        let Envelope {
+            request,
+            base_revision,
+        } = envelope;
+        if request.is_mutation()
+            && let Some(base) = base_revision
             && base != self.revision()
         {
-            return err(
-                "conflict",
+            return Reply::error(
+                ErrorCode::Conflict,
                 format!(
                     "based on revision {base}, but revision {} landed since: read it and retry",
                     self.revision()
                 ),
             );
         }
-        let res = if mutation {
-            self.mutate(&req.op, &args).map(|(d, m)| (d, Some(m.id)))
-        } else {
-            self.read(&req.op, &args).map(|d| (d, None))
+        let op = request.op();
+        let answer = match request {
+            // Reads.
+            Request::Status {} => Ok(Reply::data(&self.status())),
+            Request::VipList { vip } => self.vip_list(vip.as_deref()).map(|d| Reply::data(&d)),
+            Request::BackendList { vip } | Request::Health { vip } => {
+                self.backend_list(vip.as_deref()).map(|d| Reply::data(&d))
+            }
+            Request::Stats {} => self.stats().map(|d| Reply::data(&d)),
+            Request::Events { limit } => Ok(Reply::data(&self.events(limit))),
+            Request::ConfigShow { revision } => self.config_show(revision).map(|d| Reply::data(&d)),
+            Request::ConfigValidate { config, name } => {
+                Config::parse(&config, Path::new(name.as_deref().unwrap_or("config")))
+                    .map(|_| Reply::data(&api::Validity { valid: true }))
+                    .map_err(|e| fail(ErrorCode::Invalid, e))
+            }
+            Request::ConfigHistory {} => self
+                .store
+                .history()
+                .map(|h| Reply::data(&h.iter().map(revision_meta).collect::<Vec<_>>()))
+                .map_err(|e| fail(ErrorCode::Internal, e)),
+            Request::ConfigDiff { from, to } => self
+                .store
+                .diff(from, to.unwrap_or(self.revision()))
+                .map(|diff| Reply::data(&api::Diff { diff }))
+                .map_err(|e| fail(ErrorCode::NotFound, e)),
+            Request::ConfigExport {} => self.export().map(|d| Reply::data(&d)),
+            // Mutations: each makes a revision.
+            Request::ConfigApply { config, comment } => {
+                self.change(config, &format!("api: {op}"), &comment)
+            }
+            Request::ConfigRollback { target, comment } => self.rollback(target, &comment),
+            Request::ConfigImport { revisions, comment } => self.import(revisions, &comment),
+            Request::BackendSet {
+                vip,
+                address,
+                comment,
+                fields,
+            } => self.edit(
+                edit::set_backend(&self.text, &vip, &address, &fields),
+                format!("api: {op} {vip} {address}"),
+                &comment,
+            ),
+            Request::BackendAdd {
+                vip,
+                address,
+                comment,
+                fields,
+            } => self.edit(
+                edit::add_backend(&self.text, &vip, &with("address", address, fields)),
+                format!("api: {op} {vip}"),
+                &comment,
+            ),
+            Request::BackendRemove {
+                vip,
+                address,
+                comment,
+            } => self.edit(
+                edit::remove_backend(&self.text, &vip, &address),
+                format!("api: {op} {vip} {address}"),
+                &comment,
+            ),
+            Request::VipAdd {
+                name,
+                address,
+                comment,
+                fields,
+            } => self.edit(
+                edit::add_vip(
+                    &self.text,
+                    &with("name", name, with("address", address, fields)),
+                ),
+                format!("api: {op}"),
+                &comment,
+            ),
+            Request::VipSet {
+                name,
+                comment,
+                fields,
+            } => self.edit(
+                edit::set_vip(&self.text, &name, &fields),
+                format!("api: {op} {name}"),
+                &comment,
+            ),
+            Request::VipRemove { name, comment } => self.edit(
+                edit::remove_vip(&self.text, &name),
+                format!("api: {op} {name}"),
+                &comment,
+            ),
         };
-        match res {
-            Ok((data, rev)) => ok(data, rev),
-            Err((code, msg)) => err(code, msg),
+        answer.unwrap_or_else(Reply::Err)
+    }
+
+    /// Apply an edit of the current text (made by `lb_control`'s edits) as a new revision.
+    fn edit(
+        &mut self,
+        edited: Result<String, edit::EditError>,
+        source: String,
+        comment: &str,
+    ) -> Result<Reply, Failure> {
+        self.change(edited.map_err(edit_failure)?, &source, comment)
+    }
+
+    /// Apply `text` as a new revision: the answer to a mutation.
+    fn change(&mut self, text: String, source: &str, comment: &str) -> Result<Reply, Failure> {
+        let meta = self.apply_text(text, source, comment)?;
+        Ok(Reply::revision(&revision_meta(&meta)))
+    }
+
+    fn status(&self) -> api::Status {
+        let mut backends = std::collections::BTreeMap::new();
+        for v in &self.ctl.vips {
+            for b in &v.backends {
+                *backends.entry(api_state(b.state())).or_default() += 1;
+            }
+        }
+        api::Status {
+            revision: self.revision(),
+            vips: self.ctl.vips.len() as u64,
+            backends,
+            uptime_s: self.started.elapsed().as_secs(),
+            interfaces: self.cfg.daemon.interfaces.clone(),
+            pin_dir: self.cfg.daemon.pin_dir.clone(),
         }
     }
 
-    fn read(&self, op: &str, args: &Map<String, Value>) -> Result<Value, Failure> {
-        let vip_filter = args.get("vip").and_then(Value::as_str);
-        match op {
-            "status" => {
-                let mut states: std::collections::BTreeMap<&str, u32> = Default::default();
-                for v in &self.ctl.vips {
-                    for b in &v.backends {
-                        *states.entry(b.state().as_str()).or_default() += 1;
-                    }
-                }
-                Ok(json!({
-                    "revision": self.revision(),
-                    "vips": self.ctl.vips.len(),
-                    "backends": states,
-                    "uptime_s": self.started.elapsed().as_secs(),
-                    "interfaces": self.cfg.daemon.interfaces,
-                    "pin_dir": self.cfg.daemon.pin_dir,
-                }))
-            }
-            "vip.list"
-                if vip_filter.is_some_and(|f| !self.ctl.vips.iter().any(|v| v.cfg.name == f)) =>
-            {
-                Err(("not_found", format!("unknown VIP {:?} (`lbctl vip list` shows them)", vip_filter.unwrap_or_default())))
-            }
-            "vip.list" => Ok(Value::Array(
-                self.ctl
-                    .vips
+    /// Refuse a VIP filter that names no VIP.
+    fn known_vip(&self, filter: Option<&str>) -> Result<(), Failure> {
+        match filter {
+            Some(f) if !self.ctl.vips.iter().any(|v| v.cfg.name == f) => Err(fail(
+                ErrorCode::NotFound,
+                format!("unknown VIP {f:?} (`lbctl vip list` shows them)"),
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    fn vip_list(&self, filter: Option<&str>) -> Result<Vec<api::VipRow>, Failure> {
+        self.known_vip(filter)?;
+        Ok(self
+            .ctl
+            .vips
+            .iter()
+            .filter(|v| filter.is_none_or(|f| f == v.cfg.name))
+            .map(|v| api::VipRow {
+                name: v.cfg.name.clone(),
+                address: v.cfg.address,
+                port: v.cfg.port,
+                protocol: api_protocol(v.cfg.protocol),
+                scheduler: api_scheduler(v.cfg.scheduler),
+                forward: api_forward(v.cfg.forward),
+                ring_size: v.cfg.ring_size,
+                backends: v.backends.len() as u64,
+                usable: v
+                    .backends
                     .iter()
-                    .filter(|v| vip_filter.is_none_or(|f| f == v.cfg.name))
-                    .map(|v| {
-                        json!({
-                            "name": v.cfg.name, "address": v.cfg.address, "port": v.cfg.port,
-                            "protocol": format!("{:?}", v.cfg.protocol).to_lowercase(),
-                            "scheduler": snake(&format!("{:?}", v.cfg.scheduler)), "forward": format!("{:?}", v.cfg.forward).to_lowercase(),
-                            "ring_size": v.cfg.ring_size, "backends": v.backends.len(),
-                            "usable": v.backends.iter().filter(|b| b.state().as_str() == "up").count(),
-                            "on_backup": v.on_backup,
-                        })
-                    })
-                    .collect(),
-            )),
-            "backend.list" | "health" => {
-                if let Some(f) = vip_filter
-                    && !self.ctl.vips.iter().any(|v| v.cfg.name == f)
-                {
-                    return Err(("not_found", format!("unknown VIP {f:?} (`lbctl vip list` shows them)")));
-                }
-                Ok(Value::Array(
-                    self.ctl
-                        .vips
-                        .iter()
-                        .filter(|v| vip_filter.is_none_or(|f| f == v.cfg.name))
-                        .flat_map(|v| {
-                            v.backends.iter().map(|b| {
-                                json!({
-                                    "vip": v.cfg.name, "address": b.cfg.address, "weight": b.cfg.weight,
-                                    "effective_weight": b.weight(), "role": format!("{:?}", b.cfg.role).to_lowercase(),
-                                    "state": b.state().as_str(), "reason": b.reason, "since_s": ago(b.since).as_secs(),
-                                    "latency_ms": b.latency_ms, "error_rate": b.error_rate(),
-                                    "last_check_s": b.last_check.map(|t| ago(t).as_secs_f64()),
-                                })
-                            })
-                        })
-                        .collect(),
-                ))
-            }
-            "stats" => {
-                let reasons: Map<String, Value> = self.ctl.maps().reasons()
-                    .map_err(|e| ("internal", e.to_string()))?
-                    .into_iter()
-                    .map(|(r, n)| (r.label().to_string(), json!(n)))
-                    .collect();
-                let mut vips = Vec::new();
-                let mut backends = Vec::new();
-                for v in &self.ctl.vips {
-                    let s = self.ctl.maps().vip_stats(v.meta.vip_id).map_err(|e| ("internal", e.to_string()))?;
-                    vips.push(json!({"vip": v.cfg.name, "packets": s.packets, "bytes": s.bytes, "new_flows": s.new_flows}));
-                    for b in &v.backends {
-                        let s = self.ctl.maps().backend_stats(b.id).map_err(|e| ("internal", e.to_string()))?;
-                        backends.push(json!({"vip": v.cfg.name, "address": b.cfg.address, "packets": s.packets, "bytes": s.bytes}));
-                    }
-                }
-                Ok(json!({"reasons": reasons, "vips": vips, "backends": backends}))
-            }
-            "events" => {
-                let limit = args.get("limit").and_then(Value::as_u64).unwrap_or(100) as usize;
-                let n = self.ctl.events.len();
-                Ok(Value::Array(
-                    self.ctl
-                        .events
-                        .iter()
-                        .skip(n.saturating_sub(limit))
-                        .map(|e| {
-                            let ms = e.at.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
-                            json!({"at": rfc3339(ms), "vip": e.vip, "backend": e.backend, "what": e.what})
-                        })
-                        .collect(),
-                ))
-            }
-            "config.show" => {
-                let rev = match args.get("revision").and_then(Value::as_u64) {
-                    Some(id) => self.store.get(id).map_err(|e| ("not_found", e.to_string()))?,
-                    None => self.store.latest().ok().flatten().ok_or(("internal", "no revision recorded".to_string()))?,
-                };
-                Ok(json!({"revision": rev.meta.id, "config": rev.config}))
-            }
-            "config.validate" => {
-                let text = args.get("config").and_then(Value::as_str).ok_or(("bad_request", "config.validate needs args.config".to_string()))?;
-                let name = args.get("name").and_then(Value::as_str).unwrap_or("config");
-                Config::parse(text, Path::new(name)).map_err(|e| ("invalid", e.to_string()))?;
-                Ok(json!({"valid": true}))
-            }
-            "config.history" => Ok(Value::Array(
-                self.store.history().map_err(|e| ("internal", e.to_string()))?.iter().map(meta_json).collect(),
-            )),
-            "config.diff" => {
-                let cur = self.revision();
-                let from = args.get("from").and_then(Value::as_u64).ok_or(("bad_request", "config.diff needs args.from".to_string()))?;
-                let to = args.get("to").and_then(Value::as_u64).unwrap_or(cur);
-                Ok(json!({"diff": self.store.diff(from, to).map_err(|e| ("not_found", e.to_string()))?}))
-            }
-            "config.export" => {
-                let text = self.store.export().map_err(|e| ("internal", e.to_string()))?;
-                Ok(serde_json::from_str::<Value>(&text).unwrap_or(Value::Null))
-            }
-            other => Err(("bad_request", format!("unknown operation {other:?}"))),
-        }
+                    .filter(|b| api_state(b.state()) == api::BackendState::Up)
+                    .count() as u64,
+                on_backup: v.on_backup,
+            })
+            .collect())
     }
 
-    fn mutate(&mut self, op: &str, args: &Map<String, Value>) -> Result<(Value, Meta), Failure> {
-        let s = |k: &str| {
-            args.get(k)
-                .and_then(Value::as_str)
-                .map(str::to_string)
-                .ok_or(("bad_request", format!("{op} needs args.{k}")))
-        };
-        let comment = args
-            .get("comment")
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .to_string();
-        let edit_err = |e: edit::EditError| match e {
-            edit::EditError::NoVip(_) | edit::EditError::NoBackend { .. } => {
-                ("not_found", e.to_string())
+    fn backend_list(&self, filter: Option<&str>) -> Result<Vec<api::BackendRow>, Failure> {
+        self.known_vip(filter)?;
+        Ok(self
+            .ctl
+            .vips
+            .iter()
+            .filter(|v| filter.is_none_or(|f| f == v.cfg.name))
+            .flat_map(|v| {
+                v.backends.iter().map(|b| api::BackendRow {
+                    vip: v.cfg.name.clone(),
+                    address: b.cfg.address,
+                    weight: b.cfg.weight,
+                    effective_weight: b.weight(),
+                    role: api_role(b.cfg.role),
+                    state: api_state(b.state()),
+                    reason: b.reason.clone(),
+                    since_s: ago(b.since).as_secs(),
+                    latency_ms: b.latency_ms,
+                    error_rate: b.error_rate(),
+                    last_check_s: b.last_check.map(|t| ago(t).as_secs_f64()),
+                })
+            })
+            .collect())
+    }
+
+    fn stats(&self) -> Result<api::Stats, Failure> {
+        let internal = |e: lb_dataplane::DataplaneError| fail(ErrorCode::Internal, e);
+        let reasons = self
+            .ctl
+            .maps()
+            .reasons()
+            .map_err(internal)?
+            .into_iter()
+            .map(|(r, n)| (r.label().to_string(), n))
+            .collect();
+        let mut vips = Vec::new();
+        let mut backends = Vec::new();
+        for v in &self.ctl.vips {
+            let s = self.ctl.maps().vip_stats(v.meta.vip_id).map_err(internal)?;
+            vips.push(api::VipCounters {
+                vip: v.cfg.name.clone(),
+                packets: s.packets,
+                bytes: s.bytes,
+                new_flows: s.new_flows,
+            });
+            for b in &v.backends {
+                let s = self.ctl.maps().backend_stats(b.id).map_err(internal)?;
+                backends.push(api::BackendCounters {
+                    vip: v.cfg.name.clone(),
+                    address: b.cfg.address,
+                    packets: s.packets,
+                    bytes: s.bytes,
+                });
             }
-            _ => ("invalid", e.to_string()),
+        }
+        Ok(api::Stats {
+            reasons,
+            vips,
+            backends,
+        })
+    }
+
+    /// The newest `limit` events, oldest first.
+    fn events(&self, limit: u64) -> Vec<api::EventRow> {
+        let skip = (self.ctl.events.len() as u64).saturating_sub(limit) as usize;
+        self.ctl
+            .events
+            .iter()
+            .skip(skip)
+            .map(|e| api::EventRow {
+                at: rfc3339(ms_since_epoch(e.at)),
+                vip: e.vip.clone(),
+                backend: e.backend,
+                what: e.what.clone(),
+            })
+            .collect()
+    }
+
+    fn config_show(&self, revision: Option<u64>) -> Result<api::ConfigText, Failure> {
+        let rev = match revision {
+            Some(id) => self
+                .store
+                .get(id)
+                .map_err(|e| fail(ErrorCode::NotFound, e))?,
+            None => self
+                .store
+                .latest()
+                .ok()
+                .flatten()
+                .ok_or_else(|| fail(ErrorCode::Internal, "no revision recorded"))?,
         };
-        let fields = |skip: &[&str]| -> Map<String, Value> {
-            args.iter()
-                .filter(|(k, _)| !skip.contains(&k.as_str()))
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect()
-        };
-        let (text, source) = match op {
-            "config.apply" => (s("config")?, "api: config.apply".to_string()),
-            "config.rollback" => {
-                let rev = if let Some(id) = args.get("to").and_then(Value::as_u64) {
-                    self.store
-                        .get(id)
-                        .map_err(|e| ("not_found", e.to_string()))?
-                } else if let Some(at) = args.get("at").and_then(Value::as_str) {
-                    let when = humantime::parse_rfc3339_weak(at).map_err(|e| {
-                        (
-                            "bad_request",
-                            format!("--at {at:?}: {e}; use RFC 3339 like 2026-11-26T09:30:00Z"),
-                        )
-                    })?;
-                    let ms = when
-                        .duration_since(UNIX_EPOCH)
-                        .map(|d| d.as_millis() as u64)
-                        .unwrap_or(0);
-                    self.store
-                        .at(ms)
-                        .map_err(|e| ("not_found", e.to_string()))?
-                } else {
-                    return Err((
-                        "bad_request",
-                        "config.rollback needs args.to (a revision) or args.at (a time)".into(),
-                    ));
-                };
-                (rev.config, format!("rollback to {}", rev.meta.id))
-            }
-            "config.import" => {
-                let revs: Vec<crate::store::Revision> =
-                    serde_json::from_value(args.get("revisions").cloned().unwrap_or(Value::Null))
-                        .map_err(|e| {
-                        (
-                            "bad_request",
-                            format!("config.import needs args.revisions as exported: {e}"),
-                        )
-                    })?;
-                let last = revs
-                    .last()
-                    .ok_or(("bad_request", "no revisions to import".to_string()))?;
-                let newest = Config::parse(&last.config, &self.path).map_err(|e| {
-                    (
-                        "invalid",
-                        format!("the newest imported revision does not validate: {e}"),
+        Ok(api::ConfigText {
+            revision: rev.meta.id,
+            config: rev.config,
+        })
+    }
+
+    fn export(&self) -> Result<Vec<api::ExportedRevision>, Failure> {
+        let text = self
+            .store
+            .export()
+            .map_err(|e| fail(ErrorCode::Internal, e))?;
+        serde_json::from_str(&text).map_err(|e| {
+            fail(
+                ErrorCode::Internal,
+                format!(
+                    "the revision store's export does not read back ({e}); please report this bug"
+                ),
+            )
+        })
+    }
+
+    fn rollback(&mut self, target: RollbackTarget, comment: &str) -> Result<Reply, Failure> {
+        let rev = match target {
+            RollbackTarget::Revision(id) => self
+                .store
+                .get(id)
+                .map_err(|e| fail(ErrorCode::NotFound, e))?,
+            RollbackTarget::Time(at) => {
+                let when = humantime::parse_rfc3339_weak(&at).map_err(|e| {
+                    fail(
+                        ErrorCode::BadRequest,
+                        format!("--at {at:?}: {e}; use RFC 3339 like 2026-11-26T09:30:00Z"),
                     )
                 })?;
-                // Nothing is recorded unless the newest can be applied here.
-                if newest.daemon != self.cfg.daemon {
-                    return Err((
-                        "invalid",
-                        "the newest imported revision has other [daemon] settings than this node: make them match first".into(),
-                    ));
-                }
-                for r in &revs[..revs.len() - 1] {
-                    self.store
-                        .commit(
-                            &r.config,
-                            &format!("import (was revision {})", r.meta.id),
-                            &r.meta.comment,
-                        )
-                        .map_err(|e| ("internal", e.to_string()))?;
-                }
-                (
-                    last.config.clone(),
-                    format!("import (was revision {})", last.meta.id),
-                )
+                self.store
+                    .at(ms_since_epoch(when))
+                    .map_err(|e| fail(ErrorCode::NotFound, e))?
             }
-            "backend.set" => {
-                let (vip, addr) = (s("vip")?, s("address")?);
-                (
-                    edit::set_backend(
-                        &self.text,
-                        &vip,
-                        &addr,
-                        &fields(&["vip", "address", "comment"]),
-                    )
-                    .map_err(edit_err)?,
-                    format!("api: backend.set {vip} {addr}"),
-                )
-            }
-            "backend.add" => {
-                let vip = s("vip")?;
-                (
-                    edit::add_backend(&self.text, &vip, &fields(&["vip", "comment"]))
-                        .map_err(edit_err)?,
-                    format!("api: backend.add {vip}"),
-                )
-            }
-            "backend.remove" => {
-                let (vip, addr) = (s("vip")?, s("address")?);
-                (
-                    edit::remove_backend(&self.text, &vip, &addr).map_err(edit_err)?,
-                    format!("api: backend.remove {vip} {addr}"),
-                )
-            }
-            "vip.add" => (
-                edit::add_vip(&self.text, &fields(&["comment"])).map_err(edit_err)?,
-                "api: vip.add".to_string(),
-            ),
-            "vip.set" => {
-                let name = s("name")?;
-                (
-                    edit::set_vip(&self.text, &name, &fields(&["name", "comment"]))
-                        .map_err(edit_err)?,
-                    format!("api: vip.set {name}"),
-                )
-            }
-            "vip.remove" => {
-                let name = s("name")?;
-                (
-                    edit::remove_vip(&self.text, &name).map_err(edit_err)?,
-                    format!("api: vip.remove {name}"),
-                )
-            }
-            other => return Err(("bad_request", format!("unknown operation {other:?}"))),
         };
-        let meta = self.apply_text(text, &source, &comment)?;
-        Ok((meta_json(&meta), meta))
+        self.change(rev.config, &format!("rollback to {}", rev.meta.id), comment)
+    }
+
+    /// Record the older revisions as history, then apply the newest.
+    fn import(
+        &mut self,
+        revisions: Vec<api::ExportedRevision>,
+        comment: &str,
+    ) -> Result<Reply, Failure> {
+        let Some((last, older)) = revisions.split_last() else {
+            return Err(fail(
+                ErrorCode::BadRequest,
+                format!(
+                    "no revisions to import: args.revisions of {} is empty",
+                    Op::ConfigImport
+                ),
+            ));
+        };
+        let newest = Config::parse(&last.config, &self.path).map_err(|e| {
+            fail(
+                ErrorCode::Invalid,
+                format!("the newest imported revision does not validate: {e}"),
+            )
+        })?;
+        // Nothing is recorded unless the newest can be applied here.
+        if newest.daemon != self.cfg.daemon {
+            return Err(fail(
+                ErrorCode::Invalid,
+                "the newest imported revision has other [daemon] settings than this node: make them match first",
+            ));
+        }
+        for r in older {
+            self.store
+                .commit(
+                    &r.config,
+                    &format!("import (was revision {})", r.meta.id),
+                    &r.meta.comment,
+                )
+                .map_err(|e| fail(ErrorCode::Internal, e))?;
+        }
+        self.change(
+            last.config.clone(),
+            &format!("import (was revision {})", last.meta.id),
+            comment,
+        )
     }
 }

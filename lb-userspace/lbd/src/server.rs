@@ -1,14 +1,9 @@
-//! The control API: newline-delimited JSON over a Unix socket.
-//!
-//! Version 1. A request is one JSON object on one line:
-//! `{"v":1,"op":"backend.set","args":{"vip":"web","address":"198.18.0.21","drain":true},"base_revision":7}`
-//! and the answer is one line: `{"v":1,"ok":true,"revision":8,"data":...}` or
-//! `{"v":1,"ok":false,"error":{"code":"not_found","message":"..."}}`.
-//! Error codes: `bad_request` (malformed or unknown op), `invalid` (the change does not
-//! validate), `not_found`, `conflict` (base_revision is not the current revision),
-//! `permission` (peer is neither root nor the daemon's user), `internal`.
+//! The control API's socket: newline-delimited JSON (`lb_api`, docs/api.md) over a Unix
+//! socket. Each line is decoded into an `lb_api::Envelope` here; a line that is not one
+//! (not JSON, another version, an unknown operation, bad arguments) is answered
+//! `bad_request` at once, and every other goes to the daemon's control loop
+//! (`Handler::handle`), which serializes them.
 //! The socket is created owner-only (0600) and every peer's credentials are checked.
-//! Mutations are serialized by the daemon and each one is a configuration revision.
 
 use std::{
     os::unix::fs::PermissionsExt,
@@ -20,8 +15,7 @@ use std::{
 };
 
 use anyhow::{Context, Result};
-use lb_api::{Request, VERSION, err};
-use serde_json::Value;
+use lb_api::{ApiError, Envelope, ErrorCode, Reply};
 use tokio::{
     io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
     net::{UnixListener, UnixStream},
@@ -31,8 +25,8 @@ use tracing::{info, warn};
 
 /// A request on its way to the daemon's control loop, with where to send the answer.
 pub struct Call {
-    pub req: Request,
-    pub reply: oneshot::Sender<Value>,
+    pub envelope: Envelope,
+    pub reply: oneshot::Sender<Reply>,
 }
 
 /// Set once this daemon listens on its socket.
@@ -89,37 +83,26 @@ async fn connection(s: UnixStream, allowed: bool, tx: mpsc::Sender<Call>) -> Res
     let mut lines = BufReader::new(r).lines();
     while let Some(line) = lines.next_line().await? {
         let answer = if !allowed {
-            err(
-                "permission",
+            Reply::error(
+                ErrorCode::Permission,
                 "the control API serves root and the daemon's own user only",
             )
         } else {
-            match serde_json::from_str::<Request>(&line) {
-                Err(e) => err(
-                    "bad_request",
-                    format!("not a version {VERSION} request: {e}"),
-                ),
-                Ok(req) if req.v != VERSION => err(
-                    "bad_request",
-                    format!(
-                        "API version {} is not served; this daemon speaks {VERSION}",
-                        req.v
-                    ),
-                ),
-                Ok(req) => {
+            match Envelope::from_line(&line) {
+                Err(e) => Reply::Err(ApiError::from(e)),
+                Ok(envelope) => {
                     let (reply, rx) = oneshot::channel();
-                    if tx.send(Call { req, reply }).await.is_err() {
-                        err("internal", "the daemon is stopping")
+                    if tx.send(Call { envelope, reply }).await.is_err() {
+                        Reply::error(ErrorCode::Internal, "the daemon is stopping")
                     } else {
-                        rx.await
-                            .unwrap_or_else(|_| err("internal", "the daemon dropped the request"))
+                        rx.await.unwrap_or_else(|_| {
+                            Reply::error(ErrorCode::Internal, "the daemon dropped the request")
+                        })
                     }
                 }
             }
         };
-        let mut out = serde_json::to_string(&answer)?;
-        out.push('\n');
-        w.write_all(out.as_bytes()).await?;
+        w.write_all(answer.to_line().as_bytes()).await?;
         if !allowed {
             break;
         }

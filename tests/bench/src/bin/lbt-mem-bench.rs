@@ -121,15 +121,10 @@ fn main() {
     });
     // Serving: the controller has written every VIP once the API answers.
     let sock = state.join("lbd.sock");
-    let req = lb_api::Request {
-        v: 1,
-        op: "status".into(),
-        args: serde_json::json!({}),
-        base_revision: None,
-    };
+    let api = lb_api::Client::new(&sock);
     let mut up = false;
     for _ in 0..600 {
-        if lb_api::call(&sock, &req).is_ok_and(|a| a["ok"] == true) {
+        if api.call(&lb_api::Request::Status {}, None).is_ok() {
             up = true;
             break;
         }

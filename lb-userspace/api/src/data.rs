@@ -1,0 +1,203 @@
+//! The `data` of each operation's answer, field for field as docs/api.md gives it.
+//!
+//! Mutations answer a [`RevisionMeta`]; the reads' types are named in the docs of their
+//! [`crate::Request`] variants.
+
+use std::{collections::BTreeMap, net::IpAddr, path::PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{display_as_serialized, parse_as_deserialized};
+
+/// A backend's state as an operator sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BackendState {
+    Up,
+    Down,
+    Degraded,
+    Draining,
+    Disabled,
+}
+
+/// Whether a backend serves always or only while the primaries are short.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    Primary,
+    Backup,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+/// How a VIP picks a backend for a new flow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Scheduler {
+    Maglev,
+    RoundRobin,
+    Random,
+    LeastConn,
+    SourceHash,
+}
+
+/// How a VIP's packets reach the backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Forward {
+    /// IP-in-IP encapsulation.
+    Ipip,
+    /// L2 direct server return (MAC rewrite).
+    L2dsr,
+}
+
+display_as_serialized!(BackendState, Role, Protocol, Scheduler, Forward);
+parse_as_deserialized!(BackendState, Role, Protocol, Scheduler, Forward);
+
+/// `status`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    /// The current revision (0 before the first).
+    pub revision: u64,
+    /// How many VIPs.
+    pub vips: u64,
+    /// How many backends are in each state (only states that occur).
+    pub backends: BTreeMap<BackendState, u64>,
+    /// Seconds since the daemon started serving.
+    pub uptime_s: u64,
+    pub interfaces: Vec<String>,
+    pub pin_dir: PathBuf,
+}
+
+/// A row of `vip.list`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VipRow {
+    pub name: String,
+    pub address: IpAddr,
+    /// 0: every port.
+    pub port: u16,
+    pub protocol: Protocol,
+    pub scheduler: Scheduler,
+    pub forward: Forward,
+    pub ring_size: u32,
+    /// How many backends.
+    pub backends: u64,
+    /// How many backends are `up`.
+    pub usable: u64,
+    /// The backup pool serves.
+    pub on_backup: bool,
+}
+
+/// A row of `backend.list` and `health`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BackendRow {
+    pub vip: String,
+    pub address: IpAddr,
+    /// As configured.
+    pub weight: u32,
+    /// In the ring now (agent percentage, slow start).
+    pub effective_weight: u32,
+    pub role: Role,
+    pub state: BackendState,
+    /// The last state change's cause.
+    pub reason: String,
+    /// Seconds in this state.
+    pub since_s: u64,
+    /// Moving average of check latency; none before the first success.
+    pub latency_ms: Option<f64>,
+    /// Share of the last checks that failed.
+    pub error_rate: f64,
+    /// Seconds since the last check; none before the first.
+    pub last_check_s: Option<f64>,
+}
+
+/// `stats`: dataplane counters, summed over CPUs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stats {
+    /// Packets per reason label (docs/dataplane.md §5).
+    pub reasons: BTreeMap<String, u64>,
+    pub vips: Vec<VipCounters>,
+    pub backends: Vec<BackendCounters>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VipCounters {
+    pub vip: String,
+    pub packets: u64,
+    pub bytes: u64,
+    pub new_flows: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackendCounters {
+    pub vip: String,
+    pub address: IpAddr,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// A row of `events`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventRow {
+    /// RFC 3339 UTC.
+    pub at: String,
+    /// `*` for configuration revisions.
+    pub vip: String,
+    /// None for VIP-wide events.
+    pub backend: Option<IpAddr>,
+    pub what: String,
+}
+
+/// `config.show`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConfigText {
+    pub revision: u64,
+    /// The TOML text exactly as applied.
+    pub config: String,
+}
+
+/// `config.validate` (an invalid text is an `invalid` error instead).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Validity {
+    pub valid: bool,
+}
+
+/// `config.diff`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Diff {
+    /// Unified, with headers `--- revision FROM` / `+++ revision TO`; empty when equal.
+    pub diff: String,
+}
+
+/// A revision: a row of `config.history`, and what every mutation answers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RevisionMeta {
+    pub revision: u64,
+    /// RFC 3339 UTC, milliseconds.
+    pub at: String,
+    /// What made it: `file`, `reload`, `api: OP ...`, `rollback to N`, `import (was revision N)`.
+    pub source: String,
+    pub comment: String,
+}
+
+/// An entry of `config.export`, and of `config.import`'s `revisions`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExportedRevision {
+    pub meta: ExportedMeta,
+    pub config: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExportedMeta {
+    pub id: u64,
+    /// Milliseconds since the Unix epoch.
+    pub at_ms: u64,
+    pub source: String,
+    #[serde(default)]
+    pub comment: String,
+}
