@@ -274,12 +274,12 @@ fn every_command_block_is_run_or_says_why() {
         let kind = match mark {
             "cli" => {
                 for c in b.commands() {
-                    if !["lbd ", "lbctl ", "cargo xtask "]
+                    if !["lbd ", "lbctl ", "lb-demo ", "cargo xtask "]
                         .iter()
                         .any(|p| c.starts_with(p))
                     {
                         bad.push(format!(
-                            "{}: `{c}` in a `cli` block is neither lbd, lbctl nor cargo xtask",
+                            "{}: `{c}` in a `cli` block is neither lbd, lbctl, lb-demo nor cargo xtask",
                             b.at()
                         ));
                     }
