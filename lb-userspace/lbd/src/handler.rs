@@ -9,7 +9,7 @@ use std::{
 };
 
 use lb_api::{self as api, ApiError, Envelope, ErrorCode, Op, Reply, Request, RollbackTarget};
-use lb_control::{self as edit, Config, Controller, Probe, ago};
+use lb_control::{self as edit, Config, ControlError, Controller, Probe, ago};
 use lb_dataplane::Dataplane;
 use serde_json::{Map, Value};
 use tokio::{sync::mpsc, task::JoinHandle};
@@ -195,14 +195,15 @@ impl Handler {
                 "[daemon] settings (interfaces, pin_dir, sockets, state_dir) change only with a restart",
             ));
         }
+        // The controller plans before it writes: a change that cannot fit is refused whole
+        // (invalid), and a write that fails leaves the running revision serving.
         if let Err(e) = self.ctl.apply(&new) {
-            error!(error = %e, "applying a configuration failed part way");
-            return Err(fail(
-                ErrorCode::Internal,
-                format!(
-                    "applying failed part way ({e}); the dataplane may be partly updated: apply a good configuration again"
-                ),
-            ));
+            let code = match e {
+                ControlError::Capacity { .. } => ErrorCode::Invalid,
+                ControlError::Map(_) | ControlError::Partial { .. } => ErrorCode::Internal,
+            };
+            error!(error = %e, "configuration not applied");
+            return Err(fail(code, e.to_string()));
         }
         self.respawn_probes();
         if std::fs::read_to_string(&self.path).ok().as_deref() != Some(text.as_str())
