@@ -381,9 +381,18 @@ impl<M: Maps> Controller<M> {
     /// is not ours removed.
     pub fn repair(&mut self) -> Result<(), ControlError> {
         let global = self.global.unwrap_or_default();
+        // Rings as the backends' states make them now: a write that failed during a health
+        // change left the state changed and its ring not rebuilt.
+        let mut vips = self.vips.clone();
+        for v in &mut vips {
+            let (ring, on_backup, len) = desired_ring(v);
+            v.ring = ring;
+            v.on_backup = on_backup;
+            v.meta.ring_size = len;
+        }
         let plan = Plan {
             global,
-            vips: self.vips.clone(),
+            vips,
             written: Vec::new(),
             windows: self.windows.clone(),
             replaced: Vec::new(),
@@ -392,9 +401,22 @@ impl<M: Maps> Controller<M> {
             transitions: Vec::new(),
         };
         let res = self.write(&plan);
-        if res.is_ok() && self.out_of_step {
-            self.out_of_step = false;
-            info!("the dataplane's maps are in step with the configuration again");
+        if res.is_ok() {
+            let changes: Vec<(String, bool)> = plan
+                .vips
+                .iter()
+                .zip(&self.vips)
+                .filter(|(new, old)| new.on_backup != old.on_backup)
+                .map(|(new, _)| (new.cfg.name.clone(), new.on_backup))
+                .collect();
+            self.vips = plan.vips;
+            for (name, on_backup) in changes {
+                self.backup_event(&name, on_backup);
+            }
+            if self.out_of_step {
+                self.out_of_step = false;
+                info!("the dataplane's maps are in step with the configuration again");
+            }
         }
         res.map_err(ControlError::Map)
     }
@@ -563,13 +585,18 @@ impl<M: Maps> Controller<M> {
         let available = windows.capacity() as u64 - windows.used();
         for i in fresh {
             let size = plan.vips[i].cfg.ring_size;
-            plan.vips[i].meta.ring_offset =
-                windows.alloc(size).ok_or(ControlError::Capacity {
-                    what: "LB_RINGS slots ([dataplane] ring_capacity)",
-                    needed,
-                    available,
-                    advice: "VIPs this change removes free their windows only once it is applied: apply the removal first, or raise ring_capacity (lbd purge and a restart)",
-                })?;
+            let offset = windows.alloc(size).ok_or(ControlError::Capacity {
+                what: "LB_RINGS slots ([dataplane] ring_capacity)",
+                needed,
+                available,
+                advice: "VIPs this change removes free their windows only once it is applied: apply the removal first, or raise ring_capacity (lbd purge and a restart)",
+            })?;
+            plan.vips[i].meta.ring_offset = offset;
+            // A window given back keeps the slots of the VIP that had it: write every slot
+            // (one batch), or a slot the new ring leaves empty would keep naming an old
+            // backend id (which another backend may hold by now). Reading the window back
+            // instead costs a syscall per slot, a minute at start with 1,000 VIPs.
+            plan.written[i] = Vec::new();
         }
         plan.gone = old.into_iter().flatten().collect();
         for g in &plan.gone {

@@ -17,9 +17,11 @@ mod model;
 mod observer;
 mod probe;
 mod ring;
+#[cfg(test)]
+mod tests;
 
 pub use alloc::{Ids, Windows};
-pub use backend::{Admin, BackendState, Liveness, State, Transition, ERROR_WINDOW};
+pub use backend::{Admin, BackendState, ERROR_WINDOW, Liveness, State, Transition};
 pub use config::*;
 pub use controller::*;
 pub use edit::*;
