@@ -316,7 +316,10 @@ impl BackendState {
             self.agent.weight_pct = says.weight_pct;
         }
         let weight_after = self.weight();
-        let reason = format!("agent: {line}");
+        let reason = match weight_before == weight_after {
+            true => format!("agent: {line}"),
+            false => format!("agent: {line} (weight {weight_before} -> {weight_after})"),
+        };
         match self.settle(from, was_down, Some(reason.clone())) {
             Some(t) => Some(t),
             // Same state, new weight: the ring changes, the state does not.
@@ -325,7 +328,7 @@ impl BackendState {
                 to: from,
                 was_down,
                 now_down: was_down,
-                reason: format!("{reason} (weight {weight_before} -> {weight_after})"),
+                reason,
             }),
             None => None,
         }

@@ -403,14 +403,14 @@ fn agent_check_drains_downs_and_reweights() {
     t.control(0, "agent", "down");
     d.wait_log("up -> down", 5);
     t.control(0, "agent", "up 50%");
-    d.wait_log("down -> up (weight 100 -> 50)", 5);
+    d.wait_log("down -> up: agent: up 50% (weight 100 -> 50)", 5);
     let (seen, failed) = t.requests("--tcp", &web(), 60);
     assert_eq!(failed, 0);
     assert!(
         seen.contains_key("b1"),
         "b1 back at half weight got nothing: {seen:?}"
     );
-    for line in d.log().lines().filter(|l| l.contains("by agent")) {
+    for line in d.log().lines().filter(|l| l.contains("agent: ")) {
         println!("{line}");
     }
 }
