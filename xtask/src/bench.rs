@@ -42,7 +42,10 @@ pub fn run(extra: &[String]) -> Result<()> {
     if !st.success() {
         bail!("the benchmark failed ({st}); see its output above");
     }
-    health_checks(&out)
+    let done = health_checks(&out);
+    // The memory driver pins under the tests' bpffs: take it away, whatever happened.
+    crate::suite::release_test_bpffs();
+    done
 }
 
 /// Health-check capacity: CPU share of one core for 1,000 and 10,000 backends probed at a

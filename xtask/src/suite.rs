@@ -49,6 +49,7 @@ pub fn run(extra: &[String]) -> Result<i32> {
     test.arg("--no-fail-fast").args(extra);
     say(format!("running: {}", show(&test)));
     let (st, out) = cmd::tee(&mut test, Stream::Stdout)?;
+    release_test_bpffs();
     let (passed, failed) = summarize(&out);
     if !st.success() {
         say(format!("cargo test failed ({st})"));
@@ -99,6 +100,30 @@ fn sweep() {
     }
     sweep_pins(Path::new(BPFFS));
     sweep_pins(Path::new(TEST_BPFFS));
+}
+
+/// Unmounts the tests' bpffs once nothing is pinned there (the tests share one mount while
+/// they run, so none of them can take it away), so a run leaves no mount behind. Stale pins
+/// of crashed runs are swept first.
+pub fn release_test_bpffs() {
+    let dir = Path::new(TEST_BPFFS);
+    if !dir.exists() {
+        return;
+    }
+    sweep_pins(dir);
+    // The kernel's own entries (bpf_preload's iterators) are in every bpffs mount.
+    let ours = |name: &str| !["maps.debug", "progs.debug"].contains(&name);
+    if fs::read_dir(dir).is_ok_and(|d| d.flatten().any(|e| ours(&e.file_name().to_string_lossy())))
+    {
+        say(format!(
+            "kept {TEST_BPFFS}: pins of a running test are still there"
+        ));
+        return;
+    }
+    let unmounted = cmd::output(Command::new("umount").arg(dir)).is_ok();
+    if unmounted && fs::remove_dir(dir).is_ok() {
+        say(format!("unmounted and removed {TEST_BPFFS}"));
+    }
 }
 
 /// Removes the `lbt-*` entries (pins, or directories of pins) of `dir` whose test process is

@@ -18,7 +18,7 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
-use lb_dataplane::{Decap, XdpMode, on_bpffs, pinned_reasons, purge_pins};
+use lb_dataplane::{Decap, XdpMode, pinned_reasons, purge_pins};
 
 use crate::netns::{Netns, sh, sweep_stale};
 
@@ -226,10 +226,7 @@ impl Lab {
             ];
             decaps.push(b.enter(move || Decap::attach("eth0", XdpMode::Driver, &addrs))?);
         }
-        std::fs::create_dir_all(BPFFS)?;
-        if !on_bpffs(std::path::Path::new(BPFFS)) {
-            sh(&format!("mount -t bpf bpf {BPFFS}"));
-        }
+        crate::bpffs::mount(BPFFS);
         // An earlier demo killed mid-way (Ctrl-C) left its pins and files: take them now.
         for e in std::fs::read_dir(BPFFS)?.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
@@ -378,6 +375,7 @@ impl Drop for Lab {
             let _ = s.wait();
         }
         let _ = purge_pins(&self.pin_dir);
+        crate::bpffs::release(BPFFS);
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

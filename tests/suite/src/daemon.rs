@@ -14,10 +14,7 @@ use crate::{netns::sh, topology::Topology};
 pub const BPFFS: &str = "/run/lbt-bpffs";
 
 pub fn ensure_bpffs() {
-    std::fs::create_dir_all(BPFFS).expect("create the test bpffs mount point");
-    if !lb_dataplane::on_bpffs(std::path::Path::new(BPFFS)) {
-        sh(&format!("mount -t bpf bpf {BPFFS}"));
-    }
+    lb_lab::bpffs::mount(BPFFS);
 }
 
 pub struct Daemon {

@@ -58,4 +58,10 @@ fn the_demo_runs_every_step_and_cleans_up() {
         })
         .unwrap_or_default();
     assert!(pins.is_empty(), "the demo left pins: {pins:?}");
+    // Nor its bpffs mount (only the demo pins there; another demo running now would keep it).
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
+    assert!(
+        !mounts.contains(" /run/lbd-demo-bpffs "),
+        "the demo left its bpffs mounted:\n{mounts}"
+    );
 }

@@ -9,7 +9,7 @@
 
 use std::{collections::BTreeMap, time::Duration};
 
-use lb_lab::netns::{Netns, sh};
+use lb_lab::netns::Netns;
 
 fn rss_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
@@ -89,11 +89,8 @@ fn main() {
     lb_lab::netns::sweep_stale();
     let ns = Netns::new(Netns::group(), "mem");
     ns.exec("ip link add m0 type veth peer name m1 && ip link set m0 up && ip link set m1 up");
-    std::fs::create_dir_all("/run/lbt-bpffs").unwrap();
-    if !lb_dataplane::on_bpffs(std::path::Path::new("/run/lbt-bpffs")) {
-        sh("mount -t bpf bpf /run/lbt-bpffs");
-    }
-    let pin_dir = format!("/run/lbt-bpffs/{}", ns.name);
+    lb_tests::daemon::ensure_bpffs();
+    let pin_dir = format!("{}/{}", lb_tests::daemon::BPFFS, ns.name);
     let state = std::env::temp_dir().join(&ns.name);
     std::fs::create_dir_all(&state).unwrap();
     let cfg_path = state.join("lb.toml");
