@@ -342,32 +342,16 @@ impl Request {
     /// Whether it changes the configuration (and so makes a revision, and is refused with
     /// `conflict` when `base_revision` is stale). Every other operation only reads.
     pub fn is_mutation(&self) -> bool {
-        match self {
-            Request::ConfigApply { .. }
-            | Request::ConfigRollback { .. }
-            | Request::ConfigImport { .. }
-            | Request::BackendSet { .. }
-            | Request::BackendAdd { .. }
-            | Request::BackendRemove { .. }
-            | Request::VipAdd { .. }
-            | Request::VipSet { .. }
-            | Request::VipRemove { .. } => true,
-            Request::Status {}
-            | Request::VipList { .. }
-            | Request::BackendList { .. }
-            | Request::Health { .. }
-            | Request::Stats {}
-            | Request::Events { .. }
-            | Request::ConfigShow { .. }
-            | Request::ConfigValidate { .. }
-            | Request::ConfigHistory {}
-            | Request::ConfigDiff { .. }
-            | Request::ConfigExport {} => false,
-        }
+        self.mutation_comment().is_some()
     }
 
     /// The comment a mutation carries (empty for reads and for none).
     pub fn comment(&self) -> &str {
+        self.mutation_comment().unwrap_or_default()
+    }
+
+    /// The one list of mutations: each carries a comment, no read does.
+    fn mutation_comment(&self) -> Option<&str> {
         match self {
             Request::ConfigApply { comment, .. }
             | Request::ConfigRollback { comment, .. }
@@ -377,7 +361,7 @@ impl Request {
             | Request::BackendRemove { comment, .. }
             | Request::VipAdd { comment, .. }
             | Request::VipSet { comment, .. }
-            | Request::VipRemove { comment, .. } => comment,
+            | Request::VipRemove { comment, .. } => Some(comment),
             Request::Status {}
             | Request::VipList { .. }
             | Request::BackendList { .. }
@@ -388,7 +372,7 @@ impl Request {
             | Request::ConfigValidate { .. }
             | Request::ConfigHistory {}
             | Request::ConfigDiff { .. }
-            | Request::ConfigExport {} => "",
+            | Request::ConfigExport {} => None,
         }
     }
 

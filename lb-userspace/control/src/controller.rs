@@ -369,7 +369,9 @@ impl<M: Maps> Controller<M> {
         if let Err(source) = self.write(&plan) {
             warn!(error = %source, "applying failed part way; writing the previous configuration back");
             self.out_of_step = true;
-            let restored = self.repair().is_ok();
+            // Before a first apply the controller serves nothing of its own: writing "the
+            // previous revision" back would wipe what a pinned dataplane still forwards with.
+            let restored = self.global.is_some() && self.repair().is_ok();
             return Err(ControlError::Partial { source, restored });
         }
         self.commit(plan);
@@ -664,14 +666,20 @@ impl<M: Maps> Controller<M> {
                 self.maps.remove_vip(&k, m.vip_id)?;
             }
         }
-        let backend_ids: std::collections::HashSet<u32> = plan
-            .vips
-            .iter()
-            .flat_map(|v| v.backends.iter().map(|b| b.id))
-            .collect();
-        for (id, _) in self.maps.backend_entries()? {
-            if !backend_ids.contains(&id) {
-                self.maps.set_backend(id, &Backend::default())?;
+        // Backends: every id the controller stops using is cleared above, so the full walk
+        // of LB_BACKENDS (a read per slot) is needed only where the maps may hold what the
+        // controller does not know: pinned by an earlier run (the first apply) or left by a
+        // failed write.
+        if repairing || self.global.is_none() {
+            let backend_ids: std::collections::HashSet<u32> = plan
+                .vips
+                .iter()
+                .flat_map(|v| v.backends.iter().map(|b| b.id))
+                .collect();
+            for (id, _) in self.maps.backend_entries()? {
+                if !backend_ids.contains(&id) {
+                    self.maps.set_backend(id, &Backend::default())?;
+                }
             }
         }
         for (k, m) in aliases {

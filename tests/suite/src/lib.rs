@@ -2,6 +2,7 @@
 //! packet builders, an independent checker (etherparse) for what comes out, and test hosts
 //! in network namespaces.
 
+pub mod cmd;
 pub mod daemon;
 pub mod docblocks;
 pub mod harness;
