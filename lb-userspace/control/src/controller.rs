@@ -252,6 +252,8 @@ struct Plan {
     vips: Vec<VipState>,
     /// For each of `vips`, what its window holds now (the base of the slot diff).
     written: Vec<Vec<u32>>,
+    /// For each of `vips`, how long its ring took to compute.
+    built: Vec<Duration>,
     windows: Windows,
     /// Same name, new address, port, protocol or ring size: removed before the new entry is
     /// written, as they may give it their window.
@@ -396,6 +398,7 @@ impl<M: Maps> Controller<M> {
             global,
             vips,
             written: Vec::new(),
+            built: Vec::new(),
             windows: self.windows.clone(),
             replaced: Vec::new(),
             gone: Vec::new(),
@@ -452,6 +455,7 @@ impl<M: Maps> Controller<M> {
             global: global_config(cfg),
             vips: Vec::new(),
             written: Vec::new(),
+            built: Vec::new(),
             windows: Windows::default(),
             replaced: Vec::new(),
             gone: Vec::new(),
@@ -572,7 +576,9 @@ impl<M: Maps> Controller<M> {
                 backends,
                 on_backup: false,
             };
+            let started = Instant::now();
             let (ring, on_backup, len) = desired_ring(&v);
+            plan.built.push(started.elapsed());
             v.ring = ring;
             v.on_backup = on_backup;
             v.meta.ring_size = len;
@@ -637,7 +643,8 @@ impl<M: Maps> Controller<M> {
             let slots = self.maps.update_ring(v.meta.ring_offset, base, &v.ring)?;
             if slots > 0 {
                 if let Some(o) = &self.observer {
-                    o.ring_written(Duration::ZERO, started.elapsed());
+                    let built = plan.built.get(i).copied().unwrap_or_default();
+                    o.ring_written(built, started.elapsed());
                 }
                 info!(vip = %v.cfg.name, slots, "ring written");
             }
