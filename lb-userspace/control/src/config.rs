@@ -148,6 +148,16 @@ pub enum Protocol {
     Udp,
 }
 
+impl std::fmt::Display for Protocol {
+    /// The configuration file's word.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        })
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum SchedulerCfg {
@@ -548,10 +558,7 @@ impl Config {
                     at,
                     format!(
                         "VIP {:?}: {} port {} {} is already defined by another VIP",
-                        v.name,
-                        v.address,
-                        v.port,
-                        format!("{:?}", v.protocol).to_lowercase()
+                        v.name, v.address, v.port, v.protocol
                     ),
                 ));
             }
