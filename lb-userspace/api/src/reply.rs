@@ -26,6 +26,8 @@ pub enum ErrorCode {
     Permission,
     /// The daemon failed (a map write, the revision store), or is stopping.
     Internal,
+    /// The daemon serves as many API connections as it takes at once: retry shortly.
+    Busy,
 }
 
 display_as_serialized!(ErrorCode);

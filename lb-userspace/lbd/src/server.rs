@@ -14,14 +14,30 @@ use std::{
     },
 };
 
+use std::time::Duration;
+
 use anyhow::{Context, Result};
 use lb_api::{ApiError, Envelope, ErrorCode, Reply};
 use tokio::{
-    io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
+    io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader},
     net::{UnixListener, UnixStream},
-    sync::{mpsc, oneshot},
+    sync::{Semaphore, mpsc, oneshot},
 };
 use tracing::{info, warn};
+
+/// API connections served at once; one more is answered `busy` and closed. Bounds the file
+/// descriptors and memory clients can hold (each connection buffers at most one line).
+pub const MAX_CONNECTIONS: usize = 64;
+/// The longest request line, newline excluded (an import carries its revisions in one
+/// line); a longer line is answered `bad_request` and the connection closed, having
+/// buffered no more than this. With MAX_CONNECTIONS, bounds what clients can make the
+/// daemon hold to 1 GiB.
+pub const MAX_LINE: usize = 16 << 20;
+/// A connection that sends no complete line for this long is closed.
+pub const IDLE: Duration = Duration::from_secs(60);
+/// Back-off after a failed accept (out of file descriptors, ...), doubling up to the max.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(10);
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 
 /// A request on its way to the daemon's control loop, with where to send the answer.
 pub struct Call {
@@ -63,51 +79,138 @@ pub async fn serve(path: PathBuf, tx: mpsc::Sender<Call>, bound: Bound) -> Resul
     info!(socket = %path.display(), "control API listening");
     // SAFETY: geteuid has no preconditions.
     let me = unsafe { libc::geteuid() };
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let mut backoff = ACCEPT_BACKOFF;
     loop {
-        let (s, _) = l.accept().await.context("accepting an API connection")?;
+        // A failed accept (EMFILE, ENFILE, ECONNABORTED ...) is transient: the API must
+        // outlive it, so back off and go on instead of ending the listener.
+        let s = match l.accept().await {
+            Ok((s, _)) => {
+                backoff = ACCEPT_BACKOFF;
+                s
+            }
+            Err(e) => {
+                warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "accepting an API connection failed; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
+                continue;
+            }
+        };
+        // The peer is checked before anything it sends is read: a refused peer costs one
+        // answer, not a buffered line.
+        let allowed = s
+            .peer_cred()
+            .map(|c| c.uid() == 0 || c.uid() == me)
+            .unwrap_or(false);
+        let permit = slots.clone().try_acquire_owned();
         let tx = tx.clone();
         tokio::spawn(async move {
-            let allowed = s
-                .peer_cred()
-                .map(|c| c.uid() == 0 || c.uid() == me)
-                .unwrap_or(false);
-            if let Err(e) = connection(s, allowed, tx).await {
+            let refusal = match (&permit, allowed) {
+                (_, false) => Some(Reply::error(
+                    ErrorCode::Permission,
+                    "the control API serves root and the daemon's own user only",
+                )),
+                (Err(_), true) => Some(Reply::error(
+                    ErrorCode::Busy,
+                    format!(
+                        "the daemon serves {MAX_CONNECTIONS} API connections at once: retry shortly"
+                    ),
+                )),
+                (Ok(_), true) => None,
+            };
+            let res = match refusal {
+                Some(r) => refuse(s, r).await,
+                None => connection(s, tx).await,
+            };
+            if let Err(e) = res {
                 warn!(error = %e, "API connection ended with an error");
             }
+            drop(permit);
         });
     }
 }
 
-async fn connection(s: UnixStream, allowed: bool, tx: mpsc::Sender<Call>) -> Result<()> {
+/// Answer once and close, reading nothing.
+async fn refuse(mut s: UnixStream, answer: Reply) -> Result<()> {
+    s.write_all(answer.to_line().as_bytes()).await?;
+    Ok(s.shutdown().await?)
+}
+
+/// What a connection sent next.
+enum Line {
+    Text(String),
+    NotUtf8,
+    TooLong,
+}
+
+/// The next line, buffering at most `MAX_LINE` + 1 bytes of it; `None` at the end of the
+/// stream.
+async fn read_line<R: AsyncRead + Unpin>(
+    r: &mut BufReader<R>,
+    buf: &mut Vec<u8>,
+) -> std::io::Result<Option<Line>> {
+    buf.clear();
+    let n = r.take(MAX_LINE as u64 + 1).read_until(b'\n', buf).await?;
+    if n == 0 {
+        return Ok(None);
+    }
+    if buf.last() == Some(&b'\n') {
+        buf.pop();
+    } else if buf.len() > MAX_LINE {
+        return Ok(Some(Line::TooLong));
+    }
+    Ok(Some(match std::str::from_utf8(buf) {
+        Ok(t) => Line::Text(t.to_string()),
+        Err(_) => Line::NotUtf8,
+    }))
+}
+
+async fn connection(s: UnixStream, tx: mpsc::Sender<Call>) -> Result<()> {
     let (r, mut w) = s.into_split();
-    let mut lines = BufReader::new(r).lines();
-    while let Some(line) = lines.next_line().await? {
-        let answer = if !allowed {
-            Reply::error(
-                ErrorCode::Permission,
-                "the control API serves root and the daemon's own user only",
-            )
-        } else {
-            match Envelope::from_line(&line) {
-                Err(e) => Reply::Err(ApiError::from(e)),
-                Ok(envelope) => {
-                    let (reply, rx) = oneshot::channel();
-                    if tx.send(Call { envelope, reply }).await.is_err() {
-                        Reply::error(ErrorCode::Internal, "the daemon is stopping")
-                    } else {
-                        rx.await.unwrap_or_else(|_| {
-                            Reply::error(ErrorCode::Internal, "the daemon dropped the request")
-                        })
-                    }
-                }
-            }
+    let mut r = BufReader::new(r);
+    let mut buf = Vec::new();
+    loop {
+        let line = match tokio::time::timeout(IDLE, read_line(&mut r, &mut buf)).await {
+            Err(_) | Ok(Ok(None)) => return Ok(()),
+            Ok(Err(e)) => return Err(e.into()),
+            Ok(Ok(Some(line))) => line,
+        };
+        let (answer, close) = match line {
+            Line::TooLong => (
+                Reply::error(
+                    ErrorCode::BadRequest,
+                    format!("a request line is at most {MAX_LINE} bytes: this one is longer"),
+                ),
+                true,
+            ),
+            Line::NotUtf8 => (
+                Reply::error(ErrorCode::BadRequest, "the request line is not UTF-8"),
+                false,
+            ),
+            Line::Text(text) => (answer(&text, &tx).await, false),
         };
         w.write_all(answer.to_line().as_bytes()).await?;
-        if !allowed {
-            break;
+        if close {
+            return Ok(());
         }
     }
-    Ok(())
+}
+
+/// Decode a line and have the control loop answer it.
+async fn answer(line: &str, tx: &mpsc::Sender<Call>) -> Reply {
+    match Envelope::from_line(line) {
+        Err(e) => Reply::Err(ApiError::from(e)),
+        Ok(envelope) => {
+            let (reply, rx) = oneshot::channel();
+            if tx.send(Call { envelope, reply }).await.is_err() {
+                Reply::error(ErrorCode::Internal, "the daemon is stopping")
+            } else {
+                rx.await.unwrap_or_else(|_| {
+                    Reply::error(ErrorCode::Internal, "the daemon dropped the request")
+                })
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -245,6 +245,22 @@ fn hold(addr: &str, conns: usize, millis: u64) {
     }
 }
 
+/// Connect to the Unix socket at `path`, send nothing, and print the first line that
+/// arrives within 5 s (exit 1 if none does): what a server says before it reads.
+fn listen_unix(path: &str) {
+    use std::io::BufRead;
+    let s = std::os::unix::net::UnixStream::connect(path).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut line = String::new();
+    match std::io::BufReader::new(s).read_line(&mut line) {
+        Ok(n) if n > 0 => print!("{line}"),
+        other => {
+            eprintln!("nothing arrived: {other:?}");
+            std::process::exit(1);
+        }
+    }
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
@@ -257,9 +273,10 @@ fn main() {
             args[2].parse().expect("conns"),
             args[3].parse().expect("millis"),
         ),
+        Some("listen-unix") if args.len() == 2 => listen_unix(&args[1]),
         _ => {
             eprintln!(
-                "usage: lbt-echo serve NAME [--tcp ADDR]... [--udp ADDR]... | lbt-echo client (--tcp|--udp) ADDR COUNT"
+                "usage: lbt-echo serve NAME [--tcp ADDR]... [--udp ADDR]... | lbt-echo client (--tcp|--udp) ADDR COUNT | lbt-echo listen-unix PATH"
             );
             std::process::exit(2);
         }
