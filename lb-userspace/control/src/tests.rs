@@ -27,6 +27,7 @@ mod backup;
 mod capacity;
 mod events;
 mod faults;
+mod fuzz;
 mod health;
 mod ids;
 mod manifest;
