@@ -363,6 +363,12 @@ pub struct VipConfig {
     pub health: HealthConfig,
     #[serde(default, rename = "backend")]
     pub backends: Vec<Spanned<BackendConfig>>,
+    /// Announce this VIP's address (when `[announce]` is on and it qualifies).
+    #[serde(default = "yes")]
+    pub announce: bool,
+    /// Overrides `[announce] min_backends` for this VIP.
+    #[serde(default)]
+    pub announce_min_backends: Option<u32>,
 }
 
 fn default_ring_size() -> u32 {
@@ -380,6 +386,49 @@ pub struct Config {
     pub dataplane: DataplaneConfig,
     #[serde(default, rename = "vip")]
     pub vips: Vec<Spanned<VipConfig>>,
+    #[serde(default)]
+    pub announce: AnnounceConfig,
+}
+
+/// Route announcements through a BIRD on this node: lbd owns only the files of static
+/// routes BIRD includes; the operator owns bird.conf (peers, ASN, BFD, timers). Off while
+/// neither file is set. Changes with a reload, like VIPs.
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct AnnounceConfig {
+    /// The include file of IPv4 routes (`route VIP/32 blackhole;` lines) for a static
+    /// protocol with `ipv4;`.
+    pub routes_v4: Option<PathBuf>,
+    /// The same for IPv6 (`/128`), for a static protocol with `ipv6;`.
+    pub routes_v6: Option<PathBuf>,
+    /// BIRD's control socket, for `birdc configure` after a file changed.
+    #[serde(default = "default_bird_socket")]
+    pub bird_socket: PathBuf,
+    /// The birdc program.
+    #[serde(default = "default_birdc")]
+    pub birdc: PathBuf,
+    /// A VIP is announced only with at least this many usable backends (a serving backup
+    /// pool counts). Per VIP: `announce_min_backends`.
+    #[serde(default = "one")]
+    pub min_backends: u32,
+    /// Node maintenance (`lbctl node drain`): every route withdrawn; the dataplane keeps
+    /// forwarding what still arrives.
+    #[serde(default)]
+    pub maintenance: bool,
+}
+
+impl AnnounceConfig {
+    pub fn enabled(&self) -> bool {
+        self.routes_v4.is_some() || self.routes_v6.is_some()
+    }
+}
+
+fn default_bird_socket() -> PathBuf {
+    PathBuf::from("/run/bird/bird.ctl")
+}
+
+fn default_birdc() -> PathBuf {
+    PathBuf::from("birdc")
 }
 
 fn line_col(src: &str, offset: usize) -> (usize, usize) {

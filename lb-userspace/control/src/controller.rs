@@ -75,6 +75,14 @@ pub struct VipState {
     pub on_backup: bool,
 }
 
+impl VipState {
+    /// Backends that take new flows now: the ring's members (a serving backup pool
+    /// included).
+    pub fn serving_backends(&self) -> usize {
+        members(self).0.len()
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Event {
     pub at: SystemTime,

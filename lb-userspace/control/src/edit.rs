@@ -18,6 +18,8 @@ pub enum EditError {
     VipExists(String),
     #[error("VIP {vip:?} already has backend {address}")]
     BackendExists { vip: String, address: String },
+    #[error("no VIP has backend {0} (`lbctl backend list` shows them)")]
+    NoBackendAnywhere(String),
     #[error("{0}")]
     Bad(String),
 }
@@ -102,6 +104,53 @@ pub fn set_backend(
             address: address.into(),
         })?;
     set_all(b, fields, &["address"])?;
+    Ok(d.to_string())
+}
+
+/// Change fields of backend `address` in every VIP that has it: one host drained (or
+/// reweighted) with one revision. Returns the new text and the VIPs changed.
+pub fn set_backend_everywhere(
+    text: &str,
+    address: &str,
+    fields: &serde_json::Map<String, Value>,
+) -> Result<(String, Vec<String>), EditError> {
+    let mut d = doc(text)?;
+    let mut changed = Vec::new();
+    if let Some(all) = vips(&mut d) {
+        for v in all.iter_mut() {
+            let name = v
+                .get("name")
+                .and_then(|n| n.as_str())
+                .unwrap_or_default()
+                .to_string();
+            if let Some(b) = backends(v)
+                .iter_mut()
+                .find(|t| t.get("address").and_then(|a| a.as_str()) == Some(address))
+            {
+                set_all(b, fields, &["address"])?;
+                changed.push(name);
+            }
+        }
+    }
+    if changed.is_empty() {
+        return Err(EditError::NoBackendAnywhere(address.into()));
+    }
+    Ok((d.to_string(), changed))
+}
+
+/// Set `[announce] maintenance`: `lbctl node drain` (true) and `node resume` (false).
+pub fn set_maintenance(text: &str, on: bool) -> Result<String, EditError> {
+    let mut d = doc(text)?;
+    if !d.contains_key("announce") {
+        let mut t = Table::new();
+        t.set_implicit(false);
+        d.insert("announce", Item::Table(t));
+    }
+    let t = d
+        .get_mut("announce")
+        .and_then(Item::as_table_mut)
+        .ok_or_else(|| EditError::Bad("[announce] is not a table".into()))?;
+    t.insert("maintenance", value(on));
     Ok(d.to_string())
 }
 
@@ -204,6 +253,42 @@ mod tests {
 
     fn obj(v: serde_json::Value) -> serde_json::Map<String, Value> {
         v.as_object().unwrap().clone()
+    }
+
+    #[test]
+    fn one_host_drained_in_every_vip_and_maintenance_set() {
+        let two = format!(
+            "{T}\n[[vip]]\nname = \"api\"\naddress = \"198.18.100.2\"\n\n[[vip.backend]]\naddress = \"198.18.0.21\"\n\n[[vip.backend]]\naddress = \"198.18.0.22\"\n"
+        );
+        let (t, vips) = set_backend_everywhere(
+            &two,
+            "198.18.0.21",
+            &obj(serde_json::json!({"drain": true})),
+        )
+        .unwrap();
+        assert_eq!(vips, ["web", "api"]);
+        assert_eq!(t.matches("drain = true").count(), 2, "{t}");
+        let c = crate::Config::parse(&t, std::path::Path::new("t.toml")).unwrap();
+        let drained: Vec<bool> = c
+            .vips
+            .iter()
+            .flat_map(|v| v.get_ref().backends.iter().map(|b| b.get_ref().drain))
+            .collect();
+        assert_eq!(drained, [true, true, false]);
+        assert_eq!(
+            set_backend_everywhere(
+                &two,
+                "198.18.0.99",
+                &obj(serde_json::json!({"drain": true}))
+            ),
+            Err(EditError::NoBackendAnywhere("198.18.0.99".into()))
+        );
+        let on = set_maintenance(&two, true).unwrap();
+        let c = crate::Config::parse(&on, std::path::Path::new("t.toml")).unwrap();
+        assert!(c.announce.maintenance && on.contains("# the site"), "{on}");
+        let off = set_maintenance(&on, false).unwrap();
+        let c = crate::Config::parse(&off, std::path::Path::new("t.toml")).unwrap();
+        assert!(!c.announce.maintenance);
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! (feature `fake`), which can fail any write on demand.
 
 mod alloc;
+mod announce;
 mod backend;
 mod config;
 mod controller;
@@ -21,6 +22,7 @@ mod ring;
 mod tests;
 
 pub use alloc::{Ids, Windows};
+pub use announce::{Routes, VipAnnouncement, Withheld, decide, render};
 pub use backend::{Admin, BackendState, ERROR_WINDOW, Liveness, State, Transition};
 pub use config::*;
 pub use controller::*;

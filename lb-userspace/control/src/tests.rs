@@ -23,6 +23,7 @@ use crate::{
 };
 
 mod adoption;
+mod announce;
 mod backup;
 mod capacity;
 mod events;
