@@ -3,7 +3,7 @@
 //! - rust-src for the nightly toolchain (the eBPF crate builds with `-Z build-std=core`);
 //! - bpf-linker, built against the nightly's own libLLVM so both use the same LLVM;
 //! - the Debian packages the tests use: iproute2, ethtool, nftables, curl, bpftool, man-db,
-//!   zsh, fish.
+//!   zsh, fish, bird2, frr.
 
 use std::{
     env, fs,
@@ -28,7 +28,7 @@ pub struct SetupArgs {
 }
 
 /// Commands the tests run, and the Debian package that provides each.
-const DEBIAN: [(&str, &str); 8] = [
+const DEBIAN: &[(&str, &str)] = &[
     ("ip", "iproute2"),
     ("ethtool", "ethtool"),
     ("nft", "nftables"),
@@ -39,6 +39,10 @@ const DEBIAN: [(&str, &str); 8] = [
     // The install test syntax-checks the zsh and fish completions with the shells themselves.
     ("zsh", "zsh"),
     ("fish", "fish"),
+    // The fleet tests: BIRD announces each node's VIPs, FRR (zebra, bgpd, bfdd) routes
+    // over the nodes with ECMP and BFD.
+    ("bird", "bird2"),
+    ("vtysh", "frr"),
 ];
 
 const NIGHTLY: &str = "nightly";
@@ -403,10 +407,11 @@ fn is_root() -> bool {
 fn debian_packages(args: &SetupArgs) -> Result<()> {
     say(format!(
         "checking the commands the tests use: {}",
-        DEBIAN.map(|(c, _)| c).join(", ")
+        DEBIAN.iter().map(|(c, _)| *c).collect::<Vec<_>>().join(", ")
     ));
     let missing: Vec<(&str, &str)> = DEBIAN
-        .into_iter()
+        .iter()
+        .copied()
         .filter(|(c, _)| !cmd::has_command(c))
         .collect();
     if missing.is_empty() {
