@@ -72,6 +72,11 @@ pub struct Status {
     pub uptime_s: u64,
     pub interfaces: Vec<String>,
     pub pin_dir: PathBuf,
+    /// Configured interfaces whose NIC went away (deleted, or renamed), so the program no
+    /// longer runs there; each is attached again when a NIC of its name appears. Left out
+    /// of the JSON when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub interfaces_lost: Vec<String>,
 }
 
 /// A row of `vip.list`.

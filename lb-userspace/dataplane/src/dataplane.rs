@@ -4,7 +4,10 @@
 //! the tests and the benchmarks share one definition of how a VIP, a backend or a ring is
 //! laid out in the maps.
 
-use std::path::Path;
+use std::{
+    collections::{BTreeMap, HashMap as StdHashMap},
+    path::Path,
+};
 
 use aya::{
     Ebpf, EbpfLoader,
@@ -117,6 +120,13 @@ impl Default for LoadOptions {
 pub struct Dataplane {
     ebpf: Ebpf,
     ring_capacity: u32,
+    /// The interfaces attached through `attach_pinned`, by name: the ifindex of the NIC
+    /// the program was attached to (0 if it could not be read), and whether that NIC is
+    /// gone (`interface_lost`) with no NIC of the name attached since.
+    interfaces: BTreeMap<String, (u32, bool)>,
+    /// Links taken over from their pins, by interface: the program holds an fd of each
+    /// (the pin keeps the link; the fd goes when the interface is attached again).
+    taken: StdHashMap<String, XdpLinkId>,
 }
 
 impl Dataplane {
@@ -157,6 +167,8 @@ impl Dataplane {
         Ok(Dataplane {
             ebpf,
             ring_capacity: opts.ring_capacity,
+            interfaces: BTreeMap::new(),
+            taken: StdHashMap::new(),
         })
     }
 
@@ -181,6 +193,12 @@ impl Dataplane {
     /// forwarding when the daemon exits or dies. If a link is already pinned there (an
     /// earlier run), the program on it is replaced atomically: no packet sees an interface
     /// without a program. Returns whether an existing link was taken over.
+    ///
+    /// A pinned link whose NIC was deleted is severed: the kernel keeps it (the pin holds
+    /// it) but it is attached to nothing and cannot be updated (ENOLINK). Then the stale
+    /// pin is removed, with a warning, and the program is attached afresh to the NIC now
+    /// named `iface` and pinned: a NIC deleted and created again does not keep the daemon
+    /// from starting, or from attaching to it again while running.
     pub fn attach_pinned(
         &mut self,
         iface: &str,
@@ -196,22 +214,102 @@ impl Dataplane {
             .program_mut(PROGRAM)
             .ok_or(DataplaneError::MissingProgram(PROGRAM))?
             .try_into()?;
+        let mut took_over = false;
         if link_pin.exists() {
             let pinned = PinnedLink::from_pin(link_pin).map_err(|e| link_err(e.to_string()))?;
             let link =
                 XdpLink::try_from(FdLink::from(pinned)).map_err(|e| link_err(e.to_string()))?;
-            prog.attach_to_link(link)?;
-            return Ok(true);
+            match prog.attach_to_link(link) {
+                Ok(id) => {
+                    if let Some(old) = self.taken.insert(iface.to_string(), id) {
+                        // An fd of a link taken over earlier: the pin keeps the link.
+                        let _ = prog.detach(old);
+                    }
+                    took_over = true;
+                }
+                Err(aya::programs::ProgramError::SyscallError(aya::sys::SyscallError {
+                    io_error,
+                    ..
+                })) if io_error.raw_os_error() == Some(libc::ENOLINK) => {
+                    log::warn!(
+                        "the XDP link pinned at {} was severed (its interface {iface} was deleted): removing the stale pin and attaching afresh",
+                        link_pin.display()
+                    );
+                    std::fs::remove_file(link_pin).map_err(|e| {
+                        link_err(format!("removing the pin of a severed link: {e}"))
+                    })?;
+                }
+                Err(e) => return Err(e.into()),
+            }
         }
-        let id = prog.attach(iface, mode)?;
-        let link = prog.take_link(id)?;
-        let fd = FdLink::try_from(link).map_err(|e| {
-            link_err(format!(
-                "{e}: the kernel attached without a bpf_link (too old for a hitless restart)"
-            ))
-        })?;
-        fd.pin(link_pin).map_err(|e| link_err(e.to_string()))?;
-        Ok(false)
+        if !took_over {
+            let id = prog.attach(iface, mode)?;
+            let link = prog.take_link(id)?;
+            let fd = FdLink::try_from(link).map_err(|e| {
+                link_err(format!(
+                    "{e}: the kernel attached without a bpf_link (too old for a hitless restart)"
+                ))
+            })?;
+            fd.pin(link_pin).map_err(|e| link_err(e.to_string()))?;
+            if let Some(old) = self.taken.remove(iface) {
+                // The fd of a link taken over before, severed since: let it go.
+                let _ = prog.detach(old);
+            }
+        }
+        self.interfaces
+            .insert(iface.to_string(), (if_index(iface).unwrap_or(0), false));
+        Ok(took_over)
+    }
+
+    /// The interfaces attached through `attach_pinned`, by name: the ifindex of the NIC
+    /// each was attached to, and whether that NIC is lost (`interface_lost`).
+    pub fn interfaces(&self) -> impl Iterator<Item = (&str, u32, bool)> {
+        self.interfaces
+            .iter()
+            .map(|(n, (i, lost))| (n.as_str(), *i, *lost))
+    }
+
+    /// The interfaces whose NIC is lost and that have not been attached since.
+    pub fn lost_interfaces(&self) -> Vec<String> {
+        self.interfaces
+            .iter()
+            .filter(|(_, (_, lost))| *lost)
+            .map(|(n, _)| n.clone())
+            .collect()
+    }
+
+    /// Record that `iface`'s NIC is gone (deleted, renamed, moved to another namespace).
+    /// `attach_pinned` clears the mark.
+    pub fn interface_lost(&mut self, iface: &str) {
+        if let Some((_, lost)) = self.interfaces.get_mut(iface) {
+            *lost = true;
+        }
+    }
+
+    /// Let go of `iface`'s pinned link: remove the pin at `link_pin` and the program's fd of
+    /// it, so that the kernel frees it (and, if the NIC it is on still exists under another
+    /// name or in another namespace, detaches the program there). For a NIC of the name
+    /// that is not the one the link was made for: `attach_pinned` then attaches afresh
+    /// instead of taking the old link over.
+    pub fn release_link(&mut self, iface: &str, link_pin: &Path) -> Result<(), DataplaneError> {
+        match std::fs::remove_file(link_pin) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(DataplaneError::Link {
+                    path: link_pin.to_path_buf(),
+                    detail: format!("removing the pin: {e}"),
+                });
+            }
+            _ => {}
+        }
+        if let Some(old) = self.taken.remove(iface) {
+            let prog: &mut Xdp = self
+                .ebpf
+                .program_mut(PROGRAM)
+                .ok_or(DataplaneError::MissingProgram(PROGRAM))?
+                .try_into()?;
+            let _ = prog.detach(old);
+        }
+        Ok(())
     }
 
     fn array<V: aya::Pod>(
@@ -521,4 +619,12 @@ impl Dataplane {
     pub fn cpus() -> usize {
         nr_cpus().unwrap_or(1)
     }
+}
+
+/// The ifindex of the NIC named `iface` in this network namespace, if there is one.
+fn if_index(iface: &str) -> Option<u32> {
+    let name = std::ffi::CString::new(iface).ok()?;
+    // SAFETY: a NUL-terminated name; the call only reads it.
+    let idx = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    (idx != 0).then_some(idx)
 }

@@ -435,8 +435,16 @@ fn run(cli: &Cli) -> Result<String, Fail> {
 
 fn status(ctx: &Ctx) -> Result<String, Fail> {
     ctx.read(Request::Status {}, |s: Status| {
+        // Only when one is lost: the output is otherwise as it always was.
+        let lost = match s.interfaces_lost.is_empty() {
+            true => String::new(),
+            false => format!(
+                "interfaces lost {} (their NIC is gone; attached again when it returns)\n",
+                serde_json::to_string(&s.interfaces_lost).unwrap_or_default()
+            ),
+        };
         format!(
-            "revision {}\nVIPs {}\nbackends {}\ninterfaces {}\nuptime {} s\n",
+            "revision {}\nVIPs {}\nbackends {}\ninterfaces {}\n{lost}uptime {} s\n",
             s.revision,
             s.vips,
             serde_json::to_string(&s.backends).unwrap_or_default(),

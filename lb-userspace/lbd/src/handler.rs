@@ -406,6 +406,7 @@ impl Handler {
             uptime_s: self.started.elapsed().as_secs(),
             interfaces: self.cfg.daemon.interfaces.clone(),
             pin_dir: self.cfg.daemon.pin_dir.clone(),
+            interfaces_lost: self.ctl.maps().lost_interfaces(),
         }
     }
 

@@ -7,6 +7,7 @@
 
 mod cli;
 mod handler;
+mod links;
 mod metrics;
 mod probe;
 mod run;

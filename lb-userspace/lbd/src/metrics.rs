@@ -19,7 +19,7 @@ use prometheus_client::{
         MetricType,
         counter::{ConstCounter, Counter},
         family::Family,
-        gauge::ConstGauge,
+        gauge::{ConstGauge, Gauge},
         histogram::{Histogram, exponential_buckets},
     },
     registry::{Registry, Unit},
@@ -60,6 +60,8 @@ pub struct Metrics {
     pub transitions: Family<Labels, Counter>,
     pub ring_build_seconds: Histogram,
     pub map_write_seconds: Histogram,
+    /// 1 while the program is attached to a configured interface, 0 while its NIC is lost.
+    pub interface_attached: Family<Labels, Gauge>,
     pub snapshot: Arc<Mutex<Snapshot>>,
     registry: Registry,
 }
@@ -102,6 +104,12 @@ impl Metrics {
             Unit::Seconds,
             map_write_seconds.clone(),
         );
+        let interface_attached = Family::<Labels, Gauge>::default();
+        registry.register(
+            "interface_attached",
+            "1 while the XDP program is attached to a configured interface, 0 while its NIC is gone",
+            interface_attached.clone(),
+        );
         let snapshot = Arc::new(Mutex::new(Snapshot {
             vips: Vec::new(),
             flows_capacity,
@@ -116,9 +124,17 @@ impl Metrics {
             transitions,
             ring_build_seconds,
             map_write_seconds,
+            interface_attached,
             snapshot,
             registry,
         })
+    }
+
+    /// Whether the program is attached to `iface` (`lb_interface_attached`).
+    pub fn set_interface_attached(&self, iface: &str, attached: bool) {
+        self.interface_attached
+            .get_or_create(&vec![("interface", iface.to_string())])
+            .set(attached as i64);
     }
 
     /// The text exposition.

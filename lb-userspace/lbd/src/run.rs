@@ -11,7 +11,7 @@ use tokio::{
 };
 use tracing::{error, info, warn};
 
-use lb_control::{Config, Controller, XdpModeCfg};
+use lb_control::{Config, Controller, DaemonConfig, XdpModeCfg};
 use lb_dataplane::{Dataplane, LoadOptions, XdpMode, link_pin, purge_pins};
 
 use crate::{handler::Handler, metrics::Metrics, probe};
@@ -29,31 +29,7 @@ pub fn start_dataplane(cfg: &Config) -> Result<Controller<Dataplane>> {
     )
     .context("loading the dataplane")?;
     for iface in &cfg.daemon.interfaces {
-        let pin = link_pin(pin_dir, iface);
-        let mode = match cfg.daemon.xdp_mode {
-            XdpModeCfg::Native => XdpMode::Driver,
-            XdpModeCfg::Generic => XdpMode::Skb,
-        };
-        match dp.attach_pinned(iface, mode, &pin) {
-            Ok(true) => {
-                info!(%iface, "took over the pinned XDP link: program replaced atomically, maps kept")
-            }
-            Ok(false) => info!(%iface, ?mode, "attached"),
-            Err(e) if mode == XdpMode::Driver && cfg.daemon.generic_fallback => {
-                warn!(%iface, error = %e, "native XDP attach failed; falling back to generic mode as configured");
-                dp.attach_pinned(iface, XdpMode::Skb, &pin)
-                    .with_context(|| format!("attaching to {iface} in generic mode"))?;
-            }
-            Err(e) => {
-                return Err(e).with_context(|| {
-                    format!(
-                        "attaching to {iface} (set generic_fallback = true to allow generic mode)"
-                    )
-                });
-            }
-        }
-        // Any attached NIC may be the egress toward a backend that another one received for.
-        dp.add_tx_port(ifindex(iface)?)?;
+        attach_interface(&mut dp, &cfg.daemon, iface)?;
     }
     let mut ctl = Controller::new(dp, d.ring_capacity).context("reading pinned state")?;
     ctl.apply(cfg)
@@ -61,7 +37,41 @@ pub fn start_dataplane(cfg: &Config) -> Result<Controller<Dataplane>> {
     Ok(ctl)
 }
 
-fn ifindex(iface: &str) -> Result<u32> {
+/// Attach the program to `iface` (adopting its pinned link if it has one) in the
+/// configured mode: native, or generic when native fails and `generic_fallback` allows it;
+/// and let the balancer redirect to it. At start, and when a lost NIC comes back.
+pub(crate) fn attach_interface(
+    dp: &mut Dataplane,
+    daemon: &DaemonConfig,
+    iface: &str,
+) -> Result<()> {
+    let pin = link_pin(&daemon.pin_dir, iface);
+    let mode = match daemon.xdp_mode {
+        XdpModeCfg::Native => XdpMode::Driver,
+        XdpModeCfg::Generic => XdpMode::Skb,
+    };
+    match dp.attach_pinned(iface, mode, &pin) {
+        Ok(true) => {
+            info!(%iface, "took over the pinned XDP link: program replaced atomically, maps kept")
+        }
+        Ok(false) => info!(%iface, ?mode, "attached"),
+        Err(e) if mode == XdpMode::Driver && daemon.generic_fallback => {
+            warn!(%iface, error = %e, "native XDP attach failed; falling back to generic mode as configured");
+            dp.attach_pinned(iface, XdpMode::Skb, &pin)
+                .with_context(|| format!("attaching to {iface} in generic mode"))?;
+        }
+        Err(e) => {
+            return Err(e).with_context(|| {
+                format!("attaching to {iface} (set generic_fallback = true to allow generic mode)")
+            });
+        }
+    }
+    // Any attached NIC may be the egress toward a backend that another one received for.
+    dp.add_tx_port(ifindex(iface)?)?;
+    Ok(())
+}
+
+pub(crate) fn ifindex(iface: &str) -> Result<u32> {
     let name = std::ffi::CString::new(iface).context("interface name")?;
     // SAFETY: a NUL-terminated name; the call only reads it.
     let idx = unsafe { libc::if_nametoindex(name.as_ptr()) };
@@ -101,6 +111,13 @@ pub async fn run(
     let mut ctl = start_dataplane(&cfg)?;
     let metrics = Metrics::new(cfg.daemon.pin_dir.clone(), cfg.dataplane.flows);
     ctl.set_observer(metrics.clone());
+    for (iface, _, lost) in ctl.maps().interfaces() {
+        metrics.set_interface_attached(iface, !lost);
+    }
+    // A NIC deleted (and perhaps created again) wakes the loop to report and re-attach.
+    let (link_tx, mut link_rx) = mpsc::channel(1);
+    let link_watch = crate::links::spawn(link_tx);
+    let link_metrics = metrics.clone();
     // Rare dataplane events (aya-log) into our log.
     // SAFETY: the logger owns its ring buffer's fd for as long as the AsyncFd holds it.
     let dp_logs = ctl
@@ -156,8 +173,14 @@ pub async fn run(
                 let answer = svc.handle(call.envelope);
                 let _ = call.reply.send(answer);
             }
-            _ = hup.recv() => svc.reload(),
+            Some(()) = link_rx.recv() => crate::links::reconcile(&mut svc, &link_metrics),
+            _ = hup.recv() => {
+                svc.reload();
+                // Also the way to retry attaching to a NIC that came back.
+                crate::links::reconcile(&mut svc, &link_metrics);
+            }
             _ = tick.tick() => {
+                crate::links::reconcile(&mut svc, &link_metrics);
                 svc.ctl.warn_unserved();
                 // A write that failed left the maps out of step: rewrite them in full.
                 if !svc.ctl.in_step() && let Err(e) = svc.ctl.repair() {
@@ -177,6 +200,7 @@ pub async fn run(
     svc.stop_probes();
     exporter.abort();
     dp_logs.abort();
+    link_watch.abort();
     api.abort();
     // The listener is closed once the aborted task is gone: then a socket that still answers
     // is another daemon's.

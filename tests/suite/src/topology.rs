@@ -264,6 +264,49 @@ impl Topology {
         }
     }
 
+    /// Delete the balancer's uplink, as when its NIC goes away: the veth pair (`eth0` in the
+    /// balancer's namespace and `p-lb` on the switch) with its addresses and neighbours.
+    pub fn remove_lb_uplink(&self) {
+        self.lb_host.ns.exec("ip link del eth0");
+    }
+
+    /// Create the balancer's uplink again as `new` built it: the same name, MAC and
+    /// addresses, its neighbour entries for the backends, and an XDP program on the
+    /// switch's new peer (XDP_TX into a veth needs one there). It gets a new ifindex. The
+    /// ingress counters of `replies_through_lb` are not rebuilt.
+    pub fn add_lb_uplink(&mut self) {
+        let lb = &self.lb_host;
+        sh(&format!(
+            "ip link add eth0 netns {} address {} type veth peer name p-lb netns {}",
+            lb.ns.name,
+            mac_str(&lb.mac),
+            self._sw.name
+        ));
+        self._sw
+            .exec("ip link set p-lb master br0 && ip link set p-lb up");
+        lb.ns.exec(&format!(
+            "ip link set eth0 up && ip addr add {}/24 dev eth0 && ip -6 addr add {}/64 dev eth0 nodad",
+            lb.v4, lb.v6
+        ));
+        self.set_lb_neighbours();
+        self.decaps[0] = self._sw.enter(|| {
+            Decap::attach("p-lb", XdpMode::Driver, &[]).expect("attach on the lb's new peer")
+        });
+    }
+
+    /// The balancer's permanent neighbour entries for the backends on its `eth0`, as `new`
+    /// sets them (gone with the NIC, or when it goes down).
+    pub fn set_lb_neighbours(&self) {
+        for b in &self.backends {
+            self.lb_host.ns.exec(&format!(
+                "ip neigh replace {} lladdr {m} dev eth0 nud permanent && ip -6 neigh replace {} lladdr {m} dev eth0 nud permanent",
+                b.v4,
+                b.v6,
+                m = mac_str(&b.mac)
+            ));
+        }
+    }
+
     pub fn decapsulated(&self, backend: usize) -> u64 {
         self.decaps[backend + 1].decapsulated().unwrap()
     }
