@@ -77,6 +77,12 @@ pub struct Status {
     /// of the JSON when empty.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub interfaces_lost: Vec<String>,
+    /// What is wrong with the revision store, one message each: a revision file that does
+    /// not read back whole, a file name lbd does not write, a name at the last id, and the
+    /// configuration in force when it could not be recorded. Left out of the JSON when
+    /// empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub store_problems: Vec<String>,
 }
 
 /// A row of `vip.list`.

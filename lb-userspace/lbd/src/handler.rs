@@ -1,10 +1,14 @@
 //! What the daemon does for a request: reads answered from the controller's state, changes
 //! validated, applied, written back to the configuration file and recorded as revisions.
-//! Everything runs on the daemon's control loop, one request at a time, so concurrent
-//! changes are serialized.
+//! Changes and the reads of the controller's state run on the daemon's control loop, one
+//! request at a time, so concurrent changes are serialized. Reads that need only the
+//! revision store (show, history, diff, export) are answered from tokio's blocking pool
+//! ([`Handler::serve`]): they read files and diff texts, and the loop that owns health
+//! verdicts, SIGHUP and SIGTERM must not wait for that.
 
 use std::{
     path::{Path, PathBuf},
+    sync::Arc,
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
@@ -12,18 +16,33 @@ use lb_api::{self as api, ApiError, Envelope, ErrorCode, Op, Reply, Request, Rol
 use lb_control::{self as edit, Config, ControlError, Controller, Probe, ago};
 use lb_dataplane::Dataplane;
 use serde_json::{Map, Value};
-use tokio::{sync::mpsc, task::JoinHandle};
-use tracing::{error, info};
+use tokio::{
+    sync::{Semaphore, mpsc},
+    task::JoinHandle,
+};
+use tracing::{error, info, warn};
 
-use crate::store::{Meta, Store};
+use crate::{
+    server::Call,
+    store::{MAX_COMMENT_BYTES, MAX_IMPORT_REVISIONS, MAX_REVISION_BYTES, Meta, Store, StoreError},
+};
+
+/// Store reads answered at once from the blocking pool; more wait for a turn.
+const STORE_READS: usize = 4;
 
 pub struct Handler {
     pub ctl: Controller<Dataplane>,
     pub cfg: Config,
-    /// The configuration text in force (the newest revision).
+    /// The configuration text in force: the newest revision, or a newer text that was
+    /// applied but could not be recorded (`unrecorded` says so). Edits start from it.
     pub text: String,
     path: PathBuf,
     pub store: Store,
+    /// Set while the configuration in force is not recorded (the store failed after it was
+    /// applied): why, for status. Cleared by the next revision recorded.
+    unrecorded: Option<String>,
+    /// Turns for the store reads answered off the loop.
+    store_reads: Arc<Semaphore>,
     probes: Vec<JoinHandle<()>>,
     tx: mpsc::Sender<Probe>,
     started: Instant,
@@ -117,13 +136,156 @@ fn with(key: &str, value: String, mut fields: Map<String, Value>) -> Map<String,
     fields
 }
 
+/// A store failure as the API answers it: a revision that is not there is `not_found`, an
+/// unusable import `bad_request`, anything else (unreadable, unwritable) `internal`.
+fn store_failure(e: StoreError) -> Failure {
+    let code = match e {
+        StoreError::NoRevision(_) | StoreError::NoneBefore(_) => ErrorCode::NotFound,
+        StoreError::Import(_) => ErrorCode::BadRequest,
+        StoreError::Io { .. }
+        | StoreError::Unreadable { .. }
+        | StoreError::IdsExhausted { .. }
+        | StoreError::Empty => ErrorCode::Internal,
+    };
+    fail(code, e)
+}
+
+/// Refuse a revision larger than the store takes: a configuration text past
+/// `MAX_REVISION_BYTES` (`invalid`), a comment past `MAX_COMMENT_BYTES` (`bad_request`).
+/// `what` names it in the message.
+fn bounded(what: &str, text: &str, comment: &str) -> Result<(), Failure> {
+    if text.len() > MAX_REVISION_BYTES {
+        return Err(fail(
+            ErrorCode::Invalid,
+            format!(
+                "{what} is {} bytes, more than the {MAX_REVISION_BYTES} (4 MiB) a revision may hold",
+                text.len()
+            ),
+        ));
+    }
+    if comment.len() > MAX_COMMENT_BYTES {
+        return Err(fail(
+            ErrorCode::BadRequest,
+            format!(
+                "the comment of {what} is {} bytes, more than the {MAX_COMMENT_BYTES} a revision may carry",
+                comment.len()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Refuse an import past the bounds before anything of it is recorded: more than
+/// `MAX_IMPORT_REVISIONS` entries (`bad_request`), or any entry (or the import's comment)
+/// larger than a revision may be.
+fn check_import(revisions: &[api::ExportedRevision], comment: &str) -> Result<(), Failure> {
+    if revisions.len() > MAX_IMPORT_REVISIONS {
+        return Err(fail(
+            ErrorCode::BadRequest,
+            format!(
+                "args.revisions holds {} revisions, more than the {MAX_IMPORT_REVISIONS} one {} may carry: import the newest {MAX_IMPORT_REVISIONS}",
+                revisions.len(),
+                Op::ConfigImport
+            ),
+        ));
+    }
+    let n = revisions.len();
+    for (i, r) in revisions.iter().enumerate() {
+        bounded(
+            &format!("imported revision {} (entry {} of {n})", r.meta.id, i + 1),
+            &r.config,
+            &r.meta.comment,
+        )?;
+    }
+    bounded("the import", "", comment)
+}
+
+/// Why a change is not a new revision.
+pub enum ChangeError {
+    /// Refused: nothing changed, the running configuration stays.
+    Refused(Failure),
+    /// Applied (the dataplane, and the file if it could be written, have it) but not
+    /// recorded: the store failed.
+    Unrecorded(Failure),
+}
+
+impl From<ChangeError> for Failure {
+    fn from(e: ChangeError) -> Failure {
+        match e {
+            ChangeError::Refused(f) | ChangeError::Unrecorded(f) => f,
+        }
+    }
+}
+
+/// A read that needs only the revision store, with its defaults resolved on the loop.
+enum StoreRead {
+    Show(Option<u64>),
+    History,
+    Diff { from: u64, to: u64 },
+    Export,
+}
+
+impl StoreRead {
+    fn answer(self, store: &Store) -> Reply {
+        let answer = match self {
+            StoreRead::Show(revision) => config_show(store, revision).map(|d| Reply::data(&d)),
+            StoreRead::History => store
+                .history()
+                .map(|h| Reply::data(&h.iter().map(revision_meta).collect::<Vec<_>>()))
+                .map_err(store_failure),
+            StoreRead::Diff { from, to } => store
+                .diff(from, to)
+                .map(|diff| Reply::data(&api::Diff { diff }))
+                .map_err(store_failure),
+            StoreRead::Export => export(store).map(|d| Reply::data(&d)),
+        };
+        answer.unwrap_or_else(Reply::Err)
+    }
+}
+
+fn config_show(store: &Store, revision: Option<u64>) -> Result<api::ConfigText, Failure> {
+    let rev = match revision {
+        Some(id) => store.get(id).map_err(store_failure)?,
+        None => store
+            .latest()
+            .map_err(store_failure)?
+            .ok_or_else(|| fail(ErrorCode::Internal, "no revision recorded"))?,
+    };
+    Ok(api::ConfigText {
+        revision: rev.meta.id,
+        config: rev.config,
+    })
+}
+
+fn export(store: &Store) -> Result<Vec<api::ExportedRevision>, Failure> {
+    let text = store.export().map_err(store_failure)?;
+    serde_json::from_str(&text).map_err(|e| {
+        fail(
+            ErrorCode::Internal,
+            format!("the revision store's export does not read back ({e}); please report this bug"),
+        )
+    })
+}
+
+/// Write `text` to `path` through a temporary file next to it, fsync'd and renamed over
+/// it; the temporary file is removed if any step fails.
 fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
     use std::io::Write;
     let tmp = path.with_extension("tmp-lbd");
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(text.as_bytes())?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)?;
+    let mut created = false;
+    let written = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        created = true;
+        f.write_all(text.as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if let Err(e) = written {
+        if created {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        return Err(e);
+    }
     if let Some(dir) = path.parent() {
         std::fs::File::open(dir)?.sync_all()?;
     }
@@ -141,7 +303,17 @@ impl Handler {
         tx: mpsc::Sender<Probe>,
     ) -> anyhow::Result<Handler> {
         let store = Store::open(&cfg.daemon.state_dir, cfg.daemon.revisions_kept)?;
-        if store.latest()?.map(|r| r.config) != Some(text.clone()) {
+        let recorded = match store.latest() {
+            Ok(latest) => latest.is_some_and(|r| r.config == text),
+            // An unreadable newest revision is not taken for the file's: the file (what
+            // runs) is recorded past it, and the unreadable one stays among the problems.
+            Err(e @ StoreError::Unreadable { .. }) => {
+                warn!(error = %e, "the newest revision is unreadable; recording the configuration file as a new one");
+                false
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if !recorded {
             let m = store.commit(&text, "file", "")?;
             info!(revision = m.id, "configuration recorded");
         }
@@ -151,6 +323,8 @@ impl Handler {
             text,
             path: path.to_path_buf(),
             store,
+            unrecorded: None,
+            store_reads: Arc::new(Semaphore::new(STORE_READS)),
             probes: Vec::new(),
             tx,
             started: Instant::now(),
@@ -172,13 +346,18 @@ impl Handler {
         }
     }
 
+    /// The current revision: the newest in the store, readable or not (an unreadable one
+    /// is among the store's problems).
     fn revision(&self) -> u64 {
-        self.store
-            .latest()
-            .ok()
-            .flatten()
-            .map(|r| r.meta.id)
-            .unwrap_or(0)
+        self.store.current().unwrap_or(0)
+    }
+
+    /// What status reports as wrong with the revisions: the store's problems, and a
+    /// configuration in force that is not recorded.
+    fn store_problems(&self) -> Vec<String> {
+        let mut p = self.store.problems();
+        p.extend(self.unrecorded.clone());
+        p
     }
 
     /// Validate, apply, write the file, record the revision.
@@ -187,14 +366,22 @@ impl Handler {
         text: String,
         source: &str,
         comment: &str,
-    ) -> Result<Meta, Failure> {
-        let new = Config::parse(&text, &self.path).map_err(|e| fail(ErrorCode::Invalid, e))?;
+    ) -> Result<Meta, ChangeError> {
+        use ChangeError::Refused;
+        bounded("the configuration", &text, comment).map_err(Refused)?;
+        let new =
+            Config::parse(&text, &self.path).map_err(|e| Refused(fail(ErrorCode::Invalid, e)))?;
         if new.daemon != self.cfg.daemon {
-            return Err(fail(
+            return Err(Refused(fail(
                 ErrorCode::Invalid,
                 "[daemon] settings (interfaces, pin_dir, sockets, state_dir) change only with a restart",
-            ));
+            )));
         }
+        // A store that cannot take the revision (no id left) refuses the change before
+        // anything is written; a store that fails at the write is known only after.
+        self.store
+            .next_id()
+            .map_err(|e| Refused(store_failure(e)))?;
         // The controller plans before it writes: a change that cannot fit is refused whole
         // (invalid), and a write that fails leaves the running revision serving.
         if let Err(e) = self.ctl.apply(&new) {
@@ -203,7 +390,7 @@ impl Handler {
                 ControlError::Map(_) | ControlError::Partial { .. } => ErrorCode::Internal,
             };
             error!(error = %e, "configuration not applied");
-            return Err(fail(code, e.to_string()));
+            return Err(Refused(fail(code, e.to_string())));
         }
         self.respawn_probes();
         if std::fs::read_to_string(&self.path).ok().as_deref() != Some(text.as_str())
@@ -211,15 +398,32 @@ impl Handler {
         {
             error!(error = %e, path = %self.path.display(), "could not write the configuration file back");
         }
-        // The dataplane is in the new state now: so is our view, even if recording fails.
+        // The dataplane is in the new state now: so is our view, even if recording fails,
+        // and the next change builds on this text.
         self.cfg = new;
         self.text = text.clone();
-        let meta = self.store.commit(&text, source, comment).map_err(|e| {
-            fail(
-                ErrorCode::Internal,
-                format!("applied, but recording the revision failed: {e}"),
-            )
-        })?;
+        let meta = match self.store.commit(&text, source, comment) {
+            Ok(meta) => meta,
+            Err(e) => {
+                let current = self.revision();
+                error!(error = %e, current, "configuration applied, but not recorded as a revision");
+                self.ctl.event(
+                    "*",
+                    None,
+                    format!(
+                        "configuration applied ({source}), but not recorded as a revision: {e}"
+                    ),
+                );
+                self.unrecorded = Some(format!(
+                    "the configuration in force ({source}) is not recorded: the store failed ({e}); revision {current} is not what runs; the next change that is recorded records it"
+                ));
+                return Err(ChangeError::Unrecorded(fail(
+                    ErrorCode::Internal,
+                    format!("applied, but recording the revision failed: {e}"),
+                )));
+            }
+        };
+        self.unrecorded = None;
         self.ctl.event(
             "*",
             None,
@@ -257,11 +461,58 @@ impl Handler {
                 vips = self.ctl.vips.len(),
                 "configuration reloaded"
             ),
-            Err(e) => error!(
+            Err(ChangeError::Refused(e)) => error!(
                 "reload rejected, the running configuration stays: {}",
                 e.message
             ),
+            Err(ChangeError::Unrecorded(e)) => error!(
+                "reload applied, but not recorded as a revision (the file's configuration runs; status lists it until a change is recorded): {}",
+                e.message
+            ),
         }
+    }
+
+    /// The store read `request` is, if it is one, to answer off the loop. `config.diff`'s
+    /// default `to` is the current revision when the request arrives.
+    fn store_read(&self, request: &Request) -> Option<StoreRead> {
+        match request {
+            Request::ConfigShow { revision } => Some(StoreRead::Show(*revision)),
+            Request::ConfigHistory {} => Some(StoreRead::History),
+            Request::ConfigDiff { from, to } => Some(StoreRead::Diff {
+                from: *from,
+                to: to.unwrap_or(self.revision()),
+            }),
+            Request::ConfigExport {} => Some(StoreRead::Export),
+            _ => None,
+        }
+    }
+
+    /// Answer a call from the API. Reads that need only the revision store go to tokio's
+    /// blocking pool (`STORE_READS` at a time) with a handle on the store, so that reading
+    /// and diffing revisions never holds up health verdicts, other requests, SIGHUP or
+    /// SIGTERM; everything else is answered here, on the loop, by [`Handler::handle`].
+    pub fn serve(&mut self, call: Call) {
+        let Call { envelope, reply } = call;
+        let Some(read) = self.store_read(&envelope.request) else {
+            let _ = reply.send(self.handle(envelope));
+            return;
+        };
+        let store = self.store.clone();
+        let turns = self.store_reads.clone();
+        tokio::spawn(async move {
+            let Ok(_turn) = turns.acquire_owned().await else {
+                return;
+            };
+            let answer = tokio::task::spawn_blocking(move || read.answer(&store))
+                .await
+                .unwrap_or_else(|e| {
+                    Reply::error(
+                        ErrorCode::Internal,
+                        format!("reading the store failed: {e}"),
+                    )
+                });
+            let _ = reply.send(answer);
+        });
     }
 
     /// Answer one request. Every operation is an arm of the one match below: an operation
@@ -293,23 +544,19 @@ impl Handler {
             }
             Request::Stats {} => self.stats().map(|d| Reply::data(&d)),
             Request::Events { limit } => Ok(Reply::data(&self.events(limit))),
-            Request::ConfigShow { revision } => self.config_show(revision).map(|d| Reply::data(&d)),
+            Request::ConfigShow { revision } => Ok(StoreRead::Show(revision).answer(&self.store)),
             Request::ConfigValidate { config, name } => {
                 Config::parse(&config, Path::new(name.as_deref().unwrap_or("config")))
                     .map(|_| Reply::data(&api::Validity { valid: true }))
                     .map_err(|e| fail(ErrorCode::Invalid, e))
             }
-            Request::ConfigHistory {} => self
-                .store
-                .history()
-                .map(|h| Reply::data(&h.iter().map(revision_meta).collect::<Vec<_>>()))
-                .map_err(|e| fail(ErrorCode::Internal, e)),
-            Request::ConfigDiff { from, to } => self
-                .store
-                .diff(from, to.unwrap_or(self.revision()))
-                .map(|diff| Reply::data(&api::Diff { diff }))
-                .map_err(|e| fail(ErrorCode::NotFound, e)),
-            Request::ConfigExport {} => self.export().map(|d| Reply::data(&d)),
+            Request::ConfigHistory {} => Ok(StoreRead::History.answer(&self.store)),
+            Request::ConfigDiff { from, to } => Ok(StoreRead::Diff {
+                from,
+                to: to.unwrap_or(self.revision()),
+            }
+            .answer(&self.store)),
+            Request::ConfigExport {} => Ok(StoreRead::Export.answer(&self.store)),
             // Mutations: each makes a revision.
             Request::ConfigApply { config, comment } => {
                 self.change(config, &format!("api: {op}"), &comment)
@@ -407,6 +654,7 @@ impl Handler {
             interfaces: self.cfg.daemon.interfaces.clone(),
             pin_dir: self.cfg.daemon.pin_dir.clone(),
             interfaces_lost: self.ctl.maps().lost_interfaces(),
+            store_problems: self.store_problems(),
         }
     }
 
@@ -525,46 +773,9 @@ impl Handler {
             .collect()
     }
 
-    fn config_show(&self, revision: Option<u64>) -> Result<api::ConfigText, Failure> {
-        let rev = match revision {
-            Some(id) => self
-                .store
-                .get(id)
-                .map_err(|e| fail(ErrorCode::NotFound, e))?,
-            None => self
-                .store
-                .latest()
-                .ok()
-                .flatten()
-                .ok_or_else(|| fail(ErrorCode::Internal, "no revision recorded"))?,
-        };
-        Ok(api::ConfigText {
-            revision: rev.meta.id,
-            config: rev.config,
-        })
-    }
-
-    fn export(&self) -> Result<Vec<api::ExportedRevision>, Failure> {
-        let text = self
-            .store
-            .export()
-            .map_err(|e| fail(ErrorCode::Internal, e))?;
-        serde_json::from_str(&text).map_err(|e| {
-            fail(
-                ErrorCode::Internal,
-                format!(
-                    "the revision store's export does not read back ({e}); please report this bug"
-                ),
-            )
-        })
-    }
-
     fn rollback(&mut self, target: RollbackTarget, comment: &str) -> Result<Reply, Failure> {
         let rev = match target {
-            RollbackTarget::Revision(id) => self
-                .store
-                .get(id)
-                .map_err(|e| fail(ErrorCode::NotFound, e))?,
+            RollbackTarget::Revision(id) => self.store.get(id).map_err(store_failure)?,
             RollbackTarget::Time(at) => {
                 let when = humantime::parse_rfc3339_weak(&at).map_err(|e| {
                     fail(
@@ -572,9 +783,7 @@ impl Handler {
                         format!("--at {at:?}: {e}; use RFC 3339 like 2026-11-26T09:30:00Z"),
                     )
                 })?;
-                self.store
-                    .at(ms_since_epoch(when))
-                    .map_err(|e| fail(ErrorCode::NotFound, e))?
+                self.store.at(ms_since_epoch(when)).map_err(store_failure)?
             }
         };
         self.change(rev.config, &format!("rollback to {}", rev.meta.id), comment)
@@ -595,6 +804,7 @@ impl Handler {
                 ),
             ));
         };
+        check_import(&revisions, comment)?;
         let newest = Config::parse(&last.config, &self.path).map_err(|e| {
             fail(
                 ErrorCode::Invalid,
@@ -608,6 +818,10 @@ impl Handler {
                 "the newest imported revision has other [daemon] settings than this node: make them match first",
             ));
         }
+        // Nor unless the store has an id for every one of them.
+        self.store
+            .room(revisions.len() as u64)
+            .map_err(store_failure)?;
         for r in older {
             self.store
                 .commit(
@@ -615,12 +829,89 @@ impl Handler {
                     &format!("import (was revision {})", r.meta.id),
                     &r.meta.comment,
                 )
-                .map_err(|e| fail(ErrorCode::Internal, e))?;
+                .map_err(store_failure)?;
         }
         self.change(
             last.config.clone(),
             &format!("import (was revision {})", last.meta.id),
             comment,
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tmp(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!(
+            "lbd-handler-test-{name}-{}-{}",
+            std::process::id(),
+            crate::store::now_ms()
+        ));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn a_failed_write_back_leaves_no_temporary_file() {
+        let d = tmp("write-back");
+        // The rename fails: a non-empty directory stands where the file goes.
+        let path = d.join("lb.toml");
+        std::fs::create_dir_all(path.join("x")).unwrap();
+        assert!(write_atomically(&path, "x = 1\n").is_err());
+        assert!(
+            !d.join("lb.tmp-lbd").exists(),
+            "the failed write left lb.tmp-lbd behind"
+        );
+        // And a write that works leaves none either.
+        let path = d.join("ok.toml");
+        write_atomically(&path, "x = 1\n").unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "x = 1\n");
+        assert!(!d.join("ok.tmp-lbd").exists());
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    fn revision(id: u64, config: String, comment: &str) -> api::ExportedRevision {
+        api::ExportedRevision {
+            meta: api::ExportedMeta {
+                id,
+                at_ms: 0,
+                source: "file".into(),
+                comment: comment.into(),
+            },
+            config,
+        }
+    }
+
+    #[test]
+    fn revisions_and_imports_are_bounded() {
+        let at = "#".repeat(MAX_REVISION_BYTES);
+        let over = "#".repeat(MAX_REVISION_BYTES + 1);
+        assert!(bounded("the configuration", &at, "").is_ok());
+        let e = bounded("the configuration", &over, "").unwrap_err();
+        assert_eq!(e.code, ErrorCode::Invalid);
+        assert!(e.message.contains(&MAX_REVISION_BYTES.to_string()), "{e}");
+        let e = bounded("the configuration", "", &"c".repeat(MAX_COMMENT_BYTES + 1)).unwrap_err();
+        assert_eq!(e.code, ErrorCode::BadRequest);
+        assert!(bounded("the configuration", "", &"c".repeat(MAX_COMMENT_BYTES)).is_ok());
+
+        let small = |id| revision(id, "x = 1\n".into(), "");
+        let most: Vec<_> = (1..=MAX_IMPORT_REVISIONS as u64).map(small).collect();
+        assert!(check_import(&most, "").is_ok());
+        let too_many: Vec<_> = (0..=MAX_IMPORT_REVISIONS as u64).map(small).collect();
+        let e = check_import(&too_many, "").unwrap_err();
+        assert_eq!(e.code, ErrorCode::BadRequest);
+        assert!(e.message.contains(&MAX_IMPORT_REVISIONS.to_string()), "{e}");
+        // An older entry past the limit names itself.
+        let e = check_import(&[revision(7, over, ""), small(8)], "").unwrap_err();
+        assert_eq!(e.code, ErrorCode::Invalid);
+        assert!(
+            e.message.contains("imported revision 7 (entry 1 of 2)"),
+            "{e}"
+        );
+        let e = check_import(&[small(8)], &"c".repeat(MAX_COMMENT_BYTES + 1)).unwrap_err();
+        assert_eq!(e.code, ErrorCode::BadRequest);
     }
 }

@@ -169,10 +169,8 @@ pub async fn run(
                     error!(error = %e, "writing a health change into the dataplane failed");
                 }
             }
-            Some(call) = api_rx.recv() => {
-                let answer = svc.handle(call.envelope);
-                let _ = call.reply.send(answer);
-            }
+            // Store reads are answered off the loop; the rest here.
+            Some(call) = api_rx.recv() => svc.serve(call),
             Some(()) = link_rx.recv() => crate::links::reconcile(&mut svc, &link_metrics),
             _ = hup.recv() => {
                 svc.reload();
