@@ -1,5 +1,5 @@
 //! `cargo xtask install` and `cargo xtask uninstall`: put `lbd`, `lbctl`, the example
-//! configuration, the systemd unit, the man pages and the shell completions where a gateway
+//! configuration, the systemd units, the man pages and the shell completions where a gateway
 //! expects them, and take them away again.
 //!
 //! `--destdir` stages the whole tree under a directory (as `make install DESTDIR=` does):
@@ -21,12 +21,19 @@ use crate::cmd;
 const BINS: [&str; 2] = ["lbd", "lbctl"];
 /// The unit's paths as shipped; rewritten for another prefix.
 const SHIPPED_BIN_DIR: &str = "/usr/local/bin/";
-const UNIT: &str = "packaging/lbd.service";
+/// The systemd units, and where they go: units the administrator installs go in
+/// /etc/systemd/system (systemd reads it for any prefix). `lbd-decap@.service` is for
+/// backends (the decapsulation program on a NIC).
+const UNITS: [(&str, &str); 2] = [
+    ("packaging/lbd.service", "/etc/systemd/system/lbd.service"),
+    (
+        "packaging/lbd-decap@.service",
+        "/etc/systemd/system/lbd-decap@.service",
+    ),
+];
 const EXAMPLE: &str = "config/lb.example.toml";
 /// Where the configuration lives: fixed, the unit and the docs name it.
 const CONFIG: &str = "/etc/lbd/lb.toml";
-/// Units the administrator installs go here (systemd reads it for any prefix).
-const UNIT_DEST: &str = "/etc/systemd/system/lbd.service";
 /// Completion files per shell, relative to the prefix: where bash-completion, zsh (Debian's
 /// fpath) and fish look for vendor completions. `{}` is the command's name.
 const COMPLETIONS: [(&str, &str); 3] = [
@@ -139,15 +146,18 @@ pub fn install(args: &InstallArgs) -> Result<()> {
         done.write(a, &dest, &read(path)?, 0o755)?;
     }
 
-    // The unit names the binaries by absolute path: point it at this prefix.
-    let unit = String::from_utf8(read(&root.join(UNIT))?).context("the unit is not UTF-8")?;
+    // The units name the binaries by absolute path: point them at this prefix.
     let bin_dir = format!("{}/", a.under_prefix("bin").display());
-    done.write(
-        a,
-        Path::new(UNIT_DEST),
-        unit.replace(SHIPPED_BIN_DIR, &bin_dir).as_bytes(),
-        0o644,
-    )?;
+    for (src, dest) in UNITS {
+        let unit = String::from_utf8(read(&root.join(src))?)
+            .with_context(|| format!("{src} is not UTF-8"))?;
+        done.write(
+            a,
+            Path::new(dest),
+            unit.replace(SHIPPED_BIN_DIR, &bin_dir).as_bytes(),
+            0o644,
+        )?;
+    }
 
     // The example stays available as a reference; the configuration is the operator's and
     // is never overwritten (the daemon also rewrites it on every lbctl change).
@@ -212,7 +222,8 @@ pub fn install(args: &InstallArgs) -> Result<()> {
     if a.destdir.is_none() {
         say(format!(
             "next: edit {CONFIG}, `lbd check -c {CONFIG}`, `systemctl daemon-reload`, \
-             `systemctl enable --now lbd` (docs/deployment.md)"
+             `systemctl enable --now lbd` (docs/deployment.md); on a backend, \
+             /etc/default/lbd-decap and `systemctl enable --now lbd-decap@IF` instead"
         ));
     }
     Ok(())

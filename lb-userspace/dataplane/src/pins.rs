@@ -1,7 +1,7 @@
 //! What lives under the pin directory: which maps, whether pins this build finds there can
 //! be reused (checked before anything is changed), and removing them for good.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use aya::maps::{MapInfo, MapType};
 use lb_common::{MAP_FLOWS, MAP_RINGS};
@@ -78,14 +78,14 @@ pub fn purge_pins(pin_dir: &Path) -> Result<(), DataplaneError> {
 
 /// A map's kind and sizes: what must match for a pinned map to be reused.
 #[derive(Clone, Copy, Debug, PartialEq)]
-struct MapShape {
+pub(crate) struct MapShape {
     /// `None`: a type this aya does not know (so not one this build creates).
-    map_type: Option<MapType>,
-    key_size: u32,
-    value_size: u32,
-    max_entries: u32,
+    pub(crate) map_type: Option<MapType>,
+    pub(crate) key_size: u32,
+    pub(crate) value_size: u32,
+    pub(crate) max_entries: u32,
     /// The creation flags that change how a map works (`LAYOUT_FLAGS`).
-    flags: u32,
+    pub(crate) flags: u32,
 }
 
 /// BPF_F_NO_PREALLOC and BPF_F_NO_COMMON_LRU (`LB_FLOWS`' per-CPU LRU lists). Only these are
@@ -96,8 +96,22 @@ const LAYOUT_FLAGS: u32 = (1 << 0) | (1 << 1);
 /// without creating anything. aya reuses whatever is pinned at a map's path without
 /// comparing, and the verifier's complaint, if any, does not name the map.
 fn expected_shapes(opts: &LoadOptions) -> Result<Vec<(&'static str, MapShape)>, DataplaneError> {
-    let obj = aya_obj::Object::parse(LB_XDP).map_err(|e| DataplaneError::Load(e.into()))?;
-    PINNED_MAPS
+    object_shapes(LB_XDP, PINNED_MAPS, |name| match name {
+        MAP_FLOWS => Some(opts.flows),
+        MAP_RINGS => Some(opts.ring_capacity),
+        _ => None,
+    })
+}
+
+/// The shapes of the maps `names` that loading `object` would create; `sized` gives the
+/// entries of a map whose size the loader sets (None: the object's).
+pub(crate) fn object_shapes(
+    object: &[u8],
+    names: &[&'static str],
+    sized: impl Fn(&str) -> Option<u32>,
+) -> Result<Vec<(&'static str, MapShape)>, DataplaneError> {
+    let obj = aya_obj::Object::parse(object).map_err(|e| DataplaneError::Load(e.into()))?;
+    names
         .iter()
         .map(|&name| {
             let def = obj.maps.get(name).ok_or(DataplaneError::MissingMap(name))?;
@@ -115,18 +129,13 @@ fn expected_shapes(opts: &LoadOptions) -> Result<Vec<(&'static str, MapShape)>, 
                 _ => None,
             };
             let value_size = prog_id.map_or(def.value_size(), |id| if id { 8 } else { 4 });
-            let max_entries = match name {
-                MAP_FLOWS => opts.flows,
-                MAP_RINGS => opts.ring_capacity,
-                _ => def.max_entries(),
-            };
             Ok((
                 name,
                 MapShape {
                     map_type,
                     key_size: def.key_size(),
                     value_size,
-                    max_entries,
+                    max_entries: sized(name).unwrap_or(def.max_entries()),
                     flags: def.map_flags() & LAYOUT_FLAGS,
                 },
             ))
@@ -134,22 +143,13 @@ fn expected_shapes(opts: &LoadOptions) -> Result<Vec<(&'static str, MapShape)>, 
         .collect()
 }
 
-pub(crate) fn purge_advice(pin_dir: &Path) -> String {
-    format!(
-        "stop lbd if it runs, run `lbd purge --pin-dir {}` (it detaches XDP and removes the \
-         pins, dropping the connection table: established flows may move to other backends) \
-         and start again",
-        pin_dir.display()
-    )
-}
-
-/// The check runs before anything is created or attached, so a refused start leaves a
-/// running dataplane (the old program on its pinned link) forwarding.
-const UNTOUCHED: &str = "Nothing was changed: what is pinned keeps running as it was.";
-
-/// Refuse pins that this build would misread, before anything is loaded or changed.
-pub(crate) fn check_pinned(dir: &Path, opts: &LoadOptions) -> Result<(), DataplaneError> {
-    for (map, needed) in expected_shapes(opts)? {
+/// The first of `expected` pinned under `dir` (at `dir/NAME`) whose shape differs: its
+/// name, path, and the shapes found and needed. Maps not pinned are skipped.
+pub(crate) fn first_mismatch(
+    dir: &Path,
+    expected: Vec<(&'static str, MapShape)>,
+) -> Result<Option<(&'static str, PathBuf, MapShape, MapShape)>, DataplaneError> {
+    for (map, needed) in expected {
         let path = dir.join(map);
         if !path.exists() {
             continue;
@@ -167,46 +167,66 @@ pub(crate) fn check_pinned(dir: &Path, opts: &LoadOptions) -> Result<(), Datapla
             max_entries: info.max_entries(),
             flags: info.map_flags() & LAYOUT_FLAGS,
         };
-        if found == needed {
-            continue;
+        if found != needed {
+            return Ok(Some((map, path, found, needed)));
         }
-        let (found_text, needed_text) = differences(&found, &needed);
-        let setting = match map {
-            MAP_FLOWS => Some("flows"),
-            MAP_RINGS => Some("ring_capacity"),
-            _ => None,
-        };
-        let resized_only = MapShape {
-            max_entries: needed.max_entries,
-            ..found
-        } == needed;
-        let remedy = match setting {
-            Some(key) if resized_only => format!(
-                "[dataplane] {key} changed since the map was pinned, and a pinned map keeps its \
-                 size. {UNTOUCHED} To keep what it holds, set {key} = {} again; to apply the \
-                 new size, {}",
-                found.max_entries,
-                purge_advice(dir)
-            ),
-            _ => format!(
-                "its layout changed between versions, so the pinned state (established flows \
-                 included) cannot be carried over. {UNTOUCHED} To move to this version, {}",
-                purge_advice(dir)
-            ),
-        };
-        return Err(DataplaneError::PinnedMapMismatch {
-            map,
-            path,
-            found: found_text,
-            needed: needed_text,
-            remedy,
-        });
     }
-    Ok(())
+    Ok(None)
+}
+
+pub(crate) fn purge_advice(pin_dir: &Path) -> String {
+    format!(
+        "stop lbd if it runs, run `lbd purge --pin-dir {}` (it detaches XDP and removes the \
+         pins, dropping the connection table: established flows may move to other backends) \
+         and start again",
+        pin_dir.display()
+    )
+}
+
+/// The check runs before anything is created or attached, so a refused start leaves a
+/// running dataplane (the old program on its pinned link) forwarding.
+const UNTOUCHED: &str = "Nothing was changed: what is pinned keeps running as it was.";
+
+/// Refuse pins that this build would misread, before anything is loaded or changed.
+pub(crate) fn check_pinned(dir: &Path, opts: &LoadOptions) -> Result<(), DataplaneError> {
+    let Some((map, path, found, needed)) = first_mismatch(dir, expected_shapes(opts)?)? else {
+        return Ok(());
+    };
+    let (found_text, needed_text) = differences(&found, &needed);
+    let setting = match map {
+        MAP_FLOWS => Some("flows"),
+        MAP_RINGS => Some("ring_capacity"),
+        _ => None,
+    };
+    let resized_only = MapShape {
+        max_entries: needed.max_entries,
+        ..found
+    } == needed;
+    let remedy = match setting {
+        Some(key) if resized_only => format!(
+            "[dataplane] {key} changed since the map was pinned, and a pinned map keeps its \
+             size. {UNTOUCHED} To keep what it holds, set {key} = {} again; to apply the \
+             new size, {}",
+            found.max_entries,
+            purge_advice(dir)
+        ),
+        _ => format!(
+            "its layout changed between versions, so the pinned state (established flows \
+             included) cannot be carried over. {UNTOUCHED} To move to this version, {}",
+            purge_advice(dir)
+        ),
+    };
+    Err(DataplaneError::PinnedMapMismatch {
+        map,
+        path,
+        found: found_text,
+        needed: needed_text,
+        remedy,
+    })
 }
 
 /// The attributes in which `found` differs from `needed`, phrased for each side.
-fn differences(found: &MapShape, needed: &MapShape) -> (String, String) {
+pub(crate) fn differences(found: &MapShape, needed: &MapShape) -> (String, String) {
     let kind = |t: Option<MapType>| match t {
         Some(t) => format!("type {t:?}"),
         None => "an unknown type".to_string(),

@@ -1,12 +1,14 @@
 //! `lbd`: the daemon's command line.
 
-use std::{path::PathBuf, process::ExitCode};
+use std::{net::IpAddr, path::PathBuf, process::ExitCode};
 
-use clap::{CommandFactory, Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use tracing_subscriber::EnvFilter;
 
 use lb_clidoc::ManArgs;
 use lb_control::Config;
+
+mod decap;
 
 #[derive(Parser)]
 #[command(name = "lbd", version, about = "XDP L4 load balancer daemon")]
@@ -39,10 +41,78 @@ enum Cmd {
         #[arg(long, default_value = "/sys/fs/bpf/lb")]
         pin_dir: PathBuf,
     },
+    /// Decapsulation on a backend: attach the `lb_decap` XDP program to a NIC (pinned, so it
+    /// outlives the command), show its allow-list and counters, detach it.
+    #[command(subcommand)]
+    Decap(DecapCmd),
     /// Shell completions on stdout (bash, zsh, fish, elvish, powershell).
     Completions { shell: clap_complete::Shell },
     /// Man pages (roff): the top page on stdout, or every page into a directory.
     Man(ManArgs),
+}
+
+#[derive(Subcommand)]
+enum DecapCmd {
+    /// Attach `lb_decap` to a NIC with an allow-list of outer destinations and pin it; run
+    /// again to change the allow-list (in place, the program replaced on its link: no gap).
+    Attach {
+        /// The NIC that receives the balancer's IP-in-IP (in this network namespace).
+        #[arg(short, long, value_name = "IF")]
+        interface: String,
+        /// An outer destination to decapsulate: an address of this backend that the
+        /// balancer sends to. IPv4 or IPv6; several after one --addr, or comma-separated.
+        /// IP-in-IP to any other address is passed untouched.
+        #[arg(
+            long = "addr",
+            value_name = "ADDR",
+            num_args = 1..,
+            value_delimiter = ',',
+            required_unless_present = "pass_only"
+        )]
+        addrs: Vec<IpAddr>,
+        /// No allow-list: decapsulate nothing and pass every packet. Gives a veth peer the
+        /// XDP program that frames sent into the veth with XDP_TX need.
+        #[arg(long, conflicts_with = "addrs")]
+        pass_only: bool,
+        /// XDP mode, when the link is created: native (driver) or generic (the kernel's skb
+        /// path, for NICs without XDP support). A link attached already keeps its mode.
+        /// [default: native]
+        #[arg(long, value_enum)]
+        mode: Option<DecapMode>,
+        /// bpffs directory of the pins, one subdirectory per interface (not the balancer's
+        /// pin directory).
+        #[arg(long, default_value = lb_dataplane::DECAP_PIN_DIR)]
+        pin_dir: PathBuf,
+    },
+    /// Per pinned interface: attached or not, the allow-list, the counters by reason. Exits 1
+    /// if one is not attached.
+    Status {
+        /// Only this interface (an error if nothing is pinned for it).
+        #[arg(short, long, value_name = "IF")]
+        interface: Option<String>,
+        /// One JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+        /// bpffs directory of the pins, one subdirectory per interface (not the balancer's
+        /// pin directory).
+        #[arg(long, default_value = lb_dataplane::DECAP_PIN_DIR)]
+        pin_dir: PathBuf,
+    },
+    /// Detach `lb_decap` from a NIC and remove its pins.
+    Detach {
+        #[arg(short, long, value_name = "IF")]
+        interface: String,
+        /// bpffs directory of the pins, one subdirectory per interface (not the balancer's
+        /// pin directory).
+        #[arg(long, default_value = lb_dataplane::DECAP_PIN_DIR)]
+        pin_dir: PathBuf,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum DecapMode {
+    Native,
+    Generic,
 }
 
 fn init_logging(json: bool) {
@@ -95,6 +165,7 @@ pub fn main() -> ExitCode {
         // A running daemon holds the directory's lock: purging under it would detach a
         // balancer that still believes it serves.
         Cmd::Purge { pin_dir } => purge(&pin_dir),
+        Cmd::Decap(cmd) => decap::run(cmd),
         Cmd::Completions { shell } => {
             print!("{}", lb_clidoc::completions(Cli::command(), shell));
             Ok(())

@@ -1,8 +1,9 @@
 //! The documented install (docs/deployment.md, the blocks marked `install`), run as written
 //! with `--destdir` into a temporary directory: binaries that run, the configuration (kept
-//! on a second install), a unit systemd accepts whose ExecStart is the installed binary,
-//! man pages for every command that render, completions for every shell, and an uninstall
-//! that removes all of it but the configuration.
+//! on a second install), units systemd accepts (`lbd.service`, and `lbd-decap@.service` for
+//! backends) whose Exec lines name the installed binary, man pages for every command that
+//! render, completions for every shell, and an uninstall that removes all of it but the
+//! configuration.
 //!
 //! It adds `--bin-dir` with this test crate's build of the same code (`lbt-lbd`,
 //! `lbt-lbctl`), so the suite does not wait for a release build: the build step is
@@ -103,6 +104,7 @@ fn assert_man_pages(man1: &Path) {
         "lbd-run.1",
         "lbd-check.1",
         "lbd-purge.1",
+        "lbd-decap-attach.1",
         "lbctl.1",
         "lbctl-vip-add.1",
         "lbctl-config-rollback.1",
@@ -148,7 +150,7 @@ fn assert_man_pages(man1: &Path) {
 /// (`cargo xtask setup` installs zsh and fish).
 fn assert_completions(usr: &Path) {
     for (bin, subs) in [
-        ("lbd", &["run", "check", "purge"][..]),
+        ("lbd", &["run", "check", "purge", "decap"][..]),
         ("lbctl", &["vip", "backend", "config", "rollback"][..]),
     ] {
         for (shell, path) in [
@@ -176,52 +178,67 @@ fn assert_completions(usr: &Path) {
     }
 }
 
-/// The unit's Exec lines name the installed binary, and `systemd-analyze verify` accepts the
-/// unit: run on a copy whose paths point into the staged tree (so the binaries it checks are
+/// The units' Exec lines name the installed binary, and `systemd-analyze verify` accepts
+/// them: run on copies whose paths point into the staged tree (so the binaries it checks are
 /// the installed ones), with MANPATH there (so `Documentation=man:` finds the pages).
 /// `--root` is no way: systemd-analyze then looks for its own units in the staged tree.
+/// The backends' template, `lbd-decap@.service`, is verified as an instance (`@eth0`).
 fn assert_unit(dest: &Path, prefix: &str, scratch: &Path) {
-    let unit = dest.join("etc/systemd/system/lbd.service");
-    let text = std::fs::read_to_string(&unit).unwrap();
-    let exec = format!("ExecStart={prefix}/bin/lbd run -c /etc/lbd/lb.toml");
-    assert!(text.contains(&exec), "no `{exec}` in:\n{text}");
-    let staged_bin = dest.join(format!("{}/bin/lbd", prefix.trim_start_matches('/')));
-    assert!(
-        staged_bin.is_file(),
-        "ExecStart names {prefix}/bin/lbd, not installed"
-    );
-    for line in text.lines().filter(|l| l.starts_with("Exec")) {
-        let (_, cmd) = line.split_once('=').unwrap();
-        let prog = cmd.split_whitespace().next().unwrap();
-        if prog.starts_with(prefix) {
-            assert_eq!(prog, format!("{prefix}/bin/lbd"), "{line}");
-        }
-    }
-    let staged_prefix = format!("{}{prefix}", dest.display());
-    let copy = scratch.join("lbd.service");
-    std::fs::create_dir_all(scratch).unwrap();
-    std::fs::write(
-        &copy,
-        text.replace(&format!("{prefix}/bin/"), &format!("{staged_prefix}/bin/")),
-    )
-    .unwrap();
-    let analyze = Command::new("systemd-analyze")
-        .arg("verify")
-        .arg(&copy)
-        .env("MANPATH", format!("{staged_prefix}/share/man"))
-        .output();
-    match analyze {
-        Err(_) => println!(
-            "systemd-analyze is not installed: the unit was checked by its Exec lines only"
+    for (unit, exec, instance) in [
+        (
+            "lbd.service",
+            format!("ExecStart={prefix}/bin/lbd run -c /etc/lbd/lb.toml"),
+            "lbd.service",
         ),
-        Ok(out) => {
-            let err = String::from_utf8_lossy(&out.stderr);
-            assert!(
-                out.status.success() && !err.contains("lbd.service"),
-                "systemd-analyze verify lbd.service ({}):\n{err}",
-                out.status
-            );
-            println!("systemd-analyze verify accepted the unit");
+        (
+            "lbd-decap@.service",
+            format!("ExecStart={prefix}/bin/lbd decap attach --interface %i "),
+            "lbd-decap@eth0.service",
+        ),
+    ] {
+        let path = dest.join("etc/systemd/system").join(unit);
+        let text =
+            std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        assert!(text.contains(&exec), "no `{exec}` in {unit}:\n{text}");
+        let staged_bin = dest.join(format!("{}/bin/lbd", prefix.trim_start_matches('/')));
+        assert!(
+            staged_bin.is_file(),
+            "ExecStart names {prefix}/bin/lbd, not installed"
+        );
+        for line in text.lines().filter(|l| l.starts_with("Exec")) {
+            let (_, cmd) = line.split_once('=').unwrap();
+            let prog = cmd.split_whitespace().next().unwrap();
+            if prog.starts_with(prefix) {
+                assert_eq!(prog, format!("{prefix}/bin/lbd"), "{unit}: {line}");
+            }
+        }
+        let staged_prefix = format!("{}{prefix}", dest.display());
+        let copy = scratch.join(instance);
+        std::fs::create_dir_all(scratch).unwrap();
+        std::fs::write(
+            &copy,
+            text.replace(&format!("{prefix}/bin/"), &format!("{staged_prefix}/bin/")),
+        )
+        .unwrap();
+        let analyze = Command::new("systemd-analyze")
+            .arg("verify")
+            .arg(&copy)
+            .env("MANPATH", format!("{staged_prefix}/share/man"))
+            .output();
+        match analyze {
+            Err(_) => println!(
+                "systemd-analyze is not installed: {unit} was checked by its Exec lines only"
+            ),
+            Ok(out) => {
+                let err = String::from_utf8_lossy(&out.stderr);
+                let name = instance.split('@').next().unwrap();
+                assert!(
+                    out.status.success() && !err.contains(name),
+                    "systemd-analyze verify {instance} ({}):\n{err}",
+                    out.status
+                );
+                println!("systemd-analyze verify accepted {instance}");
+            }
         }
     }
 }
