@@ -104,11 +104,15 @@ impl Client {
             source,
         };
         let mut s = UnixStream::connect(&self.socket).map_err(unreachable)?;
-        s.write_all(request_line.as_bytes()).map_err(unreachable)?;
+        // The daemon may answer before it reads (a refused peer) and close: its answer is
+        // still there to read, so a failed write is reported only if none is.
+        let written = s.write_all(request_line.as_bytes());
         let mut line = String::new();
-        BufReader::new(s)
-            .read_line(&mut line)
-            .map_err(unreachable)?;
+        let read = BufReader::new(s).read_line(&mut line);
+        if line.is_empty() {
+            written.map_err(unreachable)?;
+        }
+        read.map_err(unreachable)?;
         if line.is_empty() {
             return Err(
                 self.bad_answer("the daemon closed the connection without answering".into())

@@ -102,7 +102,11 @@ pub async fn serve(path: PathBuf, tx: mpsc::Sender<Call>, bound: Bound) -> Resul
             .peer_cred()
             .map(|c| c.uid() == 0 || c.uid() == me)
             .unwrap_or(false);
-        let permit = slots.clone().try_acquire_owned();
+        // A refused peer takes no slot: it cannot crowd out those the API serves.
+        let permit = match allowed {
+            true => slots.clone().try_acquire_owned().map(Some),
+            false => Ok(None),
+        };
         let tx = tx.clone();
         tokio::spawn(async move {
             let refusal = match (&permit, allowed) {
@@ -130,10 +134,26 @@ pub async fn serve(path: PathBuf, tx: mpsc::Sender<Call>, bound: Bound) -> Resul
     }
 }
 
-/// Answer once and close, reading nothing.
+/// Answer once and close. What the peer sends is not read as a request; a little is
+/// drained (bounded in bytes and time) so that a client that writes its request before it
+/// reads is not met by a reset instead of the answer.
 async fn refuse(mut s: UnixStream, answer: Reply) -> Result<()> {
     s.write_all(answer.to_line().as_bytes()).await?;
-    Ok(s.shutdown().await?)
+    s.shutdown().await?;
+    let mut sink = [0u8; 4096];
+    let mut drained = 0;
+    let linger = tokio::time::sleep(Duration::from_secs(1));
+    tokio::pin!(linger);
+    while drained < 64 << 10 {
+        tokio::select! {
+            n = s.read(&mut sink) => match n {
+                Ok(0) | Err(_) => break,
+                Ok(n) => drained += n,
+            },
+            _ = &mut linger => break,
+        }
+    }
+    Ok(())
 }
 
 /// What a connection sent next.
