@@ -83,6 +83,21 @@ pub struct Status {
     /// empty.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub store_problems: Vec<String>,
+    /// Route announcements through BIRD; left out while `[announce]` is off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub announce: Option<Announce>,
+}
+
+/// What a node announces (`[announce]`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Announce {
+    /// `lbctl node drain`: every route withdrawn.
+    pub maintenance: bool,
+    /// The VIP addresses BIRD holds (as lbd last wrote them and BIRD took them).
+    pub routes: Vec<IpAddr>,
+    /// The last failure to write the routes or reconfigure BIRD, while it lasts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// A row of `vip.list`.
@@ -102,6 +117,12 @@ pub struct VipRow {
     pub usable: u64,
     /// The backup pool serves.
     pub on_backup: bool,
+    /// Its address is announced (left out while `[announce]` is off).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub announced: Option<bool>,
+    /// Why this VIP does not want its address announced (left out when it does).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub withheld: Option<String>,
 }
 
 /// A row of `backend.list` and `health`.

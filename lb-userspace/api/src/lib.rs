@@ -24,7 +24,7 @@ mod request;
 
 pub use client::{Client, ClientError};
 pub use data::{
-    BackendCounters, BackendRow, BackendState, ConfigText, Diff, EventRow, ExportedMeta,
+    Announce, BackendCounters, BackendRow, BackendState, ConfigText, Diff, EventRow, ExportedMeta,
     ExportedRevision, Forward, Protocol, RevisionMeta, Role, Scheduler, Stats, Status, Validity,
     VipCounters, VipRow,
 };

@@ -147,6 +147,29 @@ pub enum Request {
         #[serde(default, skip_serializing_if = "String::is_empty")]
         comment: String,
     },
+    /// Set keys of backend `address` in every VIP that has it (one revision): `lbctl
+    /// backend drain --all ADDR` drains a host that serves several VIPs.
+    #[serde(rename = "backend.set_all")]
+    BackendSetAll {
+        address: String,
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        comment: String,
+        #[serde(flatten)]
+        fields: Map<String, Value>,
+    },
+    /// Node maintenance: withdraw every route of this node (`[announce] maintenance =
+    /// true`); the dataplane keeps forwarding what still arrives.
+    #[serde(rename = "node.drain")]
+    NodeDrain {
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        comment: String,
+    },
+    /// The end of maintenance: announce again what qualifies.
+    #[serde(rename = "node.resume")]
+    NodeResume {
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        comment: String,
+    },
     /// Append a VIP without backends.
     #[serde(rename = "vip.add")]
     VipAdd {
@@ -243,6 +266,9 @@ pub enum Op {
     BackendSet,
     BackendAdd,
     BackendRemove,
+    BackendSetAll,
+    NodeDrain,
+    NodeResume,
     VipAdd,
     VipSet,
     VipRemove,
@@ -250,7 +276,7 @@ pub enum Op {
 
 impl Op {
     /// Every operation, in the order of docs/api.md.
-    pub const ALL: [Op; 20] = [
+    pub const ALL: [Op; 23] = [
         Op::Status,
         Op::VipList,
         Op::BackendList,
@@ -268,6 +294,9 @@ impl Op {
         Op::BackendSet,
         Op::BackendAdd,
         Op::BackendRemove,
+        Op::BackendSetAll,
+        Op::NodeDrain,
+        Op::NodeResume,
         Op::VipAdd,
         Op::VipSet,
         Op::VipRemove,
@@ -294,6 +323,9 @@ impl Op {
             Op::BackendSet => "backend.set",
             Op::BackendAdd => "backend.add",
             Op::BackendRemove => "backend.remove",
+            Op::BackendSetAll => "backend.set_all",
+            Op::NodeDrain => "node.drain",
+            Op::NodeResume => "node.resume",
             Op::VipAdd => "vip.add",
             Op::VipSet => "vip.set",
             Op::VipRemove => "vip.remove",
@@ -333,6 +365,9 @@ impl Request {
             Request::BackendSet { .. } => Op::BackendSet,
             Request::BackendAdd { .. } => Op::BackendAdd,
             Request::BackendRemove { .. } => Op::BackendRemove,
+            Request::BackendSetAll { .. } => Op::BackendSetAll,
+            Request::NodeDrain { .. } => Op::NodeDrain,
+            Request::NodeResume { .. } => Op::NodeResume,
             Request::VipAdd { .. } => Op::VipAdd,
             Request::VipSet { .. } => Op::VipSet,
             Request::VipRemove { .. } => Op::VipRemove,
@@ -359,6 +394,9 @@ impl Request {
             | Request::BackendSet { comment, .. }
             | Request::BackendAdd { comment, .. }
             | Request::BackendRemove { comment, .. }
+            | Request::BackendSetAll { comment, .. }
+            | Request::NodeDrain { comment }
+            | Request::NodeResume { comment }
             | Request::VipAdd { comment, .. }
             | Request::VipSet { comment, .. }
             | Request::VipRemove { comment, .. } => Some(comment),

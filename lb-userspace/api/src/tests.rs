@@ -74,6 +74,15 @@ fn sample(op: Op) -> Request {
             address: address(),
             comment: comment(),
         },
+        Op::BackendSetAll => Request::BackendSetAll {
+            address: address(),
+            comment: comment(),
+            fields: fields(json!({"drain": true})),
+        },
+        Op::NodeDrain => Request::NodeDrain { comment: comment() },
+        Op::NodeResume => Request::NodeResume {
+            comment: String::new(),
+        },
         Op::VipAdd => Request::VipAdd {
             name: "dns".into(),
             address: "198.18.100.2".into(),
@@ -123,7 +132,7 @@ fn every_op_round_trips_under_its_own_name() {
 }
 
 #[test]
-fn is_mutation_exactly_for_the_nine_changes() {
+fn is_mutation_exactly_for_the_changes() {
     let mutations: Vec<&str> = Op::ALL
         .into_iter()
         .filter(|op| sample(*op).is_mutation())
@@ -138,6 +147,9 @@ fn is_mutation_exactly_for_the_nine_changes() {
             "backend.set",
             "backend.add",
             "backend.remove",
+            "backend.set_all",
+            "node.drain",
+            "node.resume",
             "vip.add",
             "vip.set",
             "vip.remove",

@@ -64,6 +64,11 @@ enum Cmd {
         #[command(subcommand)]
         cmd: BackendCmd,
     },
+    /// This balancer node: maintenance withdraws its routes ([announce]).
+    Node {
+        #[command(subcommand)]
+        cmd: NodeCmd,
+    },
     /// Backend health: state, reason, last check, latency.
     Health { vip: Option<String> },
     /// Dataplane counters: every reason, per VIP, per backend.
@@ -127,6 +132,15 @@ enum VipCmd {
 }
 
 #[derive(Subcommand)]
+enum NodeCmd {
+    /// Withdraw every route of this node (a revision); the dataplane keeps forwarding
+    /// what still arrives.
+    Drain,
+    /// Announce again what qualifies (a revision).
+    Resume,
+}
+
+#[derive(Subcommand)]
 enum BackendCmd {
     List {
         vip: Option<String>,
@@ -147,10 +161,15 @@ enum BackendCmd {
         vip: String,
         address: IpAddr,
     },
-    /// No new flows; established flows stay.
+    /// No new flows; established flows stay. `drain VIP ADDRESS`, or `drain --all ADDRESS`
+    /// for the backend in every VIP that has it (one revision).
     Drain {
-        vip: String,
-        address: IpAddr,
+        /// Drain ADDRESS in every VIP that has it.
+        #[arg(long)]
+        all: bool,
+        /// VIP and ADDRESS, or ADDRESS alone with --all.
+        #[arg(required = true, num_args = 1..=2, value_names = ["VIP", "ADDRESS"])]
+        targets: Vec<String>,
     },
     /// Undo drain and disable.
     Enable {
@@ -392,7 +411,7 @@ fn run(cli: &Cli) -> Result<String, Fail> {
                 mac,
             } => backend_add(&ctx, vip, address, *weight, *role, mac.as_deref()),
             BackendCmd::Remove { vip, address } => backend_remove(&ctx, vip, address),
-            BackendCmd::Drain { vip, address } => backend_drain(&ctx, vip, address),
+            BackendCmd::Drain { all, targets } => backend_drain(&ctx, *all, targets),
             BackendCmd::Enable { vip, address } => backend_enable(&ctx, vip, address),
             BackendCmd::Disable { vip, address } => backend_disable(&ctx, vip, address),
             BackendCmd::Weight {
@@ -400,6 +419,10 @@ fn run(cli: &Cli) -> Result<String, Fail> {
                 address,
                 weight,
             } => backend_weight(&ctx, vip, address, *weight),
+        },
+        Cmd::Node { cmd } => match cmd {
+            NodeCmd::Drain => node_drain(&ctx),
+            NodeCmd::Resume => node_resume(&ctx),
         },
         Cmd::Health { vip } => backend_list(&ctx, vip.as_deref()),
         Cmd::Stats => stats(&ctx),
@@ -443,8 +466,37 @@ fn status(ctx: &Ctx) -> Result<String, Fail> {
                 serde_json::to_string(&s.interfaces_lost).unwrap_or_default()
             ),
         };
+        let announce = match &s.announce {
+            None => String::new(),
+            Some(a) => format!(
+                "announce {}{}{}\n",
+                match a.routes.is_empty() {
+                    true => "no routes".to_string(),
+                    false => a
+                        .routes
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(" "),
+                },
+                if a.maintenance {
+                    " (node drained: lbctl node resume)"
+                } else {
+                    ""
+                },
+                a.error
+                    .as_ref()
+                    .map(|e| format!(" (BIRD: {e})"))
+                    .unwrap_or_default(),
+            ),
+        };
+        let store: String = s
+            .store_problems
+            .iter()
+            .map(|p| format!("revision store: {p}\n"))
+            .collect();
         format!(
-            "revision {}\nVIPs {}\nbackends {}\ninterfaces {}\n{lost}uptime {} s\n",
+            "revision {}\nVIPs {}\nbackends {}\ninterfaces {}\n{lost}{announce}{store}uptime {} s\n",
             s.revision,
             s.vips,
             serde_json::to_string(&s.backends).unwrap_or_default(),
@@ -469,6 +521,12 @@ fn vip_list(ctx: &Ctx) -> Result<String, Fail> {
                     v.backends.to_string(),
                     v.usable.to_string(),
                     v.on_backup.to_string(),
+                    match (v.announced, &v.withheld) {
+                        (None, _) => "-".to_string(),
+                        (Some(true), _) => "yes".to_string(),
+                        (Some(false), Some(why)) => format!("no: {why}"),
+                        (Some(false), None) => "no".to_string(),
+                    },
                 ]
             })
             .collect();
@@ -483,6 +541,7 @@ fn vip_list(ctx: &Ctx) -> Result<String, Fail> {
                 "BACKENDS",
                 "USABLE",
                 "ON BACKUP",
+                "ANNOUNCED",
             ],
             &rows,
         )
@@ -631,8 +690,49 @@ fn backend_remove(ctx: &Ctx, vip: &str, address: &IpAddr) -> Result<String, Fail
     )
 }
 
-fn backend_drain(ctx: &Ctx, vip: &str, address: &IpAddr) -> Result<String, Fail> {
-    ctx.set_backend(vip, address, fields([("drain", Value::Bool(true))]))
+fn backend_drain(ctx: &Ctx, all: bool, targets: &[String]) -> Result<String, Fail> {
+    let drain = fields([("drain", Value::Bool(true))]);
+    let address = |a: &str| {
+        a.parse::<IpAddr>()
+            .map_err(|e| Fail::new(2, format!("{a:?} is not an IP address: {e}")))
+    };
+    match (all, targets) {
+        (false, [vip, a]) => ctx.set_backend(vip, &address(a)?, drain),
+        (true, [a]) => ctx.change(
+            Request::BackendSetAll {
+                address: address(a)?.to_string(),
+                comment: String::new(),
+                fields: drain,
+            },
+            None,
+        ),
+        (false, _) => Err(Fail::new(
+            2,
+            "backend drain takes VIP ADDRESS (or --all ADDRESS for every VIP)",
+        )),
+        (true, _) => Err(Fail::new(
+            2,
+            "backend drain --all takes one ADDRESS: the backend in every VIP",
+        )),
+    }
+}
+
+fn node_drain(ctx: &Ctx) -> Result<String, Fail> {
+    ctx.change(
+        Request::NodeDrain {
+            comment: String::new(),
+        },
+        None,
+    )
+}
+
+fn node_resume(ctx: &Ctx) -> Result<String, Fail> {
+    ctx.change(
+        Request::NodeResume {
+            comment: String::new(),
+        },
+        None,
+    )
 }
 
 /// `null` removes a key: back to the default, enabled.

@@ -30,6 +30,11 @@ enum Cmd {
         /// dataplane running for the next start to adopt.
         #[arg(long)]
         purge_on_exit: bool,
+        /// On exit, withdraw every VIP route ([announce]) before stopping, so that the
+        /// router stops sending here first. Without it the routes stay announced through
+        /// BIRD for a hitless restart.
+        #[arg(long)]
+        withdraw_on_exit: bool,
     },
     /// Validate a configuration file and exit (0: valid, 1: invalid).
     Check {
@@ -148,6 +153,7 @@ pub fn main() -> ExitCode {
         Cmd::Run {
             config,
             purge_on_exit,
+            withdraw_on_exit,
         } => tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()
@@ -155,7 +161,10 @@ pub fn main() -> ExitCode {
             .and_then(|rt| {
                 rt.block_on(crate::run::run(
                     &config,
-                    purge_on_exit,
+                    crate::run::OnExit {
+                        purge: purge_on_exit,
+                        withdraw: withdraw_on_exit,
+                    },
                     std::future::pending(),
                 ))
             }),

@@ -7,6 +7,7 @@
 //! verdicts, SIGHUP and SIGTERM must not wait for that.
 
 use std::{
+    net::IpAddr,
     path::{Path, PathBuf},
     sync::Arc,
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
@@ -46,6 +47,8 @@ pub struct Handler {
     probes: Vec<JoinHandle<()>>,
     tx: mpsc::Sender<Probe>,
     started: Instant,
+    /// What this node announces and what BIRD took, as the run loop last decided.
+    pub announced: crate::announce::View,
 }
 
 /// Why a request failed: its code and message for the API.
@@ -123,9 +126,9 @@ fn api_forward(f: lb_control::ForwardCfg) -> api::Forward {
 /// An edit's failure: an unknown VIP or backend is `not_found`, anything else `invalid`.
 fn edit_failure(e: edit::EditError) -> Failure {
     match e {
-        edit::EditError::NoVip(_) | edit::EditError::NoBackend { .. } => {
-            fail(ErrorCode::NotFound, e)
-        }
+        edit::EditError::NoVip(_)
+        | edit::EditError::NoBackend { .. }
+        | edit::EditError::NoBackendAnywhere(_) => fail(ErrorCode::NotFound, e),
         _ => fail(ErrorCode::Invalid, e),
     }
 }
@@ -326,6 +329,7 @@ impl Handler {
             unrecorded: None,
             store_reads: Arc::new(Semaphore::new(STORE_READS)),
             probes: Vec::new(),
+            announced: Default::default(),
             tx,
             started: Instant::now(),
         };
@@ -592,6 +596,28 @@ impl Handler {
                 format!("api: {op} {vip} {address}"),
                 &comment,
             ),
+            Request::BackendSetAll {
+                address,
+                comment,
+                fields,
+            } => match edit::set_backend_everywhere(&self.text, &address, &fields) {
+                Ok((text, vips)) => self.change(
+                    text,
+                    &format!("api: {op} {address} ({})", vips.join(", ")),
+                    &comment,
+                ),
+                Err(e) => Err(edit_failure(e)),
+            },
+            Request::NodeDrain { comment } => self.edit(
+                edit::set_maintenance(&self.text, true),
+                format!("api: {op}"),
+                &comment,
+            ),
+            Request::NodeResume { comment } => self.edit(
+                edit::set_maintenance(&self.text, false),
+                format!("api: {op}"),
+                &comment,
+            ),
             Request::VipAdd {
                 name,
                 address,
@@ -655,6 +681,20 @@ impl Handler {
             pin_dir: self.cfg.daemon.pin_dir.clone(),
             interfaces_lost: self.ctl.maps().lost_interfaces(),
             store_problems: self.store_problems(),
+            announce: self.cfg.announce.enabled().then(|| {
+                let bird = &self.announced.bird;
+                let routes = bird.applied.clone().unwrap_or_default();
+                api::Announce {
+                    maintenance: self.cfg.announce.maintenance,
+                    routes: routes
+                        .v4
+                        .iter()
+                        .map(|a| IpAddr::V4(*a))
+                        .chain(routes.v6.iter().map(|a| IpAddr::V6(*a)))
+                        .collect(),
+                    error: bird.error.clone(),
+                }
+            }),
         }
     }
 
@@ -691,6 +731,17 @@ impl Handler {
                     .filter(|b| api_state(b.state()) == api::BackendState::Up)
                     .count() as u64,
                 on_backup: v.on_backup,
+                announced: None,
+                withheld: None,
+            })
+            .map(|mut row| {
+                if self.cfg.announce.enabled()
+                    && let Some(a) = self.announced.verdicts.iter().find(|a| a.vip == row.name)
+                {
+                    row.announced = Some(a.announced);
+                    row.withheld = a.wants.as_ref().err().map(ToString::to_string);
+                }
+                row
             })
             .collect())
     }

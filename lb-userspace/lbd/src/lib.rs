@@ -5,6 +5,7 @@
 //! A library as well as a binary so that the test suite runs the same code as a process
 //! and checks the documented commands against the real parser.
 
+mod announce;
 mod cli;
 mod handler;
 mod links;
@@ -16,5 +17,5 @@ mod store;
 
 pub use cli::{command, main, parses};
 pub use probe::{spawn as spawn_check, spawn_agent};
-pub use run::run;
+pub use run::{OnExit, run};
 pub use store::{Revision, Store};

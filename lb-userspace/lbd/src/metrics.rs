@@ -62,6 +62,10 @@ pub struct Metrics {
     pub map_write_seconds: Histogram,
     /// 1 while the program is attached to a configured interface, 0 while its NIC is lost.
     pub interface_attached: Family<Labels, Gauge>,
+    /// 1 while a VIP's address is announced through BIRD.
+    pub vip_announced: Family<Labels, Gauge>,
+    /// Failed writes of the routes files or `birdc configure` runs.
+    pub announce_errors: Counter,
     pub snapshot: Arc<Mutex<Snapshot>>,
     registry: Registry,
 }
@@ -110,6 +114,18 @@ impl Metrics {
             "1 while the XDP program is attached to a configured interface, 0 while its NIC is gone",
             interface_attached.clone(),
         );
+        let vip_announced = Family::<Labels, Gauge>::default();
+        registry.register(
+            "vip_announced",
+            "1 while the VIP's address is announced through BIRD, 0 while withheld",
+            vip_announced.clone(),
+        );
+        let announce_errors = Counter::default();
+        registry.register(
+            "announce_errors",
+            "Failed writes of the routes files or birdc configure runs (retried)",
+            announce_errors.clone(),
+        );
         let snapshot = Arc::new(Mutex::new(Snapshot {
             vips: Vec::new(),
             flows_capacity,
@@ -125,6 +141,8 @@ impl Metrics {
             ring_build_seconds,
             map_write_seconds,
             interface_attached,
+            vip_announced,
+            announce_errors,
             snapshot,
             registry,
         })

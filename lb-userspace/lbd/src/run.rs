@@ -14,7 +14,12 @@ use tracing::{error, info, warn};
 use lb_control::{Config, Controller, DaemonConfig, XdpModeCfg};
 use lb_dataplane::{Dataplane, LoadOptions, XdpMode, link_pin, purge_pins};
 
-use crate::{handler::Handler, metrics::Metrics, probe};
+use crate::{
+    announce::{Announcer, Report},
+    handler::Handler,
+    metrics::Metrics,
+    probe,
+};
 
 /// Load and attach per `cfg`, adopting what an earlier run pinned.
 pub fn start_dataplane(cfg: &Config) -> Result<Controller<Dataplane>> {
@@ -96,11 +101,57 @@ pub fn spawn_probes(
     checks.chain(agents).collect()
 }
 
+/// What `run` leaves behind when it stops.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct OnExit {
+    /// Detach and remove the pins: the balancer stops for good.
+    pub purge: bool,
+    /// Withdraw every route first (the router stops sending before lbd goes).
+    pub withdraw: bool,
+}
+
+/// Whether the dataplane serves what the controller says: the maps in step and every
+/// configured NIC attached. A node that does not serve announces nothing.
+fn serving(svc: &Handler) -> Result<(), String> {
+    if !svc.ctl.in_step() {
+        return Err("its maps are not in step with the configuration (a write failed)".into());
+    }
+    let lost = svc.ctl.maps().lost_interfaces();
+    if !lost.is_empty() {
+        return Err(format!("NIC {} lost", lost.join(", ")));
+    }
+    Ok(())
+}
+
+/// Decide the announcements after a change, hand them to BIRD's writer, and report what
+/// changed (events, metrics).
+fn announce(svc: &mut Handler, announcer: &mut Announcer, metrics: &Metrics) {
+    let serving = serving(svc);
+    for v in announcer.update(&svc.cfg, &svc.ctl.vips, serving) {
+        metrics
+            .vip_announced
+            .get_or_create(&vec![("vip", v.vip.clone())])
+            .set(v.announced as i64);
+        if !svc.cfg.announce.enabled() {
+            continue;
+        }
+        let what = match (&v.wants, v.announced) {
+            (Ok(()), _) => format!("announced: {}/32 through BIRD", v.address),
+            (Err(why), true) => {
+                format!("withheld ({why}); its address stays announced for another VIP")
+            }
+            (Err(why), false) => format!("withdrawn: {why}"),
+        };
+        svc.ctl.event(&v.vip, None, what);
+    }
+    svc.announced = announcer.view();
+}
+
 /// Run until SIGTERM/SIGINT (or `stop` resolves). The dataplane stays attached and pinned
 /// afterwards unless `purge` is set: a restarted daemon adopts it without dropping a packet.
 pub async fn run(
     config_path: &Path,
-    purge: bool,
+    on_exit: OnExit,
     stop: impl std::future::Future<Output = ()>,
 ) -> Result<()> {
     let text = std::fs::read_to_string(config_path)
@@ -111,6 +162,7 @@ pub async fn run(
     let mut ctl = start_dataplane(&cfg)?;
     let metrics = Metrics::new(cfg.daemon.pin_dir.clone(), cfg.dataplane.flows);
     ctl.set_observer(metrics.clone());
+    let svc_metrics = metrics.clone();
     for (iface, _, lost) in ctl.maps().interfaces() {
         metrics.set_interface_attached(iface, !lost);
     }
@@ -155,6 +207,11 @@ pub async fn run(
     info!(vips = ctl.vips.len(), config = %config_path.display(), "serving");
     let (tx, mut rx) = mpsc::channel(4096);
     let mut svc = Handler::new(ctl, cfg, text, config_path, tx)?;
+    // Announced only now: the program is attached and the maps are written.
+    let (announce_tx, mut announce_rx) = mpsc::channel(16);
+    let mut announcer = Announcer::start(announce_tx);
+    let announce_metrics = svc_metrics.clone();
+    announce(&mut svc, &mut announcer, &announce_metrics);
     let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
@@ -190,9 +247,30 @@ pub async fn run(
                     error!(error = %e, "writing a slow-start step into the dataplane failed");
                 }
             }
+            Some(r) = announce_rx.recv() => {
+                match r {
+                    Report::Applied { v4, v6 } => svc.ctl.event(
+                        "*",
+                        None,
+                        format!("BIRD took the announcements: {v4} IPv4 and {v6} IPv6 routes"),
+                    ),
+                    Report::Failed(e) => {
+                        announce_metrics.announce_errors.inc();
+                        svc.ctl.event("*", None, format!("announcing failed (retrying): {e}"));
+                    }
+                }
+            }
             _ = term.recv() => break,
             _ = int.recv() => break,
             _ = &mut stop => break,
+        }
+        announce(&mut svc, &mut announcer, &announce_metrics);
+    }
+    if on_exit.withdraw && svc.cfg.announce.enabled() {
+        if announcer.withdraw_all().await {
+            info!("every route withdrawn before stopping (--withdraw-on-exit)");
+        } else {
+            error!("withdrawing the routes before stopping failed: BIRD keeps announcing them");
         }
     }
     svc.stop_probes();
@@ -205,7 +283,7 @@ pub async fn run(
     let _ = api.await;
     crate::server::remove_own_socket(&svc.cfg.daemon.api_socket, &bound);
     let pin_dir = svc.cfg.daemon.pin_dir.clone();
-    if purge {
+    if on_exit.purge {
         drop(svc);
         purge_pins(&pin_dir)?;
         info!("stopped for good: XDP detached, pins removed");

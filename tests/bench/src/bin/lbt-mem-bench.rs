@@ -110,7 +110,11 @@ fn main() {
                 .enable_all()
                 .build()
                 .unwrap();
-            rt.block_on(lbd::run(&cfg, true, async {
+            let on_exit = lbd::OnExit {
+                purge: true,
+                ..Default::default()
+            };
+            rt.block_on(lbd::run(&cfg, on_exit, async {
                 let _ = stop_rx.await;
             }))
             .map_err(|e| format!("{e:#}"))
