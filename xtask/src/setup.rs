@@ -407,7 +407,11 @@ fn is_root() -> bool {
 fn debian_packages(args: &SetupArgs) -> Result<()> {
     say(format!(
         "checking the commands the tests use: {}",
-        DEBIAN.iter().map(|(c, _)| *c).collect::<Vec<_>>().join(", ")
+        DEBIAN
+            .iter()
+            .map(|(c, _)| *c)
+            .collect::<Vec<_>>()
+            .join(", ")
     ));
     let missing: Vec<(&str, &str)> = DEBIAN
         .iter()

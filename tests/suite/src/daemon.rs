@@ -30,8 +30,13 @@ pub struct Daemon {
 impl Daemon {
     /// Start `exe run -c <config>` in the topology's balancer namespace.
     pub fn start(t: &Topology, exe: &'static str, config: &str) -> Daemon {
+        Daemon::start_in(&t.lb_host.ns.name, exe, config)
+    }
+
+    /// Start `exe run -c <config>` in namespace `ns` (files and pins named after it).
+    pub fn start_in(ns: &str, exe: &'static str, config: &str) -> Daemon {
         ensure_bpffs();
-        let ns = t.lb_host.ns.name.clone();
+        let ns = ns.to_string();
         let dir = std::env::temp_dir().join(&ns);
         std::fs::create_dir_all(&dir).unwrap();
         let pin_dir = PathBuf::from(BPFFS).join(&ns);

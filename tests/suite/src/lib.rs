@@ -5,6 +5,7 @@
 pub mod cmd;
 pub mod daemon;
 pub mod docblocks;
+pub mod fleet;
 pub mod harness;
 pub mod holds;
 pub mod netns;

@@ -1,0 +1,429 @@
+//! Several balancer nodes behind an ECMP router, in network namespaces (../shared/FLEET-LAB.md):
+//!
+//! ```text
+//!   client 198.18.1.2 ── router (FRR: zebra, bgpd, bfdd; AS 65000; 5-tuple multipath)
+//!                        │  198.18.1N.1 ── nodeN 198.18.1N.2 (lbd + lb_xdp on eth0, BIRD AS 65001)
+//!                        │  198.18.2M.1 ── bM    198.18.2M.2 (lb_decap, VIP on lo, lbt-echo)
+//! ```
+//! Each node announces the VIP 198.18.100.1/32 through its BIRD when its lbd says so; the
+//! router spreads flows over the nodes that announce it. Nodes encapsulate (IP-in-IP) back
+//! out of their uplink to the router, which routes the outer packet to the backend; replies
+//! go from the backend through the router straight to the client.
+//!
+//! Everything runs as real processes in namespaces of this test process (`lbt-<pid>-...`),
+//! removed with their processes when the `Fleet` is dropped, also when a test fails.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Child,
+    time::{Duration, Instant},
+};
+
+use crate::{
+    daemon::Daemon,
+    netns::{Netns, sh, sweep_stale},
+    topology::client_requests,
+};
+
+pub const VIP: &str = "198.18.100.1";
+const ROUTER_AS: u32 = 65000;
+const NODE_AS: u32 = 65001;
+
+/// Where a Debian package put a daemon (sbin may be off a test runner's PATH).
+pub fn program(name: &str) -> String {
+    for dir in ["/usr/sbin", "/usr/bin", "/usr/lib/frr", "/sbin", "/bin"] {
+        let p = Path::new(dir).join(name);
+        if p.exists() {
+            return p.display().to_string();
+        }
+    }
+    panic!("{name} is not installed: run `cargo xtask setup` (it installs bird2 and frr)");
+}
+
+pub struct Node {
+    pub ns: Netns,
+    /// The node's uplink address; the router's side is `gateway`.
+    pub addr: String,
+    pub gateway: String,
+    pub dir: PathBuf,
+    pub lbd: Option<Daemon>,
+}
+
+impl Node {
+    pub fn bird_socket(&self) -> PathBuf {
+        self.dir.join("bird.ctl")
+    }
+
+    pub fn routes_file(&self) -> PathBuf {
+        self.dir.join("routes4.conf")
+    }
+
+    /// `birdc` against this node's BIRD.
+    pub fn birdc(&self, cmd: &str) -> String {
+        self.ns.exec(&format!(
+            "{} -s {} {cmd}",
+            program("birdc"),
+            self.bird_socket().display()
+        ))
+    }
+
+    pub fn lbd(&mut self) -> &mut Daemon {
+        self.lbd.as_mut().expect("lbd started")
+    }
+}
+
+pub struct Backend {
+    pub ns: Netns,
+    pub addr: String,
+}
+
+pub struct Fleet {
+    pub client: Netns,
+    pub router: Netns,
+    pub nodes: Vec<Node>,
+    pub backends: Vec<Backend>,
+    router_dir: PathBuf,
+    echo: &'static str,
+    servers: Vec<Child>,
+    /// Where `lbd decap attach` pinned the decap programs: on the backends, and pass-only on
+    /// the router's node-facing veths (XDP_TX into a veth needs NAPI on the peer:
+    /// ../shared/PLATFORM.md).
+    decap_pins: Vec<PathBuf>,
+}
+
+fn write(path: &Path, text: &str) {
+    std::fs::write(path, text).unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
+}
+
+impl Fleet {
+    /// The router, `nodes` balancer nodes with BIRD (not yet lbd: `start_lbd`), and
+    /// `backends` backends serving with lbt-echo behind the decap program.
+    pub fn new(
+        nodes: usize,
+        backends: usize,
+        echo: &'static str,
+        lbd: &'static str,
+        bfd: bool,
+    ) -> Fleet {
+        sweep_stale();
+        crate::daemon::ensure_bpffs();
+        // The operator's command, run where it would be: on each backend and router port.
+        let decap = |ns: &Netns, iface: &str, allow: &str| -> PathBuf {
+            let pins = PathBuf::from(crate::daemon::BPFFS).join(format!("{}-decap", ns.name));
+            let out = ns.exec(&format!(
+                "{lbd} decap attach --interface {iface} {allow} --pin-dir {}",
+                pins.display()
+            ));
+            assert!(
+                out.contains("attached") || out.contains("replaced"),
+                "{out}"
+            );
+            pins
+        };
+        let g = Netns::group();
+        let router = Netns::new(g, "router");
+        let client = Netns::new(g, "client");
+        let link = |ns: &Netns, peer: &str, ours: &str, theirs: &str| {
+            sh(&format!(
+                "ip link add eth0 netns {} type veth peer name {peer} netns {}",
+                ns.name, router.name
+            ));
+            ns.exec(&format!(
+                "ip link set eth0 up && ip addr add {ours}/24 dev eth0"
+            ));
+            router.exec(&format!(
+                "ip link set {peer} up && ip addr add {theirs}/24 dev {peer}"
+            ));
+        };
+        router.exec(
+            "sysctl -qw net.ipv4.ip_forward=1 net.ipv4.fib_multipath_hash_policy=1 \
+             net.ipv4.conf.all.rp_filter=0 net.ipv4.conf.default.rp_filter=0",
+        );
+        link(&client, "c0", "198.18.1.2", "198.18.1.1");
+        client.exec("ip route add default via 198.18.1.1");
+        // A connection keeps its path until the router's next hops change (FLEET-LAB:
+        // otherwise a retransmission timeout rehashes it onto another node).
+        client.exec("sysctl -qw net.core.txrehash=0");
+        client.exec("ethtool -K eth0 tx off >/dev/null");
+
+        let router_dir = std::env::temp_dir().join(format!("{}-frr", router.name));
+        std::fs::create_dir_all(&router_dir).unwrap();
+        sh(&format!("chmod 777 {}", router_dir.display()));
+
+        let mut decap_pins = Vec::new();
+        let mut all_nodes = Vec::new();
+        for i in 1..=nodes {
+            let ns = Netns::new(g, &format!("node{i}"));
+            let (addr, gateway) = (format!("198.18.1{i}.2"), format!("198.18.1{i}.1"));
+            link(&ns, &format!("n{i}"), &addr, &gateway);
+            ns.exec(&format!(
+                "ip route add default via {gateway} && sysctl -qw net.ipv4.conf.all.forwarding=1"
+            ));
+            // One pin directory for the router's ports: one subdirectory per interface.
+            let pins = decap(&router, &format!("n{i}"), "--pass-only");
+            if i == 1 {
+                decap_pins.push(pins);
+            }
+            // BIRD's files; lbd's (the Daemon's) are in a directory named after the namespace.
+            let dir = std::env::temp_dir().join(format!("{}-bird", ns.name));
+            std::fs::create_dir_all(&dir).unwrap();
+            all_nodes.push(Node {
+                ns,
+                addr,
+                gateway,
+                dir,
+                lbd: None,
+            });
+        }
+        let mut all_backends = Vec::new();
+        for j in 1..=backends {
+            let ns = Netns::new(g, &format!("b{j}"));
+            let addr = format!("198.18.2{j}.2");
+            link(&ns, &format!("b{j}"), &addr, &format!("198.18.2{j}.1"));
+            ns.exec(&format!(
+                "ip route add default via 198.18.2{j}.1 && ip addr add {VIP}/32 dev lo && \
+                 sysctl -qw net.ipv4.conf.all.rp_filter=0 net.ipv4.conf.eth0.rp_filter=0 net.ipv4.conf.lo.rp_filter=0"
+            ));
+            decap_pins.push(decap(&ns, "eth0", &format!("--addr {addr}")));
+            all_backends.push(Backend { ns, addr });
+        }
+        let mut f = Fleet {
+            client,
+            router,
+            nodes: all_nodes,
+            backends: all_backends,
+            router_dir,
+            echo,
+            servers: Vec::new(),
+            decap_pins,
+        };
+        f.start_frr(bfd);
+        for i in 0..f.nodes.len() {
+            f.start_bird(i, bfd);
+        }
+        f.servers = (0..f.backends.len()).map(|j| f.serve(j)).collect();
+        f
+    }
+
+    fn start_frr(&self, bfd: bool) {
+        let d = self.router_dir.display().to_string();
+        write(
+            &self.router_dir.join("zebra.conf"),
+            "hostname router\nno zebra nexthop kernel enable\n",
+        );
+        write(
+            &self.router_dir.join("bfdd.conf"),
+            "bfd\n profile fast\n  detect-multiplier 3\n  receive-interval 100\n  transmit-interval 100\n",
+        );
+        let mut bgp = format!(
+            "router bgp {ROUTER_AS}\n no bgp ebgp-requires-policy\n neighbor nodes peer-group\n \
+             neighbor nodes remote-as {NODE_AS}\n neighbor nodes timers 1 3\n neighbor nodes timers connect 1\n"
+        );
+        if bfd {
+            bgp.push_str(" neighbor nodes bfd profile fast\n");
+        }
+        for n in &self.nodes {
+            bgp.push_str(&format!(" neighbor {} peer-group nodes\n", n.addr));
+        }
+        bgp.push_str(" address-family ipv4 unicast\n  maximum-paths 8\n exit-address-family\n");
+        write(&self.router_dir.join("bgpd.conf"), &bgp);
+        let common = format!("-d -z {d}/zserv.api --vty_socket {d} -P 0");
+        self.router.exec(&format!(
+            "{} {common} -f {d}/zebra.conf -i {d}/zebra.pid",
+            program("zebra")
+        ));
+        // zebra's socket must exist before the others connect.
+        wait_for(
+            || Path::new(&format!("{d}/zserv.api")).exists(),
+            10,
+            "zebra's socket",
+        );
+        self.router.exec(&format!(
+            "{} {common} -f {d}/bfdd.conf -i {d}/bfdd.pid --bfdctl {d}/bfdd.sock",
+            program("bfdd")
+        ));
+        self.router.exec(&format!(
+            "{} {common} -f {d}/bgpd.conf -i {d}/bgpd.pid",
+            program("bgpd")
+        ));
+    }
+
+    fn start_bird(&self, i: usize, bfd: bool) {
+        let n = &self.nodes[i];
+        if !n.routes_file().exists() {
+            write(&n.routes_file(), "");
+        }
+        let bfd_proto = if bfd {
+            "protocol bfd {\n  interface \"eth0\" { min rx interval 100 ms; min tx interval 100 ms; multiplier 3; };\n}\n"
+        } else {
+            ""
+        };
+        let conf = format!(
+            "router id {addr};\nprotocol device {{}}\nprotocol static vips4 {{\n  ipv4;\ninclude \"{routes}\";\n}}\n{bfd_proto}\
+             protocol bgp uplink {{\n  local {addr} as {NODE_AS};\n  neighbor {gw} as {ROUTER_AS};\n  hold time 3;\n  keepalive time 1;\n  \
+             connect retry time 1;\n  error wait time 1, 2;\n  bfd {bfd_on};\n  ipv4 {{ import none; export where proto = \"vips4\"; }};\n}}\n",
+            addr = n.addr,
+            gw = n.gateway,
+            routes = n.routes_file().display(),
+            bfd_on = if bfd { "on" } else { "off" },
+        );
+        write(&n.dir.join("bird.conf"), &conf);
+        n.ns.exec(&format!(
+            "{} -c {d}/bird.conf -s {d}/bird.ctl -P {d}/bird.pid",
+            program("bird"),
+            d = n.dir.display()
+        ));
+        wait_for(|| n.bird_socket().exists(), 10, "BIRD's control socket");
+    }
+
+    /// Stop node `i`'s BIRD (its routes are withdrawn at once).
+    pub fn stop_bird(&self, i: usize) {
+        let pid = std::fs::read_to_string(self.nodes[i].dir.join("bird.pid")).unwrap_or_default();
+        if let Ok(pid) = pid.trim().parse::<i32>() {
+            // SAFETY: plain kill(2) on the pid BIRD wrote.
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+        }
+        let sock = self.nodes[i].bird_socket();
+        wait_for(|| !sock.exists(), 10, "BIRD to stop");
+    }
+
+    pub fn restart_bird(&self, i: usize, bfd: bool) {
+        self.start_bird(i, bfd);
+    }
+
+    /// The `[daemon]`, `[dataplane]` and `[announce]` tables and the VIP for node `i`,
+    /// with health checks every `interval_ms` on port 80.
+    pub fn lbd_config(&self, i: usize, interval_ms: u32) -> String {
+        let n = &self.nodes[i];
+        let mut c = format!(
+            "[daemon]\ninterfaces = [\"eth0\"]\npin_dir = \"@PIN_DIR@\"\n\n\
+             [dataplane]\nflows = 65536\nring_capacity = 65537\n\n\
+             [announce]\nroutes_v4 = \"{}\"\nbird_socket = \"{}\"\nbirdc = \"{}\"\n\n\
+             [[vip]]\nname = \"web\"\naddress = \"{VIP}\"\nport = 80\nring_size = 65537\n\n\
+             [vip.health]\nkind = \"tcp\"\ninterval_ms = {interval_ms}\ntimeout_ms = {t}\nrise = 2\nfall = 2\n",
+            n.routes_file().display(),
+            n.bird_socket().display(),
+            program("birdc"),
+            t = interval_ms * 3 / 4,
+        );
+        for b in &self.backends {
+            c.push_str(&format!("\n[[vip.backend]]\naddress = \"{}\"\n", b.addr));
+        }
+        c
+    }
+
+    /// Start lbd on node `i` with `config`, and wait until it serves.
+    pub fn start_lbd(&mut self, i: usize, lbd: &'static str, config: &str) {
+        let d = Daemon::start_in(&self.nodes[i].ns.name, lbd, config);
+        self.nodes[i].lbd = Some(d);
+    }
+
+    fn serve(&self, j: usize) -> Child {
+        use std::io::BufRead;
+        let name = format!("b{}", j + 1);
+        let mut child = self.backends[j]
+            .ns
+            .spawn(self.echo, &["serve", &name, "--tcp", "[::]:80"]);
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.as_mut().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line.trim(), "ready", "backend server {name} did not start");
+        child
+    }
+
+    /// Stop backend `j`'s server (its connections are reset).
+    pub fn stop_server(&mut self, j: usize) {
+        let _ = self.servers[j].kill();
+        let _ = self.servers[j].wait();
+    }
+
+    pub fn start_server(&mut self, j: usize) {
+        self.servers[j] = self.serve(j);
+    }
+
+    /// The router's next hops for the VIP now (node addresses).
+    pub fn next_hops(&self) -> Vec<String> {
+        let out = self.router.exec(&format!("ip route show {VIP}/32 || true"));
+        let mut hops: Vec<String> = out
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .windows(2)
+            .filter(|w| w[0] == "via")
+            .map(|w| w[1].to_string())
+            .collect();
+        hops.sort();
+        hops.dedup();
+        hops
+    }
+
+    /// Wait until the router's next hops for the VIP are exactly `want` (node indices);
+    /// returns how long that took.
+    pub fn wait_next_hops(&self, want: &[usize], secs: u64) -> Duration {
+        let mut want: Vec<String> = want.iter().map(|i| self.nodes[*i].addr.clone()).collect();
+        want.sort();
+        let start = Instant::now();
+        loop {
+            if self.next_hops() == want {
+                return start.elapsed();
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(secs),
+                "the router's next hops for {VIP} are {:?}, not {want:?}, after {secs} s",
+                self.next_hops()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// `count` new connections from the client: answers per backend, and failures.
+    pub fn requests(&self, count: u32) -> (std::collections::BTreeMap<String, u32>, u32) {
+        client_requests(
+            &self.client,
+            self.echo,
+            "--tcp",
+            &format!("{VIP}:80"),
+            count,
+        )
+    }
+
+    /// Hold `conns` connections, each asking every 100 ms, for `millis` ms.
+    pub fn hold(&self, conns: u32, millis: u64) -> Child {
+        self.client.spawn(
+            self.echo,
+            &[
+                "hold",
+                &format!("{VIP}:80"),
+                &conns.to_string(),
+                &millis.to_string(),
+            ],
+        )
+    }
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        for s in &mut self.servers {
+            let _ = s.kill();
+            let _ = s.wait();
+        }
+        for n in &mut self.nodes {
+            n.lbd = None;
+            let _ = std::fs::remove_dir_all(&n.dir);
+        }
+        let _ = std::fs::remove_dir_all(&self.router_dir);
+        // Unpinned, the decap programs go with their veths and namespaces.
+        for p in &self.decap_pins {
+            let _ = std::fs::remove_dir_all(p);
+        }
+        // The namespaces go with their fields, killing BIRD, FRR and whatever else runs there.
+    }
+}
+
+fn wait_for(ok: impl Fn() -> bool, secs: u64, what: &str) {
+    let end = Instant::now() + Duration::from_secs(secs);
+    while !ok() {
+        assert!(Instant::now() < end, "no {what} after {secs} s");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
