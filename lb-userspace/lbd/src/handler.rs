@@ -358,7 +358,7 @@ impl Handler {
 
     /// What status reports as wrong with the revisions: the store's problems, and a
     /// configuration in force that is not recorded.
-    fn store_problems(&self) -> Vec<String> {
+    pub fn store_problems(&self) -> Vec<String> {
         let mut p = self.store.problems();
         p.extend(self.unrecorded.clone());
         p

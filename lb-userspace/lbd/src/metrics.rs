@@ -66,6 +66,9 @@ pub struct Metrics {
     pub vip_announced: Family<Labels, Gauge>,
     /// Failed writes of the routes files or `birdc configure` runs.
     pub announce_errors: Counter,
+    /// What is wrong with the revision store (unreadable revisions, stray files, a change
+    /// applied but not recorded): the count of `lbctl status`'s list.
+    pub store_problems: Gauge,
     pub snapshot: Arc<Mutex<Snapshot>>,
     registry: Registry,
 }
@@ -126,6 +129,12 @@ impl Metrics {
             "Failed writes of the routes files or birdc configure runs (retried)",
             announce_errors.clone(),
         );
+        let store_problems = Gauge::default();
+        registry.register(
+            "revision_store_problems",
+            "Problems of the revision store that lbctl status lists (0 when it is sound)",
+            store_problems.clone(),
+        );
         let snapshot = Arc::new(Mutex::new(Snapshot {
             vips: Vec::new(),
             flows_capacity,
@@ -143,6 +152,7 @@ impl Metrics {
             interface_attached,
             vip_announced,
             announce_errors,
+            store_problems,
             snapshot,
             registry,
         })

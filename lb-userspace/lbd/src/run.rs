@@ -210,8 +210,8 @@ pub async fn run(
     // Announced only now: the program is attached and the maps are written.
     let (announce_tx, mut announce_rx) = mpsc::channel(16);
     let mut announcer = Announcer::start(announce_tx);
-    let announce_metrics = svc_metrics.clone();
-    announce(&mut svc, &mut announcer, &announce_metrics);
+    let loop_metrics = svc_metrics.clone();
+    announce(&mut svc, &mut announcer, &loop_metrics);
     let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
@@ -227,7 +227,10 @@ pub async fn run(
                 }
             }
             // Store reads are answered off the loop; the rest here.
-            Some(call) = api_rx.recv() => svc.serve(call),
+            Some(call) = api_rx.recv() => {
+                svc.serve(call);
+                loop_metrics.store_problems.set(svc.store_problems().len() as i64);
+            }
             Some(()) = link_rx.recv() => crate::links::reconcile(&mut svc, &link_metrics),
             _ = hup.recv() => {
                 svc.reload();
@@ -235,6 +238,7 @@ pub async fn run(
                 crate::links::reconcile(&mut svc, &link_metrics);
             }
             _ = tick.tick() => {
+                loop_metrics.store_problems.set(svc.store_problems().len() as i64);
                 crate::links::reconcile(&mut svc, &link_metrics);
                 svc.ctl.warn_unserved();
                 // A write that failed left the maps out of step: rewrite them in full.
@@ -255,7 +259,7 @@ pub async fn run(
                         format!("BIRD took the announcements: {v4} IPv4 and {v6} IPv6 routes"),
                     ),
                     Report::Failed(e) => {
-                        announce_metrics.announce_errors.inc();
+                        loop_metrics.announce_errors.inc();
                         svc.ctl.event("*", None, format!("announcing failed (retrying): {e}"));
                     }
                 }
@@ -264,7 +268,7 @@ pub async fn run(
             _ = int.recv() => break,
             _ = &mut stop => break,
         }
-        announce(&mut svc, &mut announcer, &announce_metrics);
+        announce(&mut svc, &mut announcer, &loop_metrics);
     }
     if on_exit.withdraw && svc.cfg.announce.enabled() {
         if announcer.withdraw_all().await {

@@ -342,6 +342,27 @@ impl Fleet {
         self.servers[j] = self.serve(j);
     }
 
+    /// Node `i` fails silently: the router's port to it drops everything, both ways (as a
+    /// hung host or a dead link would; XDP on the node would forward past a drop there).
+    pub fn cut_link(&self, i: usize) {
+        let port = format!("n{}", i + 1);
+        self.router.exec(&format!(
+            "nft add table inet cut_{port} && \
+             nft add chain inet cut_{port} through '{{ type filter hook forward priority 0; }}' && \
+             nft add chain inet cut_{port} from_router '{{ type filter hook output priority 0; }}' && \
+             nft add chain inet cut_{port} to_router '{{ type filter hook input priority 0; }}' && \
+             nft add rule inet cut_{port} through iifname {port} drop && \
+             nft add rule inet cut_{port} through oifname {port} drop && \
+             nft add rule inet cut_{port} from_router oifname {port} drop && \
+             nft add rule inet cut_{port} to_router iifname {port} drop"
+        ));
+    }
+
+    pub fn mend_link(&self, i: usize) {
+        self.router
+            .exec(&format!("nft delete table inet cut_n{}", i + 1));
+    }
+
     /// The router's next hops for the VIP now (node addresses).
     pub fn next_hops(&self) -> Vec<String> {
         let out = self.router.exec(&format!("ip route show {VIP}/32 || true"));

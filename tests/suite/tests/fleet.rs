@@ -148,14 +148,7 @@ fn nodes_announce_fail_drain_and_restart_without_breaking_connections() {
             }
             failures
         });
-        f.router.exec(
-            "nft add table inet cut && \
-             nft add chain inet cut forward_n2 '{ type filter hook forward priority 0; }' && \
-             nft add chain inet cut output_n2 '{ type filter hook output priority 0; }' && \
-             nft add chain inet cut input_n2 '{ type filter hook input priority 0; }' && \
-             nft add rule inet cut forward_n2 iifname n2 drop && nft add rule inet cut forward_n2 oifname n2 drop && \
-             nft add rule inet cut output_n2 oifname n2 drop && nft add rule inet cut input_n2 iifname n2 drop",
-        );
+        f.cut_link(1);
         f.wait_next_hops(&[0, 2], 10);
         let detect = failed_at.elapsed();
         std::thread::sleep(Duration::from_millis(700));
@@ -181,7 +174,7 @@ fn nodes_announce_fail_drain_and_restart_without_breaking_connections() {
     // BFD, not the BGP hold timer (3 s), took it out.
     assert!(detect < Duration::from_secs(3), "took {detect:?}");
     assert_none_broken(&held, "silent failure");
-    f.router.exec("nft delete table inet cut");
+    f.mend_link(1);
     f.wait_next_hops(&[0, 1, 2], 30);
     // Node 2's checks failed through the cut too: its backends come back one by one.
     wait_all_up(&f);
@@ -475,14 +468,7 @@ fn without_bfd_a_silent_failure_waits_for_the_hold_timer() {
     // The baseline for the BFD figure of the first test.
     let (_turn, f) = start(false);
     let t = Instant::now();
-    f.router.exec(
-        "nft add table inet cut && \
-         nft add chain inet cut forward_n2 '{ type filter hook forward priority 0; }' && \
-         nft add chain inet cut output_n2 '{ type filter hook output priority 0; }' && \
-         nft add chain inet cut input_n2 '{ type filter hook input priority 0; }' && \
-         nft add rule inet cut forward_n2 iifname n2 drop && nft add rule inet cut forward_n2 oifname n2 drop && \
-         nft add rule inet cut output_n2 oifname n2 drop && nft add rule inet cut input_n2 iifname n2 drop",
-    );
+    f.cut_link(1);
     f.wait_next_hops(&[0, 2], 15);
     let took = t.elapsed();
     println!(
