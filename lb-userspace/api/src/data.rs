@@ -173,6 +173,14 @@ pub struct BackendCounters {
     pub bytes: u64,
 }
 
+/// `metrics`: what `/metrics` serves, for clients that cannot reach it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MetricsText {
+    /// The Prometheus text exposition format (version 0.0.4), as `/metrics` answers it:
+    /// the dataplane's counters read from the pinned maps now, and the daemon's own.
+    pub text: String,
+}
+
 /// A row of `events`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EventRow {

@@ -25,8 +25,8 @@ mod request;
 pub use client::{Client, ClientError};
 pub use data::{
     Announce, BackendCounters, BackendRow, BackendState, ConfigText, Diff, EventRow, ExportedMeta,
-    ExportedRevision, Forward, Protocol, RevisionMeta, Role, Scheduler, Stats, Status, Validity,
-    VipCounters, VipRow,
+    ExportedRevision, Forward, MetricsText, Protocol, RevisionMeta, Role, Scheduler, Stats, Status,
+    Validity, VipCounters, VipRow,
 };
 pub use reply::{Answer, ApiError, ErrorCode, Reply};
 pub use request::{DEFAULT_EVENT_LIMIT, DecodeError, Envelope, Op, Request, RollbackTarget};

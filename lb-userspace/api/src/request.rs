@@ -61,6 +61,10 @@ pub enum Request {
     /// Dataplane counters: [`crate::Stats`].
     #[serde(rename = "stats")]
     Stats {},
+    /// Every metric of `/metrics`, in the Prometheus text format: [`crate::MetricsText`].
+    /// For clients that cannot reach `[daemon] metrics_listen` (`lbctl top`).
+    #[serde(rename = "metrics")]
+    Metrics {},
     /// The newest `limit` events, oldest first: [`crate::EventRow`]s.
     #[serde(rename = "events")]
     Events {
@@ -254,6 +258,7 @@ pub enum Op {
     BackendList,
     Health,
     Stats,
+    Metrics,
     Events,
     ConfigShow,
     ConfigValidate,
@@ -276,12 +281,13 @@ pub enum Op {
 
 impl Op {
     /// Every operation, in the order of docs/api.md.
-    pub const ALL: [Op; 23] = [
+    pub const ALL: [Op; 24] = [
         Op::Status,
         Op::VipList,
         Op::BackendList,
         Op::Health,
         Op::Stats,
+        Op::Metrics,
         Op::Events,
         Op::ConfigShow,
         Op::ConfigValidate,
@@ -311,6 +317,7 @@ impl Op {
             Op::BackendList => "backend.list",
             Op::Health => "health",
             Op::Stats => "stats",
+            Op::Metrics => "metrics",
             Op::Events => "events",
             Op::ConfigShow => "config.show",
             Op::ConfigValidate => "config.validate",
@@ -353,6 +360,7 @@ impl Request {
             Request::BackendList { .. } => Op::BackendList,
             Request::Health { .. } => Op::Health,
             Request::Stats {} => Op::Stats,
+            Request::Metrics {} => Op::Metrics,
             Request::Events { .. } => Op::Events,
             Request::ConfigShow { .. } => Op::ConfigShow,
             Request::ConfigValidate { .. } => Op::ConfigValidate,
@@ -405,6 +413,7 @@ impl Request {
             | Request::BackendList { .. }
             | Request::Health { .. }
             | Request::Stats {}
+            | Request::Metrics {}
             | Request::Events { .. }
             | Request::ConfigShow { .. }
             | Request::ConfigValidate { .. }

@@ -25,6 +25,7 @@ fn sample(op: Op) -> Request {
         Op::BackendList => Request::BackendList { vip: Some(vip()) },
         Op::Health => Request::Health { vip: None },
         Op::Stats => Request::Stats {},
+        Op::Metrics => Request::Metrics {},
         Op::Events => Request::Events { limit: 7 },
         Op::ConfigShow => Request::ConfigShow { revision: Some(3) },
         Op::ConfigValidate => Request::ConfigValidate {
@@ -407,6 +408,13 @@ fn the_docs_replies_decode_into_typed_data_and_back() {
     );
     let _: Stats = same_line_through(
         r#"{"data":{"backends":[{"address":"198.18.0.21","bytes":600,"packets":10,"vip":"web"}],"reasons":{"pass_not_vip":3,"tx_ipip":10},"vips":[{"bytes":600,"new_flows":2,"packets":10,"vip":"web"}]},"ok":true,"v":1}"#,
+    );
+    let m: MetricsText = same_line_through(
+        r##"{"data":{"text":"# TYPE lb_vip_packets counter\nlb_vip_packets_total{vip=\"web\"} 10\n"},"ok":true,"v":1}"##,
+    );
+    assert!(
+        m.text.ends_with("lb_vip_packets_total{vip=\"web\"} 10\n"),
+        "{m:?}"
     );
     let _: Vec<EventRow> = same_line_through(
         r#"{"data":[{"at":"2026-11-26T09:58:41.101Z","backend":null,"vip":"*","what":"configuration revision 2 applied (api: backend.set web 198.18.0.21)"},{"at":"2026-11-26T09:58:42.000Z","backend":"198.18.0.21","vip":"web","what":"draining: configuration"}],"ok":true,"v":1}"#,

@@ -1,5 +1,5 @@
-//! `lbctl`: the operator's command line, a client of the daemon's control API (and of
-//! its `/metrics` for `top`).
+//! `lbctl`: the operator's command line, a client of the daemon's control API (and, for
+//! `top --metrics`, of its `/metrics`).
 //!
 //! Every request is an `lb_api::Request` and every answer is decoded into the type the
 //! operation answers with; one function per subcommand.
@@ -21,8 +21,8 @@ use anyhow::{Context, Result, bail};
 use clap::{CommandFactory, Parser, Subcommand};
 use lb_api::{
     BackendRow, Client, ClientError, ConfigText, Diff, ErrorCode, EventRow, ExportedRevision,
-    Forward, Protocol, Request, RevisionMeta, Role, RollbackTarget, Scheduler, Stats, Status,
-    Validity, VipRow,
+    Forward, MetricsText, Protocol, Request, RevisionMeta, Role, RollbackTarget, Scheduler, Stats,
+    Status, Validity, VipRow,
 };
 use lb_clidoc::{self as clidoc, ManArgs};
 use serde::{Serialize, de::DeserializeOwned};
@@ -85,9 +85,10 @@ enum Cmd {
     },
     /// Live rates per VIP and backend, backend health, and drops per reason.
     Top {
-        /// The daemon's metrics address ([daemon] metrics_listen).
-        #[arg(long, default_value = "127.0.0.1:9469")]
-        metrics: String,
+        /// Read /metrics over HTTP at this address ([daemon] metrics_listen, such as
+        /// 127.0.0.1:9469) instead of asking the daemon over its control socket.
+        #[arg(long, value_name = "ADDR")]
+        metrics: Option<String>,
         /// Seconds between refreshes.
         #[arg(long, default_value_t = 1.0)]
         interval: f64,
@@ -446,7 +447,11 @@ fn run(cli: &Cli) -> Result<String, Fail> {
             interval,
             once,
         } => {
-            top(metrics, *interval, *once).map_err(|e| Fail::new(3, format!("{e:#}")))?;
+            let source = match metrics {
+                Some(addr) => Source::Http(addr),
+                None => Source::Socket(&ctx.client),
+            };
+            top(&source, *interval, *once)?;
             Ok(String::new())
         }
         Cmd::Completions { shell } => Ok(clidoc::completions(Cli::command(), *shell)),
@@ -892,6 +897,49 @@ fn config_import(ctx: &Ctx, file: &Path) -> Result<String, Fail> {
 /// Samples of one scrape: (metric, sorted labels) -> value.
 type Samples = BTreeMap<(String, Vec<(String, String)>), f64>;
 
+/// Where `top` reads the metrics.
+enum Source<'a> {
+    /// The `metrics` operation on the control socket: works wherever the other commands
+    /// do, whatever address (or namespace) `/metrics` listens on.
+    Socket(&'a Client),
+    /// `/metrics` over HTTP at this address (`--metrics`).
+    Http(&'a str),
+}
+
+impl Source<'_> {
+    fn fetch(&self) -> Result<Samples, Fail> {
+        match self {
+            Source::Socket(client) => fetch_socket(client),
+            Source::Http(addr) => fetch(addr).map_err(|e| Fail::new(3, format!("top: {e:#}"))),
+        }
+    }
+}
+
+/// The metrics through the `metrics` operation; a failure says what failed and that
+/// `--metrics ADDR` reads the HTTP endpoint instead.
+fn fetch_socket(client: &Client) -> Result<Samples, Fail> {
+    const INSTEAD: &str = "or read the daemon's /metrics over HTTP instead: lbctl top --metrics ADDR (its [daemon] metrics_listen, 127.0.0.1:9469 by default)";
+    match client.call_typed::<MetricsText>(&Request::Metrics {}, None) {
+        Ok(m) => Ok(parse(&m.text)),
+        // A daemon older than the `metrics` operation.
+        Err(ClientError::Refused(e))
+            if e.code == ErrorCode::BadRequest && e.message.contains("unknown operation") =>
+        {
+            Err(Fail::new(
+                3,
+                format!(
+                    "top: the daemon at {} does not serve metrics on its control socket (an lbd older than this lbctl); {INSTEAD}",
+                    client.socket().display()
+                ),
+            ))
+        }
+        Err(e) => {
+            let Fail { code, message } = Fail::from(e);
+            Err(Fail::new(code, format!("top: {message}; {INSTEAD}")))
+        }
+    }
+}
+
 fn fetch(addr: &str) -> Result<Samples> {
     let mut s = TcpStream::connect(addr).with_context(|| format!("connecting to the daemon's metrics at {addr}; is lbd running, and is [daemon] metrics_listen {addr}?"))?;
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
@@ -1018,13 +1066,13 @@ fn view(a: &Samples, b: &Samples, secs: f64) -> String {
     out
 }
 
-fn top(metrics: &str, interval: f64, once: bool) -> Result<()> {
+fn top(source: &Source, interval: f64, once: bool) -> Result<(), Fail> {
     let period = Duration::from_secs_f64(interval.max(0.1));
-    let mut prev = fetch(metrics)?;
+    let mut prev = source.fetch()?;
     let mut at = Instant::now();
     loop {
         std::thread::sleep(period);
-        let now = fetch(metrics)?;
+        let now = source.fetch()?;
         let secs = at.elapsed().as_secs_f64();
         let frame = view(&prev, &now, secs);
         if once {
@@ -1033,7 +1081,9 @@ fn top(metrics: &str, interval: f64, once: bool) -> Result<()> {
         }
         // Redraw in place.
         print!("\x1b[H\x1b[2J{frame}");
-        std::io::stdout().flush()?;
+        std::io::stdout()
+            .flush()
+            .map_err(|e| Fail::new(1, format!("writing to stdout: {e}")))?;
         (prev, at) = (now, Instant::now());
     }
 }
@@ -1079,5 +1129,79 @@ mod tests {
         let v = view(&a, &b, 2.0);
         assert!(v.contains("web") && v.contains("100.0"), "{v}");
         assert!(v.contains("10.0.0.1") && v.contains("up"), "{v}");
+    }
+
+    /// A daemon on a socket in a fresh directory that answers one request with `answer`;
+    /// the request line comes back through the handle.
+    fn fake_daemon(name: &str, answer: &'static str) -> (Client, std::thread::JoinHandle<String>) {
+        use std::{io::BufRead, os::unix::net::UnixListener};
+        let dir = std::env::temp_dir().join(format!("lbctl-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("lbd.sock");
+        let l = UnixListener::bind(&path).unwrap();
+        let served = std::thread::spawn(move || {
+            let (s, _) = l.accept().unwrap();
+            let mut line = String::new();
+            std::io::BufReader::new(&s).read_line(&mut line).unwrap();
+            (&s).write_all(answer.as_bytes()).unwrap();
+            let _ = std::fs::remove_dir_all(&dir);
+            line
+        });
+        (Client::new(path), served)
+    }
+
+    #[test]
+    fn top_reads_the_metrics_over_the_socket() {
+        let (client, served) = fake_daemon(
+            "metrics",
+            "{\"data\":{\"text\":\"# TYPE lb_vip_packets counter\\nlb_vip_packets_total{vip=\\\"web\\\"} 42\\n\"},\"ok\":true,\"v\":1}\n",
+        );
+        let samples = Source::Socket(&client)
+            .fetch()
+            .unwrap_or_else(|f| panic!("{}", f.message));
+        assert_eq!(
+            served.join().unwrap(),
+            "{\"v\":1,\"op\":\"metrics\",\"args\":{}}\n"
+        );
+        let key = (
+            "lb_vip_packets_total".to_string(),
+            vec![("vip".to_string(), "web".to_string())],
+        );
+        assert_eq!(samples.get(&key), Some(&42.0), "{samples:?}");
+    }
+
+    #[test]
+    fn top_says_what_failed_and_how_to_read_the_endpoint_instead() {
+        // No daemon.
+        let gone = Client::new("/nonexistent/lbd.sock");
+        let Err(f) = Source::Socket(&gone).fetch() else {
+            panic!("no daemon, yet an answer")
+        };
+        assert_eq!(f.code, 3);
+        assert!(
+            f.message
+                .contains("cannot reach the daemon at /nonexistent/lbd.sock")
+                && f.message.contains("lbctl top --metrics ADDR"),
+            "{}",
+            f.message
+        );
+        // A daemon older than the operation.
+        let (old, served) = fake_daemon(
+            "old",
+            "{\"error\":{\"code\":\"bad_request\",\"message\":\"unknown operation \\\"metrics\\\"; the operations are status\"},\"ok\":false,\"v\":1}\n",
+        );
+        let Err(f) = Source::Socket(&old).fetch() else {
+            panic!("an old daemon, yet an answer")
+        };
+        served.join().unwrap();
+        assert_eq!(f.code, 3);
+        assert!(
+            f.message
+                .contains("does not serve metrics on its control socket")
+                && f.message.contains("lbctl top --metrics ADDR"),
+            "{}",
+            f.message
+        );
     }
 }

@@ -2,9 +2,9 @@
 //! validated, applied, written back to the configuration file and recorded as revisions.
 //! Changes and the reads of the controller's state run on the daemon's control loop, one
 //! request at a time, so concurrent changes are serialized. Reads that need only the
-//! revision store (show, history, diff, export) are answered from tokio's blocking pool
-//! ([`Handler::serve`]): they read files and diff texts, and the loop that owns health
-//! verdicts, SIGHUP and SIGTERM must not wait for that.
+//! revision store (show, history, diff, export) or the metrics are answered from tokio's
+//! blocking pool ([`Handler::serve`]): they read files, diff texts or walk pinned maps, and
+//! the loop that owns health verdicts, SIGHUP and SIGTERM must not wait for that.
 
 use std::{
     net::IpAddr,
@@ -24,11 +24,13 @@ use tokio::{
 use tracing::{error, info, warn};
 
 use crate::{
+    metrics::Metrics,
     server::Call,
     store::{MAX_COMMENT_BYTES, MAX_IMPORT_REVISIONS, MAX_REVISION_BYTES, Meta, Store, StoreError},
 };
 
-/// Store reads answered at once from the blocking pool; more wait for a turn.
+/// Reads answered at once from the blocking pool (store reads, metrics); more wait for a
+/// turn.
 const STORE_READS: usize = 4;
 
 pub struct Handler {
@@ -42,8 +44,10 @@ pub struct Handler {
     /// Set while the configuration in force is not recorded (the store failed after it was
     /// applied): why, for status. Cleared by the next revision recorded.
     unrecorded: Option<String>,
-    /// Turns for the store reads answered off the loop.
+    /// Turns for the reads answered off the loop (store, metrics).
     store_reads: Arc<Semaphore>,
+    /// What `metrics` answers (`/metrics`'s registry); set by the run loop once it has it.
+    pub metrics: Option<Arc<Metrics>>,
     probes: Vec<JoinHandle<()>>,
     tx: mpsc::Sender<Probe>,
     started: Instant,
@@ -228,6 +232,32 @@ enum StoreRead {
     Export,
 }
 
+/// A read answered off the loop: from the revision store, or the metrics rendered (which
+/// reads the pinned maps, walking the whole connection table for `lb_flows`).
+enum OffLoop {
+    Store(StoreRead, Store),
+    Metrics(Arc<Metrics>),
+}
+
+impl OffLoop {
+    fn answer(self) -> Reply {
+        match self {
+            OffLoop::Store(read, store) => read.answer(&store),
+            OffLoop::Metrics(m) => metrics_answer(&m),
+        }
+    }
+}
+
+/// `metrics`: the text `/metrics` serves.
+fn metrics_answer(m: &Metrics) -> Reply {
+    Reply::data(&api::MetricsText { text: m.encode() })
+}
+
+/// `metrics` before the run loop handed the registry over (not in a running daemon).
+fn no_metrics() -> Reply {
+    Reply::error(ErrorCode::Internal, "the metrics are not available yet")
+}
+
 impl StoreRead {
     fn answer(self, store: &Store) -> Reply {
         let answer = match self {
@@ -328,6 +358,7 @@ impl Handler {
             store,
             unrecorded: None,
             store_reads: Arc::new(Semaphore::new(STORE_READS)),
+            metrics: None,
             probes: Vec::new(),
             announced: Default::default(),
             tx,
@@ -476,43 +507,45 @@ impl Handler {
         }
     }
 
-    /// The store read `request` is, if it is one, to answer off the loop. `config.diff`'s
-    /// default `to` is the current revision when the request arrives.
-    fn store_read(&self, request: &Request) -> Option<StoreRead> {
+    /// The read `request` is, if it is one to answer off the loop. `config.diff`'s default
+    /// `to` is the current revision when the request arrives.
+    fn off_loop(&self, request: &Request) -> Option<OffLoop> {
+        let store = |read| Some(OffLoop::Store(read, self.store.clone()));
         match request {
-            Request::ConfigShow { revision } => Some(StoreRead::Show(*revision)),
-            Request::ConfigHistory {} => Some(StoreRead::History),
-            Request::ConfigDiff { from, to } => Some(StoreRead::Diff {
+            Request::ConfigShow { revision } => store(StoreRead::Show(*revision)),
+            Request::ConfigHistory {} => store(StoreRead::History),
+            Request::ConfigDiff { from, to } => store(StoreRead::Diff {
                 from: *from,
                 to: to.unwrap_or(self.revision()),
             }),
-            Request::ConfigExport {} => Some(StoreRead::Export),
+            Request::ConfigExport {} => store(StoreRead::Export),
+            Request::Metrics {} => self.metrics.clone().map(OffLoop::Metrics),
             _ => None,
         }
     }
 
-    /// Answer a call from the API. Reads that need only the revision store go to tokio's
-    /// blocking pool (`STORE_READS` at a time) with a handle on the store, so that reading
-    /// and diffing revisions never holds up health verdicts, other requests, SIGHUP or
-    /// SIGTERM; everything else is answered here, on the loop, by [`Handler::handle`].
+    /// Answer a call from the API. Reads that need only the revision store or the metrics
+    /// go to tokio's blocking pool (`STORE_READS` at a time) with a handle on what they
+    /// read, so that reading and diffing revisions or walking the pinned maps never holds
+    /// up health verdicts, other requests, SIGHUP or SIGTERM; everything else is answered
+    /// here, on the loop, by [`Handler::handle`].
     pub fn serve(&mut self, call: Call) {
         let Call { envelope, reply } = call;
-        let Some(read) = self.store_read(&envelope.request) else {
+        let Some(read) = self.off_loop(&envelope.request) else {
             let _ = reply.send(self.handle(envelope));
             return;
         };
-        let store = self.store.clone();
         let turns = self.store_reads.clone();
         tokio::spawn(async move {
             let Ok(_turn) = turns.acquire_owned().await else {
                 return;
             };
-            let answer = tokio::task::spawn_blocking(move || read.answer(&store))
+            let answer = tokio::task::spawn_blocking(move || read.answer())
                 .await
                 .unwrap_or_else(|e| {
                     Reply::error(
                         ErrorCode::Internal,
-                        format!("reading the store failed: {e}"),
+                        format!("answering the read failed: {e}"),
                     )
                 });
             let _ = reply.send(answer);
@@ -547,6 +580,10 @@ impl Handler {
                 self.backend_list(vip.as_deref()).map(|d| Reply::data(&d))
             }
             Request::Stats {} => self.stats().map(|d| Reply::data(&d)),
+            Request::Metrics {} => Ok(self
+                .metrics
+                .as_deref()
+                .map_or_else(no_metrics, metrics_answer)),
             Request::Events { limit } => Ok(Reply::data(&self.events(limit))),
             Request::ConfigShow { revision } => Ok(StoreRead::Show(revision).answer(&self.store)),
             Request::ConfigValidate { config, name } => {

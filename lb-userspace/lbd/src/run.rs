@@ -207,6 +207,7 @@ pub async fn run(
     info!(vips = ctl.vips.len(), config = %config_path.display(), "serving");
     let (tx, mut rx) = mpsc::channel(4096);
     let mut svc = Handler::new(ctl, cfg, text, config_path, tx)?;
+    svc.metrics = Some(svc_metrics.clone());
     // Announced only now: the program is attached and the maps are written.
     let (announce_tx, mut announce_rx) = mpsc::channel(16);
     let mut announcer = Announcer::start(announce_tx);

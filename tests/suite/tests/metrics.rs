@@ -1,5 +1,6 @@
 //! `/metrics` during real traffic in namespaces: counters move by what was sent, a failed
-//! backend's state flips, and the output parses as Prometheus text.
+//! backend's state flips, and the output parses as Prometheus text. `lbctl top` shows it,
+//! over HTTP and over the control socket from outside the daemon's namespace.
 
 use std::time::Duration;
 
@@ -14,6 +15,17 @@ const ECHO: &str = env!("CARGO_BIN_EXE_lbt-echo");
 const LBD: &str = env!("CARGO_BIN_EXE_lbt-lbd");
 const LBCTL: &str = env!("CARGO_BIN_EXE_lbt-lbctl");
 const METRICS: &str = "127.0.0.1:9469";
+
+/// A frame of `lbctl top` during traffic: the VIP's packets/s above zero, a backend up.
+fn assert_top_shows_traffic(top: &str) {
+    let web_line = top
+        .lines()
+        .find(|l| l.starts_with("web "))
+        .unwrap_or_else(|| panic!("no VIP line: {top}"));
+    let pps: f64 = web_line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    assert!(pps > 0.0, "lbctl top shows no traffic: {top}");
+    assert!(top.contains("198.18.0.21") && top.contains(" up "), "{top}");
+}
 
 fn config() -> String {
     let mut c = format!(
@@ -89,13 +101,38 @@ fn counters_move_with_traffic_and_states_flip() {
     ));
     let _ = stream.wait_with_output();
     println!("{top}");
-    let web_line = top
-        .lines()
-        .find(|l| l.starts_with("web "))
-        .expect("a VIP line");
-    let pps: f64 = web_line.split_whitespace().nth(1).unwrap().parse().unwrap();
-    assert!(pps > 0.0, "lbctl top shows no traffic: {top}");
-    assert!(top.contains("198.18.0.21") && top.contains(" up "), "{top}");
+    assert_top_shows_traffic(&top);
+
+    // The same from another namespace (as in `cargo xtask demo -- --keep`), where the
+    // daemon's metrics address is another namespace's loopback: over the control socket.
+    let lbctl = |args: &[&str]| {
+        let o = std::process::Command::new("ip")
+            .args(["netns", "exec", &t.client.ns.name, LBCTL, "--socket"])
+            .arg(d.socket())
+            .args(["top", "--once", "--interval", "1"])
+            .args(args)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr).into_owned();
+        (
+            o.status.code(),
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+            err,
+        )
+    };
+    let (code, _, err) = lbctl(&["--metrics", METRICS]);
+    assert_eq!(
+        code,
+        Some(3),
+        "/metrics is reachable from the client: {err}"
+    );
+    assert!(err.contains("connecting to the daemon's metrics"), "{err}");
+    let stream = t.client.ns.spawn(ECHO, &["client", "--tcp", &web, "300"]);
+    let (code, top, err) = lbctl(&[]);
+    let _ = stream.wait_with_output();
+    println!("{top}");
+    assert_eq!(code, Some(0), "lbctl top over the socket: {err}");
+    assert_top_shows_traffic(&top);
 
     t.stop_server(0);
     d.wait_log("up -> down", 10);
