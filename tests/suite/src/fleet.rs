@@ -159,6 +159,13 @@ impl Fleet {
             ns.exec(&format!(
                 "ip route add default via {gateway} && sysctl -qw net.ipv4.conf.all.forwarding=1"
             ));
+            // Counts replies from the VIP that reach the node: DSR sends them from the
+            // backends straight to the client, so this stays 0.
+            ns.exec(&format!(
+                "nft add table netdev replies && \
+                 nft add chain netdev replies in '{{ type filter hook ingress device eth0 priority 0; }}' && \
+                 nft add rule netdev replies in ip saddr {VIP} tcp sport 80 counter"
+            ));
             // One pin directory for the router's ports: one subdirectory per interface.
             let pins = decap(&router, &format!("n{i}"), "--pass-only");
             if i == 1 {
@@ -361,6 +368,21 @@ impl Fleet {
     pub fn mend_link(&self, i: usize) {
         self.router
             .exec(&format!("nft delete table inet cut_n{}", i + 1));
+    }
+
+    /// Replies from the VIP that reached node `i` (0 with direct server return).
+    pub fn replies_through(&self, i: usize) -> u64 {
+        let out = self.nodes[i].ns.exec("nft list chain netdev replies in");
+        out.split("counter packets ")
+            .skip(1)
+            .map(|r| {
+                r.split_whitespace()
+                    .next()
+                    .unwrap_or("0")
+                    .parse::<u64>()
+                    .unwrap_or(0)
+            })
+            .sum()
     }
 
     /// The router's next hops for the VIP now (node addresses).

@@ -118,6 +118,9 @@ fn nodes_announce_fail_drain_and_restart_without_breaking_connections() {
     assert_eq!(failed, 0);
     assert_eq!(seen.len(), 3, "{seen:?}");
     assert!(per_node.iter().all(|n| *n > 0), "{per_node:?}");
+    // Replies go from the backends straight to the client, never back through a node.
+    let through: Vec<u64> = (0..3).map(|i| f.replies_through(i)).collect();
+    assert_eq!(through, [0, 0, 0], "replies came back through the nodes");
     for i in 0..3 {
         let s = json(&f, i, &["status"]);
         assert_eq!(
