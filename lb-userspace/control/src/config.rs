@@ -4,12 +4,16 @@
 use std::{
     collections::HashSet,
     net::IpAddr,
+    ops::Range,
     path::{Path, PathBuf},
 };
 
 use serde::Deserialize;
 use thiserror::Error;
-use toml::Spanned;
+use toml::{
+    Spanned,
+    de::{DeTable, DeValue},
+};
 
 use crate::ring::is_prime;
 
@@ -20,12 +24,16 @@ pub enum ConfigError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("{path}:{line}:{column}: {message}")]
+    /// `FILE:LINE:COLUMN: message`, then the line with a caret under the offending key or
+    /// value, as rustc shows its errors.
+    #[error("{path}:{line}:{column}: {message}\n{excerpt}")]
     Invalid {
         path: PathBuf,
         line: usize,
         column: usize,
         message: String,
+        /// The source line and the caret line, behind a gutter (no trailing newline).
+        excerpt: String,
     },
 }
 
@@ -431,13 +439,6 @@ fn default_birdc() -> PathBuf {
     PathBuf::from("birdc")
 }
 
-fn line_col(src: &str, offset: usize) -> (usize, usize) {
-    let before = &src[..offset.min(src.len())];
-    let line = before.matches('\n').count() + 1;
-    let col = before.len() - before.rfind('\n').map(|i| i + 1).unwrap_or(0) + 1;
-    (line, col)
-}
-
 pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
     let parts: Vec<&str> = s.split(':').collect();
     if parts.len() != 6 {
@@ -459,6 +460,95 @@ pub fn parse_prefix(s: &str) -> Option<(IpAddr, u8)> {
     (len <= max).then_some((addr, len))
 }
 
+/// `at!["vip", i, "backend", j, "weight"]`: a path into the document, for [`Mistake`].
+macro_rules! at {
+    ($($seg:expr),* $(,)?) => {
+        vec![$(Seg::from($seg)),*]
+    };
+}
+
+/// Source lines longer than this (in characters) are shown in part, around the column.
+const EXCERPT_WIDTH: usize = 100;
+
+impl ConfigError {
+    /// An error at `span` of `src`, located and shown as rustc shows its own.
+    fn invalid(path: &Path, src: &str, span: Range<usize>, message: &str) -> ConfigError {
+        let (line, column, excerpt) = excerpt(src, span);
+        ConfigError::Invalid {
+            path: path.to_path_buf(),
+            line,
+            column,
+            message: message.to_string(),
+            excerpt,
+        }
+    }
+}
+
+/// The largest char boundary of `s` at or before `at`.
+fn char_floor(s: &str, at: usize) -> usize {
+    let mut at = at.min(s.len());
+    while !s.is_char_boundary(at) {
+        at -= 1;
+    }
+    at
+}
+
+/// The line and column (1-based, in characters) where `span` starts, and that line with
+/// carets under the span (to the end of the line at most), behind a gutter:
+///
+/// ```text
+///    |
+/// 12 | weight = 70000
+///    |          ^^^^^
+/// ```
+///
+/// Control characters are shown as U+FFFD, so the excerpt cannot forge log or terminal
+/// lines, and a long line is cut around the column.
+fn excerpt(src: &str, span: Range<usize>) -> (usize, usize, String) {
+    let start = char_floor(src, span.start);
+    let line_start = src[..start].rfind('\n').map_or(0, |i| i + 1);
+    let line_end = src[start..].find('\n').map_or(src.len(), |i| start + i);
+    let text = src[line_start..line_end].trim_end_matches('\r');
+    let end = char_floor(
+        src,
+        span.end.clamp(start, (line_start + text.len()).max(start)),
+    );
+    let line = src[..start].matches('\n').count() + 1;
+    let before = src[line_start..start].chars().count();
+    let column = before + 1;
+    let chars: Vec<char> = text.chars().collect();
+    let width = src[start..end].chars().count().max(1);
+    // The part shown: all of a short line; of a long one, a window from a little before
+    // the column.
+    let from = match chars.len() > EXCERPT_WIDTH {
+        true => before.saturating_sub(EXCERPT_WIDTH / 4),
+        false => 0,
+    };
+    let to = chars.len().min(from + EXCERPT_WIDTH);
+    let cut = |yes: bool| if yes { "..." } else { "" };
+    let shown: String = chars[from..to]
+        .iter()
+        .map(|&c| match c.is_control() && c != '\t' {
+            true => '\u{FFFD}',
+            false => c,
+        })
+        .collect();
+    // Tabs stay tabs under the line, so the carets line up however they are expanded.
+    let pad: String = cut(from > 0).replace('.', " ")
+        + &chars[from..before.min(chars.len()).max(from)]
+            .iter()
+            .map(|&c| if c == '\t' { '\t' } else { ' ' })
+            .collect::<String>();
+    let carets = "^".repeat(width.min((to + 1).saturating_sub(before)).max(1));
+    let gutter = " ".repeat(line.to_string().len());
+    let excerpt = format!(
+        "{gutter} |\n{line} | {}{shown}{}\n{gutter} | {pad}{carets}",
+        cut(from > 0),
+        cut(to < chars.len()),
+    );
+    (line, column, excerpt)
+}
+
 impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let src = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
@@ -468,38 +558,34 @@ impl Config {
         Config::parse(&src, path)
     }
 
-    /// Parse and validate; errors carry the file, line and column.
+    /// Parse and validate; errors carry the file, line and column of the offending key or
+    /// value, and show that line with a caret under it.
     pub fn parse(src: &str, path: &Path) -> Result<Config, ConfigError> {
-        let invalid = |offset: usize, message: String| {
-            let (line, column) = line_col(src, offset);
-            ConfigError::Invalid {
-                path: path.to_path_buf(),
-                line,
-                column,
-                message,
-            }
-        };
-        let cfg: Config = toml::from_str(src).map_err(|e| {
-            let at = e.span().map(|s| s.start).unwrap_or(0);
-            invalid(at, e.message().to_string())
+        let cfg: Config = toml::from_str(src)
+            .map_err(|e| ConfigError::invalid(path, src, e.span().unwrap_or(0..0), e.message()))?;
+        cfg.validate().map_err(|m| {
+            // The same parser as `from_str`'s, so a text that got this far parses again.
+            let span = toml::de::DeTable::parse(src)
+                .map(|doc| m.span(&doc))
+                .unwrap_or(0..0);
+            ConfigError::invalid(path, src, span, &m.message)
         })?;
-        cfg.validate(src).map_err(|(at, msg)| invalid(at, msg))?;
         Ok(cfg)
     }
 
-    /// Semantic checks: (byte offset, what is wrong and how to fix it).
-    fn validate(&self, src: &str) -> Result<(), (usize, String)> {
+    /// Semantic checks: what is wrong and how to fix it, and the key it is about.
+    fn validate(&self) -> Result<(), Mistake> {
         if self.daemon.interfaces.is_empty() {
-            return Err((
-                key_at(src, "daemon", "interfaces"),
-                "[daemon] interfaces is empty: name the NIC(s) to attach to".into(),
+            return Err(Mistake::new(
+                at!["daemon", "interfaces"],
+                "[daemon] interfaces is empty: name the NIC(s) to attach to",
             ));
         }
         let mut ifaces = HashSet::new();
-        for i in &self.daemon.interfaces {
+        for (k, i) in self.daemon.interfaces.iter().enumerate() {
             if bad_interface(i) || !ifaces.insert(i) {
-                return Err((
-                    key_at(src, "daemon", "interfaces"),
+                return Err(Mistake::new(
+                    at!["daemon", "interfaces", k],
                     format!(
                         "[daemon] interfaces: {i:?} is empty, too long, path-like or listed twice: name each NIC once"
                     ),
@@ -507,8 +593,8 @@ impl Config {
             }
         }
         if self.daemon.api_socket.is_file() {
-            return Err((
-                key_at(src, "daemon", "api_socket"),
+            return Err(Mistake::new(
+                at!["daemon", "api_socket"],
                 format!(
                     "[daemon] api_socket {} is an existing regular file, which lbd would replace: choose a socket path",
                     self.daemon.api_socket.display()
@@ -517,8 +603,8 @@ impl Config {
         }
         let d = &self.dataplane;
         if !(MIN_FLOWS..=MAX_FLOWS).contains(&d.flows) {
-            return Err((
-                key_at(src, "dataplane", "flows"),
+            return Err(Mistake::new(
+                at!["dataplane", "flows"],
                 format!(
                     "[dataplane] flows {} is out of range {MIN_FLOWS}..={MAX_FLOWS} (the connection table's entries)",
                     d.flows
@@ -526,8 +612,8 @@ impl Config {
             ));
         }
         if d.ring_capacity == 0 || d.ring_capacity > MAX_RING_CAPACITY {
-            return Err((
-                key_at(src, "dataplane", "ring_capacity"),
+            return Err(Mistake::new(
+                at!["dataplane", "ring_capacity"],
                 format!(
                     "[dataplane] ring_capacity {} is out of range 1..={MAX_RING_CAPACITY} (LB_RINGS slots for all VIPs together)",
                     d.ring_capacity
@@ -537,22 +623,22 @@ impl Config {
         if let Some(mac) = &d.gateway_mac
             && parse_mac(mac).is_none()
         {
-            return Err((
-                key_at(src, "dataplane", "gateway_mac"),
+            return Err(Mistake::new(
+                at!["dataplane", "gateway_mac"],
                 format!("[dataplane] gateway_mac {mac:?} is not a MAC like 02:00:00:00:00:01"),
             ));
         }
         if d.mtu < 576 {
-            return Err((
-                key_at(src, "dataplane", "mtu"),
+            return Err(Mistake::new(
+                at!["dataplane", "mtu"],
                 format!("[dataplane] mtu {} is below 576", d.mtu),
             ));
         }
         match parse_prefix(&d.encap_source_v4) {
             Some((IpAddr::V4(_), len)) if len >= 16 => {}
             _ => {
-                return Err((
-                    key_at(src, "dataplane", "encap_source_v4"),
+                return Err(Mistake::new(
+                    at!["dataplane", "encap_source_v4"],
                     format!(
                         "[dataplane] encap_source_v4 {:?} must be an IPv4 prefix of /16 or longer",
                         d.encap_source_v4
@@ -563,8 +649,8 @@ impl Config {
         match parse_prefix(&d.encap_source_v6) {
             Some((IpAddr::V6(_), len)) if len >= 96 => {}
             _ => {
-                return Err((
-                    key_at(src, "dataplane", "encap_source_v6"),
+                return Err(Mistake::new(
+                    at!["dataplane", "encap_source_v6"],
                     format!(
                         "[dataplane] encap_source_v6 {:?} must be an IPv6 prefix of /96 or longer",
                         d.encap_source_v6
@@ -575,12 +661,11 @@ impl Config {
         let mut names = HashSet::new();
         let mut keys = HashSet::new();
         let mut ring_total: u64 = 0;
-        for v in &self.vips {
-            let at = v.span().start;
+        for (i, v) in self.vips.iter().enumerate() {
             let v = v.get_ref();
             if v.name.is_empty() || v.name.chars().any(|c| c.is_control()) {
-                return Err((
-                    at,
+                return Err(Mistake::new(
+                    at!["vip", i, "name"],
                     format!(
                         "VIP name {:?} is empty or holds a control character (a newline would forge log lines): use letters, digits, '-', '_', '.'",
                         v.name
@@ -588,8 +673,8 @@ impl Config {
                 ));
             }
             if let Some(what) = unusable(v.address) {
-                return Err((
-                    at,
+                return Err(Mistake::new(
+                    at!["vip", i, "address"],
                     format!(
                         "VIP {:?}: address {} is {what}: clients cannot reach it",
                         v.name, v.address
@@ -597,14 +682,14 @@ impl Config {
                 ));
             }
             if !names.insert(v.name.clone()) {
-                return Err((
-                    at,
+                return Err(Mistake::new(
+                    at!["vip", i, "name"],
                     format!("VIP name {:?} is used twice: names must be unique", v.name),
                 ));
             }
             if !keys.insert((v.address, v.port, v.protocol)) {
-                return Err((
-                    at,
+                return Err(Mistake::new(
+                    at!["vip", i, "address"],
                     format!(
                         "VIP {:?}: {} port {} {} is already defined by another VIP",
                         v.name, v.address, v.port, v.protocol
@@ -612,8 +697,8 @@ impl Config {
                 ));
             }
             if !is_prime(v.ring_size) || v.ring_size < 101 {
-                return Err((
-                    at,
+                return Err(Mistake::new(
+                    at!["vip", i, "ring_size"],
                     format!(
                         "VIP {:?}: ring_size {} must be a prime of at least 101 (65537 is the default)",
                         v.name, v.ring_size
@@ -622,18 +707,18 @@ impl Config {
             }
             ring_total += v.ring_size as u64;
             let mut addrs = HashSet::new();
-            for b in &v.backends {
-                let bat = b.span().start;
+            for (j, b) in v.backends.iter().enumerate() {
                 let b = b.get_ref();
+                let address = at!["vip", i, "backend", j, "address"];
                 if let Some(what) = unusable(b.address) {
-                    return Err((
-                        bat,
+                    return Err(Mistake::new(
+                        address,
                         format!("VIP {:?}: backend {} is {what}", v.name, b.address),
                     ));
                 }
                 if b.address == v.address {
-                    return Err((
-                        bat,
+                    return Err(Mistake::new(
+                        address,
                         format!(
                             "VIP {:?}: backend {} is the VIP's own address: packets would loop",
                             v.name, b.address
@@ -641,14 +726,14 @@ impl Config {
                     ));
                 }
                 if !addrs.insert(b.address) {
-                    return Err((
-                        bat,
+                    return Err(Mistake::new(
+                        address,
                         format!("VIP {:?}: backend {} is listed twice", v.name, b.address),
                     ));
                 }
                 if b.weight > MAX_WEIGHT {
-                    return Err((
-                        bat,
+                    return Err(Mistake::new(
+                        at!["vip", i, "backend", j, "weight"],
                         format!(
                             "VIP {:?}: backend {} weight {} is out of range 0..={MAX_WEIGHT}",
                             v.name, b.address, b.weight
@@ -656,8 +741,8 @@ impl Config {
                     ));
                 }
                 if v.address.is_ipv6() && b.address.is_ipv4() && v.forward == ForwardCfg::Ipip {
-                    return Err((
-                        bat,
+                    return Err(Mistake::new(
+                        address,
                         format!(
                             "VIP {:?}: IPv6 VIP with IPv4 backend {}: IPv6-in-IPv4 is not supported, use an IPv6 backend address",
                             v.name, b.address
@@ -666,8 +751,9 @@ impl Config {
                 }
                 match (&b.mac, v.forward) {
                     (None, ForwardCfg::L2dsr) => {
-                        return Err((
-                            bat,
+                        // Not set: the backend's table, where it is missing.
+                        return Err(Mistake::new(
+                            at!["vip", i, "backend", j, "mac"],
                             format!(
                                 "VIP {:?}: backend {} needs mac = \"..\" for forward = \"l2dsr\"",
                                 v.name, b.address
@@ -675,8 +761,8 @@ impl Config {
                         ));
                     }
                     (Some(m), _) if parse_mac(m).is_none() => {
-                        return Err((
-                            bat,
+                        return Err(Mistake::new(
+                            at!["vip", i, "backend", j, "mac"],
                             format!(
                                 "VIP {:?}: backend {} mac {m:?} is not a MAC like 02:00:00:00:00:01",
                                 v.name, b.address
@@ -686,13 +772,29 @@ impl Config {
                     _ => {}
                 }
                 let h = b.health.over(&v.health).resolve(v.port);
-                check_health(&h)
-                    .map_err(|m| (bat, format!("VIP {:?}: backend {}: {m}", v.name, b.address)))?;
+                check_health(&h).map_err(|(keys, m)| {
+                    // The backend's own setting, else the VIP's it inherits; a default is
+                    // reported at the backend's table.
+                    let mut paths = keys.iter().flat_map(|&k| {
+                        [
+                            at!["vip", i, "backend", j, "health", k],
+                            at!["vip", i, "health", k],
+                        ]
+                    });
+                    let first = paths.next().unwrap_or_else(|| at!["vip", i, "backend", j]);
+                    paths.fold(
+                        Mistake::new(
+                            first,
+                            format!("VIP {:?}: backend {}: {m}", v.name, b.address),
+                        ),
+                        Mistake::or,
+                    )
+                })?;
             }
             let with_weight = v.backends.iter().filter(|b| b.get_ref().weight > 0).count();
             if (v.ring_size as usize) < with_weight * 100 {
-                return Err((
-                    at,
+                return Err(Mistake::new(
+                    at!["vip", i, "ring_size"],
                     format!(
                         "VIP {:?}: ring_size {} is below 100 slots per backend ({with_weight} backends): choose a larger prime",
                         v.name, v.ring_size
@@ -701,8 +803,8 @@ impl Config {
             }
         }
         if ring_total > d.ring_capacity as u64 {
-            return Err((
-                key_at(src, "dataplane", "ring_capacity"),
+            return Err(Mistake::new(
+                at!["dataplane", "ring_capacity"],
                 format!(
                     "[dataplane] ring_capacity {} is below the VIPs' ring sizes together ({ring_total}): raise it",
                     d.ring_capacity
@@ -710,8 +812,9 @@ impl Config {
             ));
         }
         if self.vips.len() as u32 > MAX_VIP_COUNT {
-            return Err((
-                key_at(src, "", ""),
+            // The first VIP past the limit.
+            return Err(Mistake::new(
+                at!["vip", MAX_VIP_COUNT as usize],
                 format!(
                     "{} VIPs: at most {MAX_VIP_COUNT} (LB_VIPS ids; id 0 means none): remove some",
                     self.vips.len()
@@ -720,8 +823,17 @@ impl Config {
         }
         let backends: usize = self.vips.iter().map(|v| v.get_ref().backends.len()).sum();
         if backends as u32 > MAX_BACKEND_COUNT {
-            return Err((
-                key_at(src, "", ""),
+            // The first backend past the limit.
+            let first_over = self
+                .vips
+                .iter()
+                .enumerate()
+                .flat_map(|(i, v)| (0..v.get_ref().backends.len()).map(move |j| (i, j)))
+                .nth(MAX_BACKEND_COUNT as usize)
+                .map(|(i, j)| at!["vip", i, "backend", j])
+                .unwrap_or_default();
+            return Err(Mistake::new(
+                first_over,
                 format!(
                     "{backends} backends over all VIPs: at most {MAX_BACKEND_COUNT} (LB_BACKENDS slots; slot 0 means none): remove some"
                 ),
@@ -731,58 +843,148 @@ impl Config {
     }
 }
 
-/// Where `key` is set in `[section]` (or the section, or the start): errors about
-/// node-wide settings point at the line to fix.
-fn key_at(src: &str, section: &str, key: &str) -> usize {
-    let Some(sec) = src.find(&format!("[{section}]")) else {
-        return 0;
-    };
-    let body = &src[sec..];
-    let end = body[1..].find("\n[").map(|e| e + 1).unwrap_or(body.len());
-    body[..end]
-        .match_indices(key)
-        .find(|(i, _)| *i > 0 && body.as_bytes()[i - 1] == b'\n' && !key.is_empty())
-        .map(|(i, _)| sec + i)
-        .unwrap_or(sec)
+/// A step of a path into the document: a key, or an index into an array (of tables).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Seg {
+    Key(&'static str),
+    Index(usize),
 }
 
-fn check_health(h: &Health) -> Result<(), String> {
+impl From<&'static str> for Seg {
+    fn from(key: &'static str) -> Seg {
+        Seg::Key(key)
+    }
+}
+
+impl From<usize> for Seg {
+    fn from(index: usize) -> Seg {
+        Seg::Index(index)
+    }
+}
+
+/// What a validation error says, and the keys it is about: paths into the document, in
+/// order of preference.
+struct Mistake {
+    at: Vec<Vec<Seg>>,
+    message: String,
+}
+
+impl Mistake {
+    fn new(at: Vec<Seg>, message: impl Into<String>) -> Mistake {
+        Mistake {
+            at: vec![at],
+            message: message.into(),
+        }
+    }
+
+    /// Also `at`, if the file does not set the paths before it.
+    fn or(mut self, at: Vec<Seg>) -> Mistake {
+        self.at.push(at);
+        self
+    }
+
+    /// Where to point: the value at the first path the file sets all the way; if it sets
+    /// none (a default is at fault), the deepest table on the way of the first, such as the
+    /// `[[vip.backend]]` that would hold the key.
+    fn span(&self, doc: &Spanned<DeTable<'_>>) -> Range<usize> {
+        let found: Vec<(Range<usize>, bool)> = self.at.iter().map(|p| locate(doc, p)).collect();
+        found
+            .iter()
+            .find(|(_, whole)| *whole)
+            .or(found.first())
+            .map(|(span, _)| span.clone())
+            .unwrap_or(0..0)
+    }
+}
+
+/// The span of what `path` names (a value; a table's header), and whether the file sets
+/// all of it; if not, the span of the deepest part that is set.
+fn locate(doc: &Spanned<DeTable<'_>>, path: &[Seg]) -> (Range<usize>, bool) {
+    let mut span = doc.span();
+    let mut here: Option<&Spanned<DeValue<'_>>> = None;
+    for seg in path {
+        let next = match (here, *seg) {
+            (None, Seg::Key(k)) => doc.get_ref().get(k),
+            (None, Seg::Index(_)) => None,
+            (Some(v), Seg::Key(k)) => v.get_ref().get(k),
+            (Some(v), Seg::Index(i)) => v.get_ref().get(i),
+        };
+        match next {
+            Some(v) => {
+                span = v.span();
+                here = Some(v);
+            }
+            None => return (span, false),
+        }
+    }
+    (span, true)
+}
+
+/// The keys to blame, most likely first, and what is wrong.
+fn check_health(h: &Health) -> Result<(), (&'static [&'static str], String)> {
     if h.interval_ms < 50 || h.timeout_ms == 0 || h.timeout_ms > h.interval_ms {
-        return Err(format!(
-            "health interval_ms {} / timeout_ms {}: need interval >= 50 ms and 0 < timeout <= interval",
-            h.interval_ms, h.timeout_ms
+        let keys: &[&str] = match h.interval_ms < 50 {
+            true => &["interval_ms"],
+            false => &["timeout_ms", "interval_ms"],
+        };
+        return Err((
+            keys,
+            format!(
+                "health interval_ms {} / timeout_ms {}: need interval >= 50 ms and 0 < timeout <= interval",
+                h.interval_ms, h.timeout_ms
+            ),
         ));
     }
     if h.rise == 0 || h.fall == 0 {
-        return Err("health rise and fall must be at least 1".into());
+        let keys: &[&str] = match h.rise == 0 {
+            true => &["rise"],
+            false => &["fall"],
+        };
+        return Err((keys, "health rise and fall must be at least 1".into()));
     }
     if let Some(r) = h.max_error_rate
         && !(0.0..=1.0).contains(&r)
     {
-        return Err(format!("health max_error_rate {r} must be between 0 and 1"));
+        return Err((
+            &["max_error_rate"],
+            format!("health max_error_rate {r} must be between 0 and 1"),
+        ));
     }
     if matches!(h.kind, CheckKind::Http | CheckKind::Https) && !h.path.starts_with('/') {
-        return Err(format!("health path {:?} must start with /", h.path));
+        return Err((
+            &["path"],
+            format!("health path {:?} must start with /", h.path),
+        ));
     }
     // Sent raw on the wire: a CR or LF would inject headers into the check's request.
-    if let Some(bad) = [Some(&h.path), h.host.as_ref()]
+    let control = |t: &&String| t.chars().any(|c| c.is_control());
+    let (path, host): (&[&str], &[&str]) = (&["path"], &["host"]);
+    if let Some((keys, bad)) = [(path, Some(&h.path)), (host, h.host.as_ref())]
         .into_iter()
-        .flatten()
-        .find(|t| t.chars().any(|c| c.is_control()))
+        .find_map(|(k, t)| t.filter(control).map(|t| (k, t)))
     {
-        return Err(format!(
-            "health path or host {bad:?} holds a control character (CR, LF, ...): remove it"
+        return Err((
+            keys,
+            format!(
+                "health path or host {bad:?} holds a control character (CR, LF, ...): remove it"
+            ),
         ));
     }
     if h.kind != CheckKind::None && h.port == 0 {
-        return Err("health port 0 cannot be probed: set a port".into());
+        return Err((
+            &["port"],
+            "health port 0 cannot be probed: set a port".into(),
+        ));
     }
     if matches!(h.kind, CheckKind::Http | CheckKind::Https)
         && !(100..=599).contains(&h.expect_status)
     {
-        return Err(format!(
-            "health expect_status {} is not an HTTP status (100..=599)",
-            h.expect_status
+        return Err((
+            &["expect_status"],
+            format!(
+                "health expect_status {} is not an HTTP status (100..=599)",
+                h.expect_status
+            ),
         ));
     }
     Ok(())
@@ -860,10 +1062,10 @@ role = "backup"
     }
 
     #[test]
-    fn semantic_errors_point_at_the_entry() {
+    fn semantic_errors_point_at_the_key() {
         let bad = GOOD.replace("weight = 50", "weight = 70000");
         let e = err(&bad);
-        assert!(e.starts_with("lb.toml:13:"), "{e}");
+        assert!(e.starts_with("lb.toml:15:10:"), "{e}");
         assert!(e.contains("weight 70000 is out of range"), "{e}");
         let e = err(&GOOD.replace("port = 80", "port = 80\nring_size = 65536"));
         assert!(e.contains("must be a prime"), "{e}");
@@ -894,7 +1096,7 @@ mod located {
         let e = super::Config::parse(src, std::path::Path::new("lb.toml"))
             .unwrap_err()
             .to_string();
-        assert!(e.starts_with("lb.toml:6:1: [dataplane] mtu 100"), "{e}");
+        assert!(e.starts_with("lb.toml:6:7: [dataplane] mtu 100"), "{e}");
     }
 }
 
@@ -949,6 +1151,289 @@ mod refused {
             let t = render("", "").replace("[\"eth0\"]", ifaces);
             let e = parse(&t).expect_err(ifaces).to_string();
             assert!(e.contains("[daemon] interfaces"), "{ifaces}: {e}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod pointed {
+    //! Every validation error points at the offending key or value, and shows its line with
+    //! carets under it, as rustc does.
+
+    use std::path::Path;
+
+    const BASE: &str = r#"[daemon]
+interfaces = ["eth0", "eth1"]
+
+[dataplane]
+mtu = 1500
+
+[[vip]]
+name = "web"
+address = "198.18.100.1"
+port = 80
+ring_size = 65537
+
+[vip.health]
+interval_ms = 1000
+
+[[vip.backend]]
+address = "198.18.0.21"
+weight = 100
+
+[[vip.backend]]
+address = "198.18.0.22"
+health = { timeout_ms = 300 }
+"#;
+
+    /// The error for `BASE` with `from` replaced by `to`: its first line, and the excerpt's
+    /// source and caret lines (without the gutter).
+    fn error(from: &str, to: &str) -> (String, String, String) {
+        assert!(BASE.contains(from), "{from}");
+        let text = BASE.replacen(from, to, 1);
+        let e = super::Config::parse(&text, Path::new("lb.toml"))
+            .expect_err(to)
+            .to_string();
+        let lines: Vec<&str> = e.lines().collect();
+        assert_eq!(lines.len(), 4, "{e}");
+        let (line_no, _) = lines[2].split_once(" | ").expect(&e);
+        let gutter = " ".repeat(line_no.len());
+        assert_eq!(lines[1], format!("{gutter} |"), "{e}");
+        let caret = lines[3]
+            .strip_prefix(&format!("{gutter} | "))
+            .expect(&e)
+            .to_string();
+        let (_, source) = lines[2].split_once(" | ").unwrap();
+        (lines[0].to_string(), source.to_string(), caret)
+    }
+
+    /// `FILE:LINE:COLUMN:` of the first line, the source line shown, and the carets.
+    #[track_caller]
+    fn points(from: &str, to: &str, at: &str, source: &str, caret: &str, says: &str) {
+        let (first, shown, carets) = error(from, to);
+        assert!(first.starts_with(&format!("lb.toml:{at}: ")), "{first}");
+        assert!(first.contains(says), "{first}");
+        assert_eq!(shown, source, "{first}");
+        assert_eq!(carets, caret, "{first}");
+    }
+
+    #[test]
+    fn the_base_is_valid() {
+        super::Config::parse(BASE, Path::new("lb.toml")).unwrap();
+    }
+
+    #[test]
+    fn a_backends_weight() {
+        points(
+            "weight = 100",
+            "weight = 70000",
+            "18:10",
+            "weight = 70000",
+            "         ^^^^^",
+            "backend 198.18.0.21 weight 70000 is out of range 0..=65535",
+        );
+    }
+
+    #[test]
+    fn a_vips_ring_size() {
+        points(
+            "ring_size = 65537",
+            "ring_size = 65536",
+            "11:13",
+            "ring_size = 65536",
+            "            ^^^^^",
+            "ring_size 65536 must be a prime",
+        );
+        // Set but too small for its backends: the value.
+        points(
+            "ring_size = 65537",
+            "ring_size = 101",
+            "11:13",
+            "ring_size = 101",
+            "            ^^^",
+            "below 100 slots per backend",
+        );
+        // The rings together over the capacity: the capacity.
+        points(
+            "mtu = 1500",
+            "ring_capacity = 65536",
+            "5:17",
+            "ring_capacity = 65536",
+            "                ^^^^^",
+            "ring_capacity 65536 is below the VIPs' ring sizes together (65537)",
+        );
+    }
+
+    #[test]
+    fn a_health_interval_where_it_is_set() {
+        // The VIP's, inherited by every backend.
+        points(
+            "interval_ms = 1000",
+            "interval_ms = 10",
+            "14:15",
+            "interval_ms = 10",
+            "              ^^",
+            "health interval_ms 10 / timeout_ms 500",
+        );
+        // The backend's own inline override.
+        points(
+            "health = { timeout_ms = 300 }",
+            "health = { timeout_ms = 3000 }",
+            "22:25",
+            "health = { timeout_ms = 3000 }",
+            "                        ^^^^",
+            "backend 198.18.0.22: health interval_ms 1000 / timeout_ms 3000",
+        );
+        // A timeout left at its default over a short interval: the interval that was set.
+        points(
+            "interval_ms = 1000",
+            "interval_ms = 100",
+            "14:15",
+            "interval_ms = 100",
+            "              ^^^",
+            "timeout_ms 500",
+        );
+        // A key of a `[vip.backend.health]` table.
+        points(
+            "health = { timeout_ms = 300 }",
+            "[vip.backend.health]\nrise = 0",
+            "23:8",
+            "rise = 0",
+            "       ^",
+            "rise and fall must be at least 1",
+        );
+    }
+
+    #[test]
+    fn a_vip_address() {
+        points(
+            "address = \"198.18.100.1\"",
+            "address = \"224.0.0.1\"",
+            "9:11",
+            "address = \"224.0.0.1\"",
+            "          ^^^^^^^^^^^",
+            "VIP \"web\": address 224.0.0.1 is multicast",
+        );
+        // Not an IP address at all: the parser's own error, at the value as well.
+        points(
+            "address = \"198.18.100.1\"",
+            "address = \"nope\"",
+            "9:11",
+            "address = \"nope\"",
+            "          ^^^^^^",
+            "invalid IP address",
+        );
+    }
+
+    #[test]
+    fn a_dataplane_key() {
+        points(
+            "mtu = 1500",
+            "mtu = 100",
+            "5:7",
+            "mtu = 100",
+            "      ^^^",
+            "[dataplane] mtu 100 is below 576",
+        );
+        points(
+            "mtu = 1500",
+            "mtu = 1500\ngateway_mac = \"02:00\"",
+            "6:15",
+            "gateway_mac = \"02:00\"",
+            "              ^^^^^^^",
+            "[dataplane] gateway_mac \"02:00\" is not a MAC",
+        );
+        // An unknown key: the key itself.
+        points(
+            "mtu = 1500",
+            "mtu = 1500\nmut = 1",
+            "6:1",
+            "mut = 1",
+            "^^^",
+            "unknown field `mut`",
+        );
+    }
+
+    #[test]
+    fn a_daemon_key() {
+        // The one interface that is wrong, not the list.
+        points(
+            "[\"eth0\", \"eth1\"]",
+            "[\"eth0\", \"eth0\"]",
+            "2:23",
+            "interfaces = [\"eth0\", \"eth0\"]",
+            "                      ^^^^^^",
+            "[daemon] interfaces: \"eth0\" is empty, too long, path-like or listed twice",
+        );
+        points(
+            "[\"eth0\", \"eth1\"]",
+            "[]",
+            "2:14",
+            "interfaces = []",
+            "             ^^",
+            "[daemon] interfaces is empty",
+        );
+    }
+
+    #[test]
+    fn a_backend_without_its_key_points_at_its_table() {
+        let (first, shown, carets) = error("port = 80", "port = 80\nforward = \"l2dsr\"");
+        assert!(first.starts_with("lb.toml:17:1: "), "{first}");
+        assert!(first.contains("needs mac"), "{first}");
+        assert_eq!(
+            (shown.as_str(), carets.as_str()),
+            ("[[vip.backend]]", "^^^^^^^^^^^^^^^")
+        );
+    }
+
+    #[test]
+    fn tabs_long_lines_and_control_characters_keep_the_caret_in_place() {
+        let (first, shown, carets) = error("weight = 100", "\tweight =\t70000");
+        assert!(first.starts_with("lb.toml:18:11: "), "{first}");
+        assert_eq!(shown, "\tweight =\t70000");
+        assert_eq!(carets, "\t        \t^^^^^");
+        // A long inline line is cut around the column.
+        let long = format!(
+            "health = {{ path = \"/{}\", timeout_ms = 0 }}",
+            "x".repeat(200)
+        );
+        let (first, shown, carets) = error("health = { timeout_ms = 300 }", &long);
+        assert!(first.starts_with("lb.toml:22:237: "), "{first}");
+        assert!(
+            shown.starts_with("...") && shown.contains("timeout_ms = 0"),
+            "{shown}"
+        );
+        assert_eq!(
+            shown.chars().position(|c| c == '0'),
+            carets.chars().position(|c| c == '^'),
+            "{shown}\n{carets}"
+        );
+        // A CR before the newline is not shown; a bare control character is U+FFFD.
+        let crlf = BASE.replace('\n', "\r\n").replace("mtu = 1500", "mtu = 1");
+        let e = super::Config::parse(&crlf, Path::new("lb.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.ends_with("5 | mtu = 1\n  |       ^"), "{e:?}");
+        let e = super::Config::parse("[daemon]\ninterfaces = [\"\u{7}\"]\n", Path::new("x"))
+            .unwrap_err()
+            .to_string();
+        assert!(!e.contains('\u{7}') && e.contains('\u{FFFD}'), "{e:?}");
+    }
+}
+
+#[cfg(test)]
+mod excerpt_props {
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Any span of any text: a line and column inside it, and no panic.
+        #[test]
+        fn any_span_of_any_text_is_shown(text in "\\PC{0,200}|[a\t\r\n\u{7}é]{0,40}", a in 0usize..300, b in 0usize..300) {
+            let (line, column, excerpt) = super::excerpt(&text, a..b);
+            prop_assert!(line >= 1 && line <= text.matches('\n').count() + 1);
+            prop_assert!(column >= 1);
+            prop_assert_eq!(excerpt.lines().count(), 3, "{:?}", excerpt);
+            prop_assert!(excerpt.ends_with('^'), "{:?}", excerpt);
         }
     }
 }

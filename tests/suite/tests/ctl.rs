@@ -206,6 +206,12 @@ fn errors_are_clear_and_change_nothing() {
         "{}",
         e.stderr
     );
+    // At the value, with the line shown and a caret under it.
+    assert!(
+        e.stderr.contains(" | weight = 70000\n") && e.stderr.contains(" |          ^^^^^"),
+        "{}",
+        e.stderr
+    );
     let file = d.dir.join("x.toml");
     std::fs::write(&file, config([1, 2, 3])).unwrap();
     let e = lbctl(
@@ -218,6 +224,13 @@ fn errors_are_clear_and_change_nothing() {
     let e = lbctl(&d, &["config", "validate", file.to_str().unwrap()]);
     assert_eq!(e.code, 1);
     assert!(e.stderr.contains("interfaces is empty"), "{}", e.stderr);
+    assert!(
+        e.stderr.contains("x.toml:2:14: ")
+            && e.stderr
+                .contains("2 | interfaces = []\n  |              ^^"),
+        "{}",
+        e.stderr
+    );
 
     // Malformed requests on the socket itself.
     for (line, want) in [

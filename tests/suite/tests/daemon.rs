@@ -335,6 +335,17 @@ fn bad_reload_is_rejected_with_its_location_and_service_continues() {
         line.contains("lb.toml:") && line.contains("weight 70000 is out of range"),
         "{line}"
     );
+    // The offending line follows, with a caret under the value.
+    let after: Vec<&str> = log
+        .lines()
+        .skip_while(|l| !l.contains("reload rejected"))
+        .take(4)
+        .collect();
+    assert!(
+        after.iter().any(|l| l.ends_with(" | weight = 70000"))
+            && after.iter().any(|l| l.ends_with(" |          ^^^^^")),
+        "{after:#?}"
+    );
     let (seen, failed) = t.requests("--tcp", &web(), 60);
     assert_eq!(failed, 0);
     assert_eq!(
