@@ -303,7 +303,7 @@ impl Ctx {
         Ok(if self.json {
             pretty(&meta)
         } else {
-            format!("revision {} ({})\n", meta.revision, meta.source)
+            revision_text(&meta)
         })
     }
 
@@ -366,6 +366,52 @@ fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
         out.push_str(&line(&mut r.iter().map(String::as_str)));
     }
     out
+}
+
+/// `key  value` lines, the values aligned in one column.
+fn aligned(pairs: &[(&str, String)]) -> String {
+    let width = pairs.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+    pairs
+        .iter()
+        .map(|(k, v)| format!("{:<width$}  {v}", k).trim_end().to_string() + "\n")
+        .collect()
+}
+
+/// A list in words: `a, b, c`, or `none`.
+fn list<T: std::fmt::Display>(items: impl IntoIterator<Item = T>) -> String {
+    let items: Vec<String> = items.into_iter().map(|i| i.to_string()).collect();
+    match items.is_empty() {
+        true => "none".into(),
+        false => items.join(", "),
+    }
+}
+
+fn yes_no(b: bool) -> String {
+    if b { "yes" } else { "no" }.into()
+}
+
+/// A duration as an operator reads it: `42 s`, `3 min 5 s`, `2 h 7 min`, `3 d 4 h`.
+fn duration(s: u64) -> String {
+    let (d, h, m) = (s / 86_400, s / 3600 % 24, s / 60 % 60);
+    match s {
+        0..60 => format!("{s} s"),
+        60..3600 => format!("{m} min {} s", s % 60),
+        3600..86_400 => format!("{h} h {m} min"),
+        _ => format!("{d} d {h} h"),
+    }
+}
+
+/// What a change made: its revision, what made it, when, and the comment (if any).
+fn revision_text(m: &RevisionMeta) -> String {
+    let mut pairs = vec![
+        ("revision", m.revision.to_string()),
+        ("source", m.source.clone()),
+        ("at", m.at.clone()),
+    ];
+    if !m.comment.is_empty() {
+        pairs.push(("comment", m.comment.clone()));
+    }
+    aligned(&pairs)
 }
 
 /// A cell for a value that may be missing.
@@ -462,95 +508,97 @@ fn run(cli: &Cli) -> Result<String, Fail> {
 }
 
 fn status(ctx: &Ctx) -> Result<String, Fail> {
-    ctx.read(Request::Status {}, |s: Status| {
-        // Only when one is lost: the output is otherwise as it always was.
-        let lost = match s.interfaces_lost.is_empty() {
-            true => String::new(),
-            false => format!(
-                "interfaces lost {} (their NIC is gone; attached again when it returns)\n",
-                serde_json::to_string(&s.interfaces_lost).unwrap_or_default()
+    ctx.read(Request::Status {}, |s: Status| status_text(&s))
+}
+
+/// `status` for people: one aligned `key  value` line per fact; the optional ones only
+/// when they apply.
+fn status_text(s: &Status) -> String {
+    let mut pairs = vec![
+        ("revision", s.revision.to_string()),
+        ("VIPs", s.vips.to_string()),
+        (
+            "backends",
+            list(s.backends.iter().map(|(state, n)| format!("{n} {state}"))),
+        ),
+        ("interfaces", list(&s.interfaces)),
+    ];
+    if !s.interfaces_lost.is_empty() {
+        pairs.push((
+            "interfaces lost",
+            format!(
+                "{} (the NIC is gone; attached again when it returns)",
+                list(&s.interfaces_lost)
             ),
-        };
-        let announce = match &s.announce {
-            None => String::new(),
-            Some(a) => format!(
-                "announce {}{}{}\n",
-                match a.routes.is_empty() {
-                    true => "no routes".to_string(),
-                    false => a
-                        .routes
-                        .iter()
-                        .map(ToString::to_string)
-                        .collect::<Vec<_>>()
-                        .join(" "),
-                },
-                if a.maintenance {
-                    " (node drained: lbctl node resume)"
-                } else {
-                    ""
-                },
-                a.error
-                    .as_ref()
-                    .map(|e| format!(" (BIRD: {e})"))
-                    .unwrap_or_default(),
-            ),
-        };
-        let store: String = s
-            .store_problems
-            .iter()
-            .map(|p| format!("revision store: {p}\n"))
-            .collect();
-        format!(
-            "revision {}\nVIPs {}\nbackends {}\ninterfaces {}\n{lost}{announce}{store}uptime {} s\n",
-            s.revision,
-            s.vips,
-            serde_json::to_string(&s.backends).unwrap_or_default(),
-            serde_json::to_string(&s.interfaces).unwrap_or_default(),
-            s.uptime_s
-        )
-    })
+        ));
+    }
+    if let Some(a) = &s.announce {
+        pairs.push(("announced", list(&a.routes)));
+        if a.maintenance {
+            pairs.push((
+                "node",
+                "drained: every route withdrawn (lbctl node resume)".into(),
+            ));
+        }
+        if let Some(e) = &a.error {
+            pairs.push(("BIRD error", e.clone()));
+        }
+    }
+    for p in &s.store_problems {
+        pairs.push(("revision store", p.clone()));
+    }
+    pairs.push(("pin dir", s.pin_dir.display().to_string()));
+    pairs.push(("uptime", duration(s.uptime_s)));
+    aligned(&pairs)
 }
 
 fn vip_list(ctx: &Ctx) -> Result<String, Fail> {
     ctx.read(Request::VipList { vip: None }, |vips: Vec<VipRow>| {
-        let rows: Vec<Vec<String>> = vips
-            .iter()
-            .map(|v| {
-                vec![
-                    v.name.clone(),
-                    v.address.to_string(),
-                    v.port.to_string(),
-                    v.protocol.to_string(),
-                    v.scheduler.to_string(),
-                    v.forward.to_string(),
-                    v.backends.to_string(),
-                    v.usable.to_string(),
-                    v.on_backup.to_string(),
-                    match (v.announced, &v.withheld) {
-                        (None, _) => "-".to_string(),
-                        (Some(true), _) => "yes".to_string(),
-                        (Some(false), Some(why)) => format!("no: {why}"),
-                        (Some(false), None) => "no".to_string(),
-                    },
-                ]
-            })
-            .collect();
-        table(
-            &[
-                "NAME",
-                "ADDRESS",
-                "PORT",
-                "PROTO",
-                "SCHEDULER",
-                "FORWARD",
-                "BACKENDS",
-                "USABLE",
-                "ON BACKUP",
-                "ANNOUNCED",
-            ],
-            &rows,
-        )
+        vip_table(&vips)
     })
+}
+
+fn vip_table(vips: &[VipRow]) -> String {
+    let rows: Vec<Vec<String>> = vips
+        .iter()
+        .map(|v| {
+            vec![
+                v.name.clone(),
+                v.address.to_string(),
+                match v.port {
+                    0 => "all".to_string(),
+                    p => p.to_string(),
+                },
+                v.protocol.to_string(),
+                v.scheduler.to_string(),
+                v.forward.to_string(),
+                v.backends.to_string(),
+                v.usable.to_string(),
+                yes_no(v.on_backup),
+                match (v.announced, &v.withheld) {
+                    (None, _) => "-".to_string(),
+                    (Some(true), _) => "yes".to_string(),
+                    (Some(false), Some(why)) => format!("no: {why}"),
+                    (Some(false), None) => "no".to_string(),
+                },
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "NAME",
+            "ADDRESS",
+            "PORT",
+            "PROTO",
+            "SCHEDULER",
+            "FORWARD",
+            "BACKENDS",
+            "USABLE",
+            "ON BACKUP",
+            "ANNOUNCED",
+        ],
+        &rows,
+    )
 }
 
 fn vip_add(
@@ -620,39 +668,43 @@ fn backend_list(ctx: &Ctx, vip: Option<&str>) -> Result<String, Fail> {
         vip: vip.map(str::to_string),
     };
     ctx.read(request, |backends: Vec<BackendRow>| {
-        let rows: Vec<Vec<String>> = backends
-            .iter()
-            .map(|b| {
-                vec![
-                    b.vip.clone(),
-                    b.address.to_string(),
-                    b.role.to_string(),
-                    b.weight.to_string(),
-                    b.effective_weight.to_string(),
-                    b.state.to_string(),
-                    b.since_s.to_string(),
-                    or_dash(b.last_check_s, two_places),
-                    or_dash(b.latency_ms, two_places),
-                    b.reason.clone(),
-                ]
-            })
-            .collect();
-        table(
-            &[
-                "VIP",
-                "BACKEND",
-                "ROLE",
-                "WEIGHT",
-                "NOW",
-                "STATE",
-                "FOR (s)",
-                "CHECKED (s ago)",
-                "LATENCY (ms)",
-                "REASON",
-            ],
-            &rows,
-        )
+        backend_table(&backends)
     })
+}
+
+fn backend_table(backends: &[BackendRow]) -> String {
+    let rows: Vec<Vec<String>> = backends
+        .iter()
+        .map(|b| {
+            vec![
+                b.vip.clone(),
+                b.address.to_string(),
+                b.role.to_string(),
+                b.weight.to_string(),
+                b.effective_weight.to_string(),
+                b.state.to_string(),
+                b.since_s.to_string(),
+                or_dash(b.last_check_s, two_places),
+                or_dash(b.latency_ms, two_places),
+                b.reason.clone(),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "VIP",
+            "BACKEND",
+            "ROLE",
+            "WEIGHT",
+            "NOW",
+            "STATE",
+            "FOR (s)",
+            "CHECKED (s ago)",
+            "LATENCY (ms)",
+            "REASON",
+        ],
+        &rows,
+    )
 }
 
 fn backend_add(
@@ -758,58 +810,73 @@ fn backend_weight(ctx: &Ctx, vip: &str, address: &IpAddr, weight: u32) -> Result
 }
 
 fn stats(ctx: &Ctx) -> Result<String, Fail> {
-    ctx.read(Request::Stats {}, |s: Stats| {
-        let mut out = String::from("REASON                  PACKETS\n");
-        for (reason, packets) in s.reasons.iter().filter(|(_, n)| **n != 0) {
-            out.push_str(&format!("{reason:<22}  {packets}\n"));
-        }
-        out.push('\n');
-        let vips: Vec<Vec<String>> = s
-            .vips
-            .iter()
-            .map(|v| {
-                vec![
-                    v.vip.clone(),
-                    v.packets.to_string(),
-                    v.bytes.to_string(),
-                    v.new_flows.to_string(),
-                ]
-            })
-            .collect();
-        out.push_str(&table(&["VIP", "PACKETS", "BYTES", "NEW FLOWS"], &vips));
-        out.push('\n');
-        let backends: Vec<Vec<String>> = s
-            .backends
-            .iter()
-            .map(|b| {
-                vec![
-                    b.vip.clone(),
-                    b.address.to_string(),
-                    b.packets.to_string(),
-                    b.bytes.to_string(),
-                ]
-            })
-            .collect();
-        out.push_str(&table(&["VIP", "BACKEND", "PACKETS", "BYTES"], &backends));
-        out
-    })
+    ctx.read(Request::Stats {}, |s: Stats| stats_text(&s))
+}
+
+/// Three tables: packets per reason (those not zero), per VIP, per backend.
+fn stats_text(s: &Stats) -> String {
+    let reasons: Vec<Vec<String>> = s
+        .reasons
+        .iter()
+        .filter(|(_, n)| **n != 0)
+        .map(|(reason, packets)| vec![reason.clone(), packets.to_string()])
+        .collect();
+    let vips: Vec<Vec<String>> = s
+        .vips
+        .iter()
+        .map(|v| {
+            vec![
+                v.vip.clone(),
+                v.packets.to_string(),
+                v.bytes.to_string(),
+                v.new_flows.to_string(),
+            ]
+        })
+        .collect();
+    let backends: Vec<Vec<String>> = s
+        .backends
+        .iter()
+        .map(|b| {
+            vec![
+                b.vip.clone(),
+                b.address.to_string(),
+                b.packets.to_string(),
+                b.bytes.to_string(),
+            ]
+        })
+        .collect();
+    [
+        table(&["REASON", "PACKETS"], &reasons),
+        table(&["VIP", "PACKETS", "BYTES", "NEW FLOWS"], &vips),
+        table(&["VIP", "BACKEND", "PACKETS", "BYTES"], &backends),
+    ]
+    .join("\n")
 }
 
 fn events(ctx: &Ctx, limit: u64) -> Result<String, Fail> {
     ctx.read(Request::Events { limit }, |events: Vec<EventRow>| {
-        events
-            .iter()
-            .map(|e| {
-                format!(
-                    "{}  {}  {}  {}\n",
-                    e.at,
-                    e.vip,
-                    or_dash(e.backend, |b| b.to_string()),
-                    e.what
-                )
-            })
-            .collect()
+        events_table(&events)
     })
+}
+
+/// Node-wide events (configuration revisions, announcements) have no VIP: `-`, as for no
+/// backend.
+fn events_table(events: &[EventRow]) -> String {
+    let rows: Vec<Vec<String>> = events
+        .iter()
+        .map(|e| {
+            vec![
+                e.at.clone(),
+                match e.vip.as_str() {
+                    "*" => "-".to_string(),
+                    v => v.to_string(),
+                },
+                or_dash(e.backend, |b| b.to_string()),
+                e.what.clone(),
+            ]
+        })
+        .collect();
+    table(&["AT", "VIP", "BACKEND", "EVENT"], &rows)
 }
 
 fn config_show(ctx: &Ctx, revision: Option<u64>) -> Result<String, Fail> {
@@ -839,12 +906,267 @@ fn config_diff(ctx: &Ctx, from: u64, to: Option<u64>) -> Result<String, Fail> {
 
 fn config_history(ctx: &Ctx) -> Result<String, Fail> {
     ctx.read(Request::ConfigHistory {}, |revisions: Vec<RevisionMeta>| {
-        let rows: Vec<Vec<String>> = revisions
-            .into_iter()
-            .map(|r| vec![r.revision.to_string(), r.at, r.source, r.comment])
-            .collect();
-        table(&["REVISION", "AT", "SOURCE", "COMMENT"], &rows)
+        history_table(&revisions)
     })
+}
+
+fn history_table(revisions: &[RevisionMeta]) -> String {
+    let rows: Vec<Vec<String>> = revisions
+        .iter()
+        .map(|r| {
+            vec![
+                r.revision.to_string(),
+                r.at.clone(),
+                r.source.clone(),
+                r.comment.clone(),
+            ]
+        })
+        .collect();
+    table(&["REVISION", "AT", "SOURCE", "COMMENT"], &rows)
+}
+
+#[cfg(test)]
+mod human_tests {
+    //! The human forms: tables and aligned lines in words, never JSON.
+
+    use super::*;
+
+    fn meta(revision: u64, source: &str, comment: &str) -> RevisionMeta {
+        RevisionMeta {
+            revision,
+            at: "2026-11-26T10:02:30.414Z".into(),
+            source: source.into(),
+            comment: comment.into(),
+        }
+    }
+
+    /// Every human form of a busy node: a status with every optional line, VIPs, backends
+    /// in every state, counters, events and revisions.
+    fn samples() -> Vec<(&'static str, String)> {
+        use lb_api::{Announce, BackendCounters, BackendState, VipCounters};
+        let status = Status {
+            revision: 14,
+            vips: 2,
+            backends: [(BackendState::Up, 6), (BackendState::Draining, 1)].into(),
+            uptime_s: 93_784,
+            interfaces: vec!["eth0".into(), "eth1".into()],
+            pin_dir: "/sys/fs/bpf/lb".into(),
+            interfaces_lost: vec!["eth1".into()],
+            store_problems: vec!["revision 12 does not read back whole: kept aside".into()],
+            announce: Some(Announce {
+                maintenance: true,
+                routes: vec![
+                    "198.18.100.1".parse().unwrap(),
+                    "2001:db8::1".parse().unwrap(),
+                ],
+                error: Some("birdc configure failed: no such file".into()),
+            }),
+        };
+        let vip = |name: &str, port, announced, withheld: Option<&str>| VipRow {
+            name: name.into(),
+            address: "198.18.100.1".parse().unwrap(),
+            port,
+            protocol: Protocol::Tcp,
+            scheduler: Scheduler::RoundRobin,
+            forward: Forward::Ipip,
+            ring_size: 65537,
+            backends: 3,
+            usable: 2,
+            on_backup: port == 0,
+            announced,
+            withheld: withheld.map(Into::into),
+        };
+        let vips = vec![
+            vip("web", 80, Some(true), None),
+            vip(
+                "all-ports",
+                0,
+                Some(false),
+                Some("1 usable backend, below 2"),
+            ),
+            vip("dns", 53, None, None),
+        ];
+        let backend = |state, reason: &str, checked: Option<f64>| BackendRow {
+            vip: "web".into(),
+            address: "198.18.0.21".parse().unwrap(),
+            weight: 100,
+            effective_weight: 50,
+            role: Role::Backup,
+            state,
+            reason: reason.into(),
+            since_s: 12,
+            latency_ms: checked.map(|c| c * 2.0),
+            error_rate: 0.25,
+            last_check_s: checked,
+        };
+        let backends = vec![
+            backend(BackendState::Up, "configuration", None),
+            backend(
+                BackendState::Down,
+                "3 checks failed, last: connect: Connection refused (os error 111)",
+                Some(0.5),
+            ),
+            backend(
+                BackendState::Degraded,
+                "latency 120.5 ms above 100 ms",
+                Some(1.25),
+            ),
+            backend(
+                BackendState::Draining,
+                "agent: drain (weight 100 -> 50)",
+                Some(0.1),
+            ),
+            backend(BackendState::Disabled, "configuration", None),
+        ];
+        let stats = Stats {
+            reasons: [
+                ("tx_ipip".to_string(), 1200),
+                ("drop_no_backend".to_string(), 0),
+            ]
+            .into(),
+            vips: vec![VipCounters {
+                vip: "web".into(),
+                packets: 1200,
+                bytes: 96_000,
+                new_flows: 40,
+            }],
+            backends: vec![BackendCounters {
+                vip: "web".into(),
+                address: "198.18.0.21".parse().unwrap(),
+                packets: 1200,
+                bytes: 96_000,
+            }],
+        };
+        let events = vec![
+            EventRow {
+                at: "2026-11-26T10:02:30.403Z".into(),
+                vip: "web".into(),
+                backend: Some("198.18.0.21".parse().unwrap()),
+                what: "up -> draining by configuration".into(),
+            },
+            EventRow {
+                at: "2026-11-26T10:02:30.418Z".into(),
+                vip: "*".into(),
+                backend: None,
+                what: "configuration revision 2 applied (api: backend.set web 198.18.0.21)".into(),
+            },
+        ];
+        let history = vec![
+            meta(
+                2,
+                "api: backend.set web 198.18.0.21",
+                "kernel upgrade on b1",
+            ),
+            meta(1, "file", ""),
+        ];
+        vec![
+            ("status", status_text(&status)),
+            (
+                "status of a quiet node",
+                status_text(&Status {
+                    backends: Default::default(),
+                    interfaces_lost: vec![],
+                    store_problems: vec![],
+                    announce: None,
+                    ..status.clone()
+                }),
+            ),
+            ("vip list", vip_table(&vips)),
+            ("health", backend_table(&backends)),
+            ("stats", stats_text(&stats)),
+            ("events", events_table(&events)),
+            ("config history", history_table(&history)),
+            ("a change", revision_text(&history[0])),
+        ]
+    }
+
+    #[test]
+    fn human_output_holds_no_json() {
+        for (what, text) in samples() {
+            println!("$ lbctl {what}\n{text}");
+            for c in ['{', '}', '[', ']', '"'] {
+                assert!(!text.contains(c), "{what} shows {c:?}:\n{text}");
+            }
+        }
+    }
+
+    #[test]
+    fn status_reads_as_aligned_lines() {
+        let (_, text) = &samples()[0];
+        let lines: Vec<&str> = text.lines().collect();
+        // Every value starts in the same column.
+        let column = |l: &str| {
+            let key_end = l.find("  ").unwrap();
+            key_end + l[key_end..].len() - l[key_end..].trim_start().len()
+        };
+        assert!(
+            lines.iter().all(|l| column(l) == column(lines[0])),
+            "{text}"
+        );
+        for want in [
+            "revision         14",
+            "backends         6 up, 1 draining",
+            "interfaces       eth0, eth1",
+            "interfaces lost  eth1 (the NIC is gone; attached again when it returns)",
+            "announced        198.18.100.1, 2001:db8::1",
+            "node             drained: every route withdrawn (lbctl node resume)",
+            "BIRD error       birdc configure failed: no such file",
+            "revision store   revision 12 does not read back whole: kept aside",
+            "uptime           1 d 2 h",
+        ] {
+            assert!(lines.contains(&want), "no {want:?} in:\n{text}");
+        }
+        let (_, quiet) = &samples()[1];
+        assert!(quiet.contains("backends    none\n"), "{quiet}");
+        assert!(
+            !quiet.contains("announced") && !quiet.contains("lost"),
+            "{quiet}"
+        );
+    }
+
+    #[test]
+    fn tables_say_yes_no_and_all() {
+        let (_, vips) = &samples()[2];
+        let row = |name: &str| {
+            vips.lines()
+                .find(|l| l.starts_with(name))
+                .unwrap()
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        assert_eq!(
+            row("web"),
+            "web 198.18.100.1 80 tcp round_robin ipip 3 2 no yes"
+        );
+        assert_eq!(
+            row("all-ports"),
+            "all-ports 198.18.100.1 all tcp round_robin ipip 3 2 yes no: 1 usable backend, below 2"
+        );
+        let (_, events) = &samples()[5];
+        assert!(events.starts_with("AT "), "{events}");
+        // A node-wide event: no VIP, no backend.
+        let node_wide: Vec<&str> = events.lines().nth(2).unwrap().split_whitespace().collect();
+        assert_eq!(node_wide[1..4], ["-", "-", "configuration"], "{events}");
+    }
+
+    #[test]
+    fn durations_in_words() {
+        assert_eq!(duration(0), "0 s");
+        assert_eq!(duration(59), "59 s");
+        assert_eq!(duration(185), "3 min 5 s");
+        assert_eq!(duration(7_620), "2 h 7 min");
+        assert_eq!(duration(273_600), "3 d 4 h");
+    }
+
+    #[test]
+    fn a_change_names_its_revision() {
+        assert_eq!(
+            revision_text(&meta(3, "api: config.apply", "b2 heavier")),
+            "revision  3\nsource    api: config.apply\nat        2026-11-26T10:02:30.414Z\ncomment   b2 heavier\n"
+        );
+        assert!(!revision_text(&meta(3, "file", "")).contains("comment"));
+    }
 }
 
 fn config_rollback(ctx: &Ctx, to: Option<u64>, at: Option<&str>) -> Result<String, Fail> {

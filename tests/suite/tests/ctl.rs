@@ -81,6 +81,15 @@ fn state_of(d: &Daemon, addr: &str) -> String {
         .to_string()
 }
 
+/// The value of `key` in aligned `key  value` lines (`status`, a change's answer).
+fn value_of(text: &str, key: &str) -> Option<String> {
+    text.lines().find_map(|l| {
+        l.strip_prefix(key)
+            .filter(|v| v.starts_with("  "))
+            .map(|v| v.trim().to_string())
+    })
+}
+
 fn revisions(d: &Daemon) -> usize {
     json(d, &["config", "history"]).as_array().unwrap().len()
 }
@@ -95,7 +104,31 @@ fn start(weights: [u32; 3]) -> (Topology, Daemon) {
 #[test]
 fn every_command_happy_path() {
     let (t, d) = start([100, 100, 100]);
-    assert!(ok(&d, &["status"]).contains("revision 1"));
+    let status = ok(&d, &["status"]);
+    assert_eq!(
+        value_of(&status, "revision").as_deref(),
+        Some("1"),
+        "{status}"
+    );
+    assert_eq!(
+        value_of(&status, "backends").as_deref(),
+        Some("3 up"),
+        "{status}"
+    );
+    assert_eq!(
+        value_of(&status, "interfaces").as_deref(),
+        Some("eth0"),
+        "{status}"
+    );
+    // The human form is words, not JSON.
+    for human in [
+        status,
+        ok(&d, &["vip", "list"]),
+        ok(&d, &["health"]),
+        ok(&d, &["events"]),
+    ] {
+        assert!(!human.contains(['{', '[', '"']), "{human}");
+    }
     let vips = json(&d, &["vip", "list"]);
     assert_eq!(vips[0]["name"], "web");
     assert!(ok(&d, &["vip", "list"]).contains("198.18.100.1"));
@@ -105,7 +138,17 @@ fn every_command_happy_path() {
         "{list}"
     );
 
-    assert!(ok(&d, &["backend", "drain", "web", "198.18.0.21"]).contains("revision 2"));
+    let drained = ok(&d, &["backend", "drain", "web", "198.18.0.21"]);
+    assert_eq!(
+        value_of(&drained, "revision").as_deref(),
+        Some("2"),
+        "{drained}"
+    );
+    assert_eq!(
+        value_of(&drained, "source").as_deref(),
+        Some("api: backend.set web 198.18.0.21"),
+        "{drained}"
+    );
     assert_eq!(state_of(&d, "198.18.0.21"), "draining");
     let (seen, failed) = t.requests("--tcp", &format!("{VIP4}:80"), 40);
     assert!(failed == 0 && !seen.contains_key("b1"), "{seen:?}");
