@@ -86,8 +86,13 @@ impl std::fmt::Display for State {
     }
 }
 
-/// Why a backend is in its state, in one word per cause (shown in `lbctl health`).
+/// Why a backend is in its state, one wording per cause (the REASON of `lbctl health`, and
+/// the `by ...` of a transition's event): set by the configuration (the file, a reload, an
+/// API change), whether the backend was added, drained, disabled or enabled.
 pub const REASON_CONFIGURATION: &str = "configuration";
+/// Found marked down in the pinned maps when the daemon started (it was down before the
+/// restart); up again after `rise` passed checks.
+pub const REASON_DOWN_BEFORE_RESTART: &str = "down before the restart";
 
 /// What changed in a backend that the dataplane must learn.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -146,7 +151,11 @@ impl BackendState {
             latency_ms: None,
             recent: VecDeque::new(),
             since: SystemTime::now(),
-            reason: REASON_CONFIGURATION.into(),
+            reason: match down {
+                true => REASON_DOWN_BEFORE_RESTART,
+                false => REASON_CONFIGURATION,
+            }
+            .into(),
             last_check: None,
             agent: AgentSays::default(),
             up_since: None,
@@ -356,5 +365,92 @@ impl BackendState {
             now_down,
             reason,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! One wording per cause: what the configuration did always reads `configuration`,
+    //! however it happened, and the documentation shows the same words.
+
+    use std::path::Path;
+
+    use super::*;
+    use crate::config::Config;
+
+    fn backend(extra: &str) -> (BackendConfig, Health) {
+        let text = format!(
+            "[daemon]\ninterfaces = [\"eth0\"]\n[[vip]]\nname = \"web\"\naddress = \"198.18.100.1\"\nport = 80\n[[vip.backend]]\naddress = \"198.18.0.21\"\n{extra}\n"
+        );
+        let cfg = Config::parse(&text, Path::new("t.toml")).unwrap();
+        let v = cfg.vips[0].get_ref();
+        let b = v.backends[0].get_ref().clone();
+        let h = b.health.over(&v.health).resolve(v.port);
+        (b, h)
+    }
+
+    #[test]
+    fn the_configuration_is_one_word_whatever_it_did() {
+        let (plain, h) = backend("");
+        let mut b = BackendState::new(plain.clone(), 1, h.clone(), false);
+        assert_eq!(b.reason, REASON_CONFIGURATION, "added");
+        for (extra, state) in [
+            ("drain = true", State::Draining),
+            ("disabled = true", State::Disabled),
+            ("", State::Up),
+        ] {
+            let (cfg, h) = backend(extra);
+            let t = b.reconfigure(cfg, h).expect(extra);
+            assert_eq!(t.to, state, "{extra}");
+            assert_eq!(
+                (t.reason.as_str(), b.reason.as_str()),
+                (REASON_CONFIGURATION, REASON_CONFIGURATION),
+                "{extra}"
+            );
+        }
+        // Added drained or disabled: the same word.
+        for extra in ["drain = true", "disabled = true"] {
+            let (cfg, h) = backend(extra);
+            assert_eq!(
+                BackendState::new(cfg, 1, h, false).reason,
+                REASON_CONFIGURATION
+            );
+        }
+        // Not the configuration's doing: its own word.
+        let b = BackendState::new(plain, 1, h, true);
+        assert_eq!(
+            (b.state(), b.reason.as_str()),
+            (State::Down, REASON_DOWN_BEFORE_RESTART)
+        );
+    }
+
+    #[test]
+    fn the_documented_health_table_uses_the_same_words() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/daemon.md");
+        let doc = std::fs::read_to_string(path).unwrap();
+        let table: Vec<&str> = doc
+            .lines()
+            .skip_while(|l| !l.starts_with("$ lbctl health"))
+            .skip(1)
+            .take_while(|l| !l.starts_with("$ ") && !l.starts_with("```"))
+            .collect();
+        assert!(
+            table.len() >= 2 && table[0].ends_with("REASON"),
+            "{table:?}"
+        );
+        let column = table[0].find("REASON").unwrap();
+        for row in &table[1..] {
+            let reason = row.get(column..).unwrap_or_default();
+            // Every cause the configuration has, in its one word; other causes name themselves.
+            assert!(
+                reason == REASON_CONFIGURATION
+                    || reason == REASON_DOWN_BEFORE_RESTART
+                    || reason.starts_with("agent: ")
+                    || reason.contains(" checks ")
+                    || reason.contains(" above ")
+                    || reason == "back within thresholds",
+                "docs/daemon.md shows the reason {reason:?}"
+            );
+        }
     }
 }
