@@ -13,6 +13,14 @@
 //! <!-- docs-test: not run: WHY -->  needs what a test cannot have (real hardware, systemd)
 //! ```
 //!
+//! A block of log lines (not `sh`: no language, or `json` for `--log-json`) is marked too,
+//! so that what the docs quote is what the daemon writes:
+//!
+//! ```text
+//! <!-- docs-test: log -->        every line is a log line a real daemon writes: doc_logs.rs
+//!                                produces each and compares them, the parts that vary masked
+//! ```
+//!
 //! HTML comments do not show when the Markdown is rendered.
 
 use std::path::{Path, PathBuf};

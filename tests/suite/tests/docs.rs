@@ -257,7 +257,8 @@ fn every_command_block_is_run_or_says_why() {
     let mut kinds = std::collections::BTreeMap::<String, u32>::new();
     for b in docblocks::blocks() {
         if b.lang != "sh" {
-            if let Some(m) = &b.mark {
+            // `log` blocks are doc_logs.rs's.
+            if let Some(m) = b.mark.as_deref().filter(|m| *m != "log") {
                 bad.push(format!("{}: `{m}` on a block that is not `sh`", b.at()));
             }
             continue;
