@@ -105,6 +105,10 @@ enum Cmd {
 #[derive(Subcommand)]
 enum VipCmd {
     List,
+    /// One VIP: its settings, backends, and whether its address is announced and why not.
+    Show {
+        name: String,
+    },
     /// Add a VIP (backends are added with `backend add`).
     Add {
         name: String,
@@ -437,6 +441,7 @@ fn run(cli: &Cli) -> Result<String, Fail> {
         Cmd::Status => status(&ctx),
         Cmd::Vip { cmd } => match cmd {
             VipCmd::List => vip_list(&ctx),
+            VipCmd::Show { name } => vip_show(&ctx, name),
             VipCmd::Add {
                 name,
                 address,
@@ -556,6 +561,46 @@ fn vip_list(ctx: &Ctx) -> Result<String, Fail> {
     ctx.read(Request::VipList { vip: None }, |vips: Vec<VipRow>| {
         vip_table(&vips)
     })
+}
+
+fn vip_show(ctx: &Ctx, name: &str) -> Result<String, Fail> {
+    ctx.read(
+        Request::VipList {
+            vip: Some(name.to_string()),
+        },
+        |vips: Vec<VipRow>| vips.iter().map(vip_lines).collect::<Vec<_>>().join("\n"),
+    )
+}
+
+/// One VIP as aligned lines.
+fn vip_lines(v: &VipRow) -> String {
+    aligned(&[
+        ("name", v.name.clone()),
+        ("address", v.address.to_string()),
+        (
+            "port",
+            match v.port {
+                0 => "all".to_string(),
+                p => p.to_string(),
+            },
+        ),
+        ("protocol", v.protocol.to_string()),
+        ("scheduler", v.scheduler.to_string()),
+        ("forward", v.forward.to_string()),
+        ("ring size", v.ring_size.to_string()),
+        ("backends", format!("{} ({} up)", v.backends, v.usable)),
+        ("backup pool", yes_no(v.on_backup)),
+        (
+            "announced",
+            match (v.announced, &v.withheld) {
+                (None, _) => "announcements are off on this node".to_string(),
+                (Some(true), None) => "yes".to_string(),
+                (Some(true), Some(why)) => format!("yes, for another VIP on the address ({why})"),
+                (Some(false), Some(why)) => format!("no: {why}"),
+                (Some(false), None) => "no".to_string(),
+            },
+        ),
+    ])
 }
 
 fn vip_table(vips: &[VipRow]) -> String {

@@ -303,6 +303,11 @@ fn a_node_without_backends_withdraws_and_a_dead_backend_leaves_every_node() {
     );
     assert_eq!(failed, 0);
     assert_eq!(v[0]["announced"], false, "{v}");
+    let (ok, shown) = lbctl(&f, 0, &["vip", "show", "web"]);
+    assert!(
+        ok && shown.contains("announced") && shown.contains("no: 0 usable backends, 1 needed"),
+        "{shown}"
+    );
     assert!(
         v[0]["withheld"]
             .as_str()
