@@ -5,6 +5,9 @@
 //! `--destdir` stages the whole tree under a directory (as `make install DESTDIR=` does):
 //! paths inside files (the unit's `ExecStart`) still name the final locations, so a package
 //! builder or a test can install without touching the system.
+//!
+//! The pieces (the binaries, the units' text, man pages, completions) are shared with
+//! `cargo xtask deb` (deb.rs), which lays them out as a Debian package.
 
 use std::{
     fs,
@@ -18,22 +21,19 @@ use clap::Args;
 
 use crate::cmd;
 
-const BINS: [&str; 2] = ["lbd", "lbctl"];
+pub const BINS: [&str; 2] = ["lbd", "lbctl"];
 /// The unit's paths as shipped; rewritten for another prefix.
 const SHIPPED_BIN_DIR: &str = "/usr/local/bin/";
-/// The systemd units, and where they go: units the administrator installs go in
-/// /etc/systemd/system (systemd reads it for any prefix). `lbd-decap@.service` is for
-/// backends (the decapsulation program on a NIC).
-const UNITS: [(&str, &str); 2] = [
-    ("packaging/lbd.service", "/etc/systemd/system/lbd.service"),
-    (
-        "packaging/lbd-decap@.service",
-        "/etc/systemd/system/lbd-decap@.service",
-    ),
-];
-const EXAMPLE: &str = "config/lb.example.toml";
+/// The systemd units, in the source tree. `lbd-decap@.service` is for backends (the
+/// decapsulation program on a NIC). `install` puts them in /etc/systemd/system, where units
+/// the administrator installs go (systemd reads it for any prefix); the package in
+/// /usr/lib/systemd/system.
+pub const UNITS: [&str; 2] = ["packaging/lbd.service", "packaging/lbd-decap@.service"];
+/// Where `install` puts the units.
+const ADMIN_UNIT_DIR: &str = "/etc/systemd/system";
+pub const EXAMPLE: &str = "config/lb.example.toml";
 /// Where the configuration lives: fixed, the unit and the docs name it.
-const CONFIG: &str = "/etc/lbd/lb.toml";
+pub const CONFIG: &str = "/etc/lbd/lb.toml";
 /// Completion files per shell, relative to the prefix: where bash-completion, zsh (Debian's
 /// fpath) and fish look for vendor completions. `{}` is the command's name.
 const COMPLETIONS: [(&str, &str); 3] = [
@@ -102,14 +102,14 @@ impl Installed {
 }
 
 /// Writes `path` with `mode`, creating its directory.
-fn put(path: &Path, content: &[u8], mode: u32) -> Result<()> {
+pub fn put(path: &Path, content: &[u8], mode: u32) -> Result<()> {
     mkdir(path.parent().expect("absolute paths have a parent"))?;
     fs::write(path, content).with_context(|| format!("writing {}", path.display()))?;
     fs::set_permissions(path, fs::Permissions::from_mode(mode))
         .with_context(|| format!("setting the mode of {}", path.display()))
 }
 
-fn mkdir(dir: &Path) -> Result<()> {
+pub fn mkdir(dir: &Path) -> Result<()> {
     fs::create_dir_all(dir).with_context(|| {
         format!(
             "creating {} (installing under / needs root; --destdir stages elsewhere)",
@@ -118,8 +118,60 @@ fn mkdir(dir: &Path) -> Result<()> {
     })
 }
 
-fn read(path: &Path) -> Result<Vec<u8>> {
+pub fn read(path: &Path) -> Result<Vec<u8>> {
     fs::read(path).with_context(|| format!("reading {}", path.display()))
+}
+
+/// `lbd` and `lbctl`, in the order of `BINS`: from `bin_dir`, or built (release) now, with
+/// cargo's output tagged `tag`.
+pub fn binaries(bin_dir: Option<&Path>, tag: &str) -> Result<Vec<PathBuf>> {
+    BINS.iter()
+        .map(|bin| match bin_dir {
+            Some(dir) => {
+                let path = dir.join(bin);
+                if !cmd::is_executable(&path) {
+                    bail!("--bin-dir: {} is not an executable file", path.display());
+                }
+                Ok(path)
+            }
+            // Each binary is its own package, of the same name.
+            None => cmd::build_release(tag, bin, bin),
+        })
+        .collect()
+}
+
+/// The unit at `src` (one of `UNITS`), its Exec lines naming the binaries in `bin_dir`
+/// (ending in `/`).
+pub fn unit_text(src: &str, bin_dir: &str) -> Result<String> {
+    let unit = String::from_utf8(read(&cmd::workspace_root().join(src))?)
+        .with_context(|| format!("{src} is not UTF-8"))?;
+    Ok(unit.replace(SHIPPED_BIN_DIR, bin_dir))
+}
+
+/// The file name of a unit of `UNITS`.
+pub fn unit_name(src: &str) -> &str {
+    src.rsplit('/').next().unwrap_or(src)
+}
+
+/// Renders every man page of the binary `bin` (one per command) into `dir`, which exists;
+/// returns the pages' file names.
+pub fn man_pages(bin: &Path, dir: &Path) -> Result<Vec<String>> {
+    let listed = cmd::output(Command::new(bin).args(["man", "--dir"]).arg(dir))?;
+    listed
+        .lines()
+        .map(|page| {
+            Ok(Path::new(page)
+                .file_name()
+                .context("a man page path")?
+                .to_string_lossy()
+                .into_owned())
+        })
+        .collect()
+}
+
+/// The completion script of the binary `bin` for `shell` (bash, zsh, fish).
+pub fn completion(bin: &Path, shell: &str) -> Result<String> {
+    cmd::output(Command::new(bin).args(["completions", shell]))
 }
 
 pub fn install(args: &InstallArgs) -> Result<()> {
@@ -131,14 +183,7 @@ pub fn install(args: &InstallArgs) -> Result<()> {
         );
     }
     let root = cmd::workspace_root();
-    let mut built = Vec::new();
-    for bin in BINS {
-        built.push(match &args.bin_dir {
-            Some(dir) => dir.join(bin),
-            // Each binary is its own package, of the same name.
-            None => cmd::build_release("install", bin, bin)?,
-        });
-    }
+    let built = binaries(args.bin_dir.as_deref(), "install")?;
     let mut done = Installed { files: Vec::new() };
 
     for (bin, path) in BINS.iter().zip(&built) {
@@ -148,17 +193,10 @@ pub fn install(args: &InstallArgs) -> Result<()> {
 
     // The units name the binaries by absolute path: point them at this prefix.
     let bin_dir = format!("{}/", a.under_prefix("bin").display());
-    for (src, dest) in UNITS {
-        let unit = String::from_utf8(read(&root.join(src))?)
-            .with_context(|| format!("{src} is not UTF-8"))?;
-        done.write(
-            a,
-            Path::new(dest),
-            unit.replace(SHIPPED_BIN_DIR, &bin_dir).as_bytes(),
-            0o644,
-        )?;
+    for src in UNITS {
+        let dest = Path::new(ADMIN_UNIT_DIR).join(unit_name(src));
+        done.write(a, &dest, unit_text(src, &bin_dir)?.as_bytes(), 0o644)?;
     }
-
     // The example stays available as a reference; the configuration is the operator's and
     // is never overwritten (the daemon also rewrites it on every lbctl change).
     let example = read(&root.join(EXAMPLE))?;
@@ -189,21 +227,18 @@ pub fn install(args: &InstallArgs) -> Result<()> {
     let man_dir = a.under_prefix("share/man/man1");
     mkdir(&a.staged(&man_dir))?;
     for path in &built {
-        let listed = cmd::output(
-            Command::new(path)
-                .args(["man", "--dir"])
-                .arg(a.staged(&man_dir)),
-        )?;
-        for page in listed.lines() {
-            let name = Path::new(page).file_name().context("a man page path")?;
-            say(format!("installed {page}"));
+        for name in man_pages(path, &a.staged(&man_dir))? {
+            say(format!(
+                "installed {}",
+                a.staged(&man_dir).join(&name).display()
+            ));
             done.files.push(man_dir.join(name));
         }
     }
 
     for (bin, path) in BINS.iter().zip(&built) {
         for (shell, rel) in COMPLETIONS {
-            let script = cmd::output(Command::new(path).args(["completions", shell]))?;
+            let script = completion(path, shell)?;
             let dest = a.under_prefix(&rel.replace("{}", bin));
             done.write(a, &dest, script.as_bytes(), 0o644)?;
         }

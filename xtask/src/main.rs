@@ -1,8 +1,9 @@
-//! Project tasks: `cargo xtask setup | test | demo | bench | install | uninstall` (the alias
-//! is in .cargo/config.toml).
+//! Project tasks: `cargo xtask setup | test | demo | bench | install | uninstall | deb` (the
+//! alias is in .cargo/config.toml).
 
 mod bench;
 mod cmd;
+mod deb;
 mod install;
 mod setup;
 mod suite;
@@ -13,6 +14,7 @@ use anyhow::{Result, bail};
 use clap::{Parser, Subcommand};
 
 use crate::{
+    deb::DebArgs,
     install::{InstallArgs, Location},
     setup::SetupArgs,
 };
@@ -58,6 +60,11 @@ enum Task {
     /// Remove what `install` installed (its list is in PREFIX/share/lbd/installed-files);
     /// keeps /etc/lbd/lb.toml and the daemon's state.
     Uninstall(Location),
+    /// Build lbd and lbctl (release) and package them as a Debian package, for gateways and
+    /// backends that install packages rather than a build toolchain: binaries, systemd
+    /// units, man pages, completions, the configuration and /etc/default files as conffiles.
+    /// Writes target/debian/lbd_VERSION_ARCH.deb. Run `setup` first on a fresh machine.
+    Deb(DebArgs),
 }
 
 fn main() -> ExitCode {
@@ -69,6 +76,7 @@ fn main() -> ExitCode {
         Task::Bench { args } => bench::run(&args).map(|()| 0),
         Task::Install(a) => install::install(&a).map(|()| 0),
         Task::Uninstall(a) => install::uninstall(&a).map(|()| 0),
+        Task::Deb(a) => deb::run(&a).map(|()| 0),
     };
     match r {
         Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),

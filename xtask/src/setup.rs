@@ -3,7 +3,7 @@
 //! - rust-src for the nightly toolchain (the eBPF crate builds with `-Z build-std=core`);
 //! - bpf-linker, built against the nightly's own libLLVM so both use the same LLVM;
 //! - the Debian packages the tests use: iproute2, ethtool, nftables, curl, bpftool, man-db,
-//!   zsh, fish, bird2, frr.
+//!   zsh, fish, bird2, frr, dpkg-dev, lintian.
 
 use std::{
     env, fs,
@@ -43,6 +43,10 @@ const DEBIAN: &[(&str, &str)] = &[
     // over the nodes with ECMP and BFD.
     ("bird", "bird2"),
     ("vtysh", "frr"),
+    // `cargo xtask deb`: dpkg-shlibdeps computes the package's Depends; the deb test checks
+    // the package with lintian.
+    ("dpkg-shlibdeps", "dpkg-dev"),
+    ("lintian", "lintian"),
 ];
 
 const NIGHTLY: &str = "nightly";

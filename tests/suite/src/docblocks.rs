@@ -10,6 +10,7 @@
 //! <!-- docs-test: backend -->    the same, for a backend host
 //! <!-- docs-test: client -->     the same, for the test client
 //! <!-- docs-test: install -->    run by tests/tests/install.rs into a temporary --destdir
+//! <!-- docs-test: deb -->        run by tests/tests/deb.rs: the package, into a temporary dir
 //! <!-- docs-test: not run: WHY -->  needs what a test cannot have (real hardware, systemd)
 //! ```
 //!

@@ -73,7 +73,9 @@ fn every_documented_command_parses() {
                 "lbctl" => lbctl::parses(&args),
                 "lb-demo" => lb_lab::demo::parses(&args),
                 "xtask" => match args.first().copied() {
-                    Some("setup" | "test" | "demo" | "bench" | "install" | "uninstall") => Ok(()),
+                    Some("setup" | "test" | "demo" | "bench" | "install" | "uninstall" | "deb") => {
+                        Ok(())
+                    }
                     other => Err(format!("no xtask subcommand {other:?}")),
                 },
                 _ => Ok(()),
@@ -287,7 +289,7 @@ fn every_command_block_is_run_or_says_why() {
                 }
                 "cli"
             }
-            "daemon" | "gateway" | "backend" | "client" | "install" => mark,
+            "daemon" | "gateway" | "backend" | "client" | "install" | "deb" => mark,
             m if m.starts_with("not run:") => {
                 if m["not run:".len()..].trim().len() < 20 {
                     bad.push(format!("{}: `{m}`: say why no test can run it", b.at()));
