@@ -104,11 +104,10 @@ enum Cmd {
 
 #[derive(Subcommand)]
 enum VipCmd {
+    /// Every VIP: address, port, scheduler, backends, announced.
     List,
     /// One VIP: its settings, backends, and whether its address is announced and why not.
-    Show {
-        name: String,
-    },
+    Show { name: String },
     /// Add a VIP (backends are added with `backend add`).
     Add {
         name: String,
@@ -125,9 +124,8 @@ enum VipCmd {
         #[arg(long, default_value = "ipip")]
         forward: Forward,
     },
-    Remove {
-        name: String,
-    },
+    /// Remove a VIP and its backends (a revision).
+    Remove { name: String },
     /// Change VIP keys: KEY=VALUE (scheduler, forward, no_backend, min_primaries, ring_size).
     Set {
         name: String,
@@ -147,9 +145,9 @@ enum NodeCmd {
 
 #[derive(Subcommand)]
 enum BackendCmd {
-    List {
-        vip: Option<String>,
-    },
+    /// Backends of every VIP, or of one: state, weight, reason.
+    List { vip: Option<String> },
+    /// Add a backend to a VIP (a revision).
     Add {
         vip: String,
         address: IpAddr,
@@ -162,10 +160,8 @@ enum BackendCmd {
         #[arg(long)]
         mac: Option<String>,
     },
-    Remove {
-        vip: String,
-        address: IpAddr,
-    },
+    /// Remove a backend; its established flows move (a revision).
+    Remove { vip: String, address: IpAddr },
     /// No new flows; established flows stay. `drain VIP ADDRESS`, or `drain --all ADDRESS`
     /// for the backend in every VIP that has it (one revision).
     Drain {
@@ -177,15 +173,9 @@ enum BackendCmd {
         targets: Vec<String>,
     },
     /// Undo drain and disable.
-    Enable {
-        vip: String,
-        address: IpAddr,
-    },
+    Enable { vip: String, address: IpAddr },
     /// Down for the dataplane: its flows move.
-    Disable {
-        vip: String,
-        address: IpAddr,
-    },
+    Disable { vip: String, address: IpAddr },
     /// Set the weight (0..=65535).
     Weight {
         vip: String,
@@ -202,9 +192,7 @@ enum ConfigCmd {
         revision: Option<u64>,
     },
     /// Check a file without applying it.
-    Validate {
-        file: PathBuf,
-    },
+    Validate { file: PathBuf },
     /// Apply a file as a new revision.
     Apply {
         file: PathBuf,
@@ -215,10 +203,8 @@ enum ConfigCmd {
         base: Option<u64>,
     },
     /// Differences between two revisions (default: FROM to the current one).
-    Diff {
-        from: u64,
-        to: Option<u64>,
-    },
+    Diff { from: u64, to: Option<u64> },
+    /// Every revision: when, where from, comment.
     History,
     /// Go back to a revision, or to the configuration in force at a time (RFC 3339).
     Rollback {
@@ -228,13 +214,9 @@ enum ConfigCmd {
         at: Option<String>,
     },
     /// Write every revision to a file (backup).
-    Export {
-        file: PathBuf,
-    },
+    Export { file: PathBuf },
     /// Load revisions exported elsewhere and apply the newest (restore).
-    Import {
-        file: PathBuf,
-    },
+    Import { file: PathBuf },
 }
 
 /// A failure: what to print, and the exit code.
