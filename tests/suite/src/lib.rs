@@ -8,6 +8,7 @@ pub mod docblocks;
 pub mod fleet;
 pub mod harness;
 pub mod holds;
+pub mod installed;
 pub mod netns;
 pub mod packets;
 pub mod scrape;

@@ -15,7 +15,10 @@ use std::{
     process::Command,
 };
 
-use lb_tests::docblocks::{self, root, words};
+use lb_tests::{
+    docblocks::{self, root, words},
+    installed::{files_under, man_pages},
+};
 
 /// A directory under the system's temp dir, removed on drop even when the test fails.
 struct TempDir(PathBuf);
@@ -68,37 +71,10 @@ fn xtask(args: &[String], tmp: &Path, extra: &[&str]) -> String {
     run(&mut cmd)
 }
 
-fn files_under(dir: &Path) -> BTreeSet<String> {
-    let mut out = BTreeSet::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap().flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                out.insert(p.strip_prefix(dir).unwrap().display().to_string());
-            }
-        }
-    }
-    out
-}
-
-/// Every page `lbd man --dir` / `lbctl man --dir` must write: one per visible command.
-fn expected_pages() -> Vec<String> {
-    let mut names = Vec::new();
-    for (cmd, other) in [(lbd::command(), "lbctl"), (lbctl::command(), "lbd")] {
-        for (name, _) in lb_clidoc::pages(cmd, other).unwrap() {
-            names.push(name);
-        }
-    }
-    names
-}
-
 /// Renders every page with `man -l` (groff warnings on) and checks its title line, NAME and
 /// SEE ALSO.
 fn assert_man_pages(man1: &Path) {
-    let want = expected_pages();
+    let want = man_pages();
     for p in [
         "lbd.1",
         "lbd-run.1",
@@ -300,7 +276,7 @@ fn documented_install_puts_everything_in_place_and_uninstall_removes_it() {
         xtask(&args, &tmp.0, &["--prefix", "/opt/lb"]);
         xtask(&args, &tmp.0, &[]);
     }
-    let left = files_under(dest);
+    let left = files_under(dest, &[]);
     assert_eq!(
         left,
         BTreeSet::from(["etc/lbd/lb.toml".to_string()]),
