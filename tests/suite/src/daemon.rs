@@ -25,6 +25,7 @@ pub struct Daemon {
     pub config: PathBuf,
     pub pin_dir: PathBuf,
     starts: u32,
+    run_args: Vec<String>,
 }
 
 impl Daemon {
@@ -49,6 +50,7 @@ impl Daemon {
             config: cfg,
             pin_dir,
             starts: 0,
+            run_args: Vec::new(),
         };
         d.write_config(config);
         d.spawn();
@@ -61,6 +63,7 @@ impl Daemon {
         let child = Command::new("ip")
             .args(["netns", "exec", &self.ns, self.exe, "run", "-c"])
             .arg(&self.config)
+            .args(&self.run_args)
             .env("RUST_LOG", "info,aya=error")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -146,6 +149,27 @@ impl Daemon {
     pub fn restart(&mut self) {
         self.kill9();
         self.spawn();
+    }
+
+    /// Extra `lbd run` flags from the next (re)start on, e.g. `--withdraw-on-exit`.
+    pub fn set_run_args(&mut self, args: &[&str]) {
+        self.run_args = args.iter().map(|a| a.to_string()).collect();
+    }
+
+    /// Wait (at most `secs`) for the daemon to exit, after a signal; its exit status.
+    pub fn wait_exit(&mut self, secs: u64) -> std::process::ExitStatus {
+        let mut c = self.child.take().expect("running");
+        let end = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+        loop {
+            if let Some(st) = c.try_wait().unwrap() {
+                return st;
+            }
+            assert!(
+                std::time::Instant::now() < end,
+                "the daemon did not exit within {secs} s"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
     }
 
     pub fn signal(&self, sig: &str) {

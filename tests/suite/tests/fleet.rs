@@ -54,7 +54,12 @@ fn wait_all_up(f: &Fleet) {
     let end = Instant::now() + Duration::from_secs(20);
     for i in 0..f.nodes.len() {
         loop {
-            let v = json(f, i, &["vip", "list"]);
+            // A daemon just (re)started may not answer yet.
+            let (ok, out) = lbctl(f, i, &["--json", "vip", "list"]);
+            let v: Value = match ok {
+                true => serde_json::from_str(&out).unwrap_or(Value::Null),
+                false => Value::Null,
+            };
             if v[0]["usable"] == f.backends.len() {
                 break;
             }
@@ -249,6 +254,35 @@ fn nodes_announce_fail_drain_and_restart_without_breaking_connections() {
     assert_none_broken(&held, "kill -9 and restart");
     let log = f.nodes[2].lbd().last_log();
     assert!(log.contains("adopting pinned dataplane state"), "{log}");
+
+    // SIGTERM keeps the routes (a hitless restart); with --withdraw-on-exit they go first.
+    f.nodes[2].lbd().signal("TERM");
+    let st = f.nodes[2].lbd().wait_exit(10);
+    assert!(st.success(), "{st}");
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(f.next_hops().len(), 3, "a plain SIGTERM withdrew the route");
+    f.nodes[2].lbd().set_run_args(&["--withdraw-on-exit"]);
+    f.nodes[2].lbd().restart();
+    wait_all_up(&f);
+    let t = Instant::now();
+    f.nodes[2].lbd().signal("TERM");
+    let st = f.nodes[2].lbd().wait_exit(10);
+    let exited = t.elapsed();
+    assert!(st.success(), "{st}");
+    assert_eq!(
+        f.next_hops().len(),
+        2,
+        "--withdraw-on-exit: the route was still there when lbd had exited"
+    );
+    println!(
+        "SIGTERM with --withdraw-on-exit: route gone before lbd exited ({:.0} ms)",
+        exited.as_secs_f64() * 1000.0
+    );
+    let log = f.nodes[2].lbd().last_log();
+    assert!(
+        log.contains("every route withdrawn before stopping"),
+        "{log}"
+    );
 }
 
 /// The time of the first event on node `i` since `after` whose text contains `what` about
