@@ -43,6 +43,16 @@ pub const DEFAULT_RING_CAPACITY: u32 = 16 * DEFAULT_RING_SIZE;
 
 pub const MAP_VIP_FILTER: &str = "LB_VIP_FILTER";
 pub const MAP_VIP_BY_ID: &str = "LB_VIP_BY_ID";
+/// The new-entry rate of the connection table: `[0]` entries per second per CPU, `[1]` the
+/// burst (bucket size) per CPU; 0 means the defaults below. Not pinned: a reload starts from
+/// the defaults. `bpftool map update name LB_NEW_RATE key 0 0 0 0 value <u64 le>` sets it.
+pub const MAP_NEW_RATE: &str = "LB_NEW_RATE";
+pub const NEW_RATE_PER_SEC: usize = 0;
+pub const NEW_RATE_BURST: usize = 1;
+/// Connection-table entries each CPU may create per second before new flows are forwarded
+/// without being remembered (see docs/dataplane.md, "SYN and ACK floods").
+pub const DEFAULT_NEW_PER_SEC: u64 = 65_536;
+pub const DEFAULT_NEW_BURST: u64 = 65_536;
 
 /// Bits of the VIP address filter: one array of u64 words, a bit set for every VIP address.
 /// Most packets on a gateway are not for a VIP; a clear bit sends them on with one array

@@ -62,7 +62,8 @@ reasons! {
     FibFallback = 18, "fib_fallback";
     /// Flow found in the connection table.
     FlowHit = 19, "flow_hit";
-    /// Flow scheduled and remembered.
+    /// Flow scheduled and remembered: a connection-table entry was created (for TCP on a
+    /// Maglev or source-hash VIP, by the client's first packet after its SYN).
     FlowNew = 20, "flow_new";
     /// Flow's backend was down: scheduled again.
     FlowRescheduled = 21, "flow_rescheduled";
@@ -70,6 +71,13 @@ reasons! {
     DropRedirect = 22, "drop_redirect";
     /// Decap program: IP-in-IP for us, stripped and passed to the stack.
     Decapsulated = 23, "decapsulated";
+    /// A bare SYN of a flow the table does not hold, on a VIP whose ring placement repeats
+    /// (Maglev, source hash): forwarded by the ring and not remembered; the handshake's
+    /// next packet creates the entry, on the same backend. A spoofed SYN flood counts here.
+    SynStateless = 24, "syn_stateless";
+    /// A new flow above the new-entry rate (`LB_NEW_RATE`): forwarded by the ring (by the
+    /// flow hash on round-robin, random and least-connections VIPs) and not remembered.
+    FlowOverRate = 25, "flow_over_rate";
 }
 
 /// Derived from the enum: LB_STATS has one slot per reason.

@@ -14,6 +14,7 @@ const PACKET_ROWS: &[&str] = &[
     "tcp4_established_fib",
     "tcp4_syn",
     "tcp4_syn_new_flows",
+    "tcp4_ack_new_flows",
     "udp4",
     "tcp6_established",
     "tcp4_in_ip6",
@@ -69,6 +70,15 @@ fn bench_harness_runs_on_a_tiny_size() {
         PACKET_ROWS.len(),
         "{packet:#}"
     );
+    // The floods: the SYN row against established TCP v4, the ACK row's inserts (each an
+    // eviction in its full table) within the repeat.
+    assert!(
+        packet["syn_new_flow_over_established"].is_number(),
+        "{packet:#}"
+    );
+    let ack = row(&packet["rows"], "tcp4_ack_new_flows");
+    let inserted = ack["inserted_median_per_run"].as_f64().expect("inserts");
+    assert!((0.0..=1000.0).contains(&inserted), "{ack}");
     for key in ["floor_xdp_pass", "wrapper_overhead", "wrapper_plus_pass_w0"] {
         assert!(packet[key]["ns_median"].is_number(), "{key}: {packet:#}");
     }

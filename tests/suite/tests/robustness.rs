@@ -226,6 +226,8 @@ fn is_fate(r: Reason) -> bool {
             | Reason::FlowHit
             | Reason::FlowNew
             | Reason::FlowRescheduled
+            | Reason::SynStateless
+            | Reason::FlowOverRate
             | Reason::Decapsulated
     )
 }

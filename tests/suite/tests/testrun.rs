@@ -130,6 +130,24 @@ fn ack(f: &Frame) -> Frame {
     a
 }
 
+/// A client's SYN then its handshake ACK: both to one backend, which is returned. The ACK
+/// creates the flow's entry (a SYN on a Maglev VIP is not remembered).
+fn handshake(h: &Harness, syn: &Frame) -> IpAddr {
+    let to = outer_dst(&h.run(&syn.bytes()).1);
+    let new = h.dp.reason(Reason::FlowNew).unwrap();
+    assert_eq!(
+        outer_dst(&h.run(&ack(syn).bytes()).1),
+        to,
+        "ACK beside its SYN"
+    );
+    assert_eq!(
+        h.dp.reason(Reason::FlowNew).unwrap(),
+        new + 1,
+        "the ACK remembers"
+    );
+    to
+}
+
 #[test]
 fn ipv4_tcp_is_encapsulated_to_the_predicted_backend() {
     let (mut h, v) = setup(Scheduler::Maglev, Forward::IpIp);
@@ -161,12 +179,23 @@ fn ipv4_tcp_is_encapsulated_to_the_predicted_backend() {
     assert_eq!(out[14 + 8], 64);
     assert_eq!(out[14 + 6] & 0x40, 0);
     assert_eq!(h.dp.reason(Reason::TxIpip).unwrap(), 1);
-    assert_eq!(h.dp.reason(Reason::FlowNew).unwrap(), 1);
+    // A SYN of a never-seen flow on a Maglev VIP goes by the ring and is not remembered:
+    // the handshake's next packet creates the entry, on the same backend.
+    assert_eq!(h.dp.reason(Reason::SynStateless).unwrap(), 1);
+    assert_eq!(h.dp.reason(Reason::FlowNew).unwrap(), 0);
     let s = h.dp.vip_stats(v.meta.vip_id).unwrap();
     assert_eq!(
         (s.packets, s.bytes, s.new_flows),
-        (1, input.len() as u64, 1)
+        (1, input.len() as u64, 0)
     );
+    let a = ack(&f);
+    assert_tunnelled(&h, &a, c.outer_dst);
+    assert_eq!(h.dp.reason(Reason::FlowNew).unwrap(), 1);
+    assert_eq!(h.dp.reason(Reason::FlowHit).unwrap(), 0);
+    assert_eq!(h.dp.vip_stats(v.meta.vip_id).unwrap().new_flows, 1);
+    assert_tunnelled(&h, &a, c.outer_dst);
+    assert_eq!(h.dp.reason(Reason::FlowHit).unwrap(), 1);
+    assert_eq!(h.dp.reason(Reason::SynStateless).unwrap(), 1);
 }
 
 /// Established packets reach their VIP through the flow's entry and LB_VIP_BY_ID, not the
@@ -178,6 +207,9 @@ fn established_flows_follow_their_vip_only_while_it_serves_them() {
     let to = predicted(&mut h, &v, &f);
     assert_tunnelled(&h, &f, to);
     let a = ack(&f);
+    // The first ACK creates the entry; the next ones hit it.
+    assert_tunnelled(&h, &a, to);
+    assert_eq!(h.dp.reason(Reason::FlowNew).unwrap(), 1);
     let hits = h.dp.reason(Reason::FlowHit).unwrap();
     assert_tunnelled(&h, &a, to);
     assert_eq!(h.dp.reason(Reason::FlowHit).unwrap(), hits + 1);
@@ -639,10 +671,7 @@ fn connection_table_pins_flows_until_their_backend_is_down() {
     let flows: Vec<Frame> = (0..200u16)
         .map(|p| Frame::tcp(CLIENT4, 20000 + p, VIP4, 80, TCP_SYN))
         .collect();
-    let before: Vec<IpAddr> = flows
-        .iter()
-        .map(|f| outer_dst(&h.run(&f.bytes()).1))
-        .collect();
+    let before: Vec<IpAddr> = flows.iter().map(|f| handshake(&h, f)).collect();
     // Replace the ring by one where backend 3 owns every slot (a big reshuffle).
     let all3 = vec![3u32; v.ring.len()];
     h.dp.write_ring(v.meta.ring_offset, &all3).unwrap();
@@ -678,7 +707,7 @@ fn drained_backend_keeps_established_flows() {
     let b2 = backend_addr(&mut h, 2);
     let established: Vec<Frame> = (0..300u16)
         .map(|p| Frame::tcp(CLIENT4, 10000 + p, VIP4, 80, TCP_SYN))
-        .filter(|f| outer_dst(&h.run(&f.bytes()).1) == b2)
+        .filter(|f| handshake(&h, f) == b2)
         .collect();
     assert!(!established.is_empty());
     let drained = lb_control::maglev(
@@ -915,7 +944,7 @@ fn per_backend_counters_move() {
 fn a_new_syn_on_an_old_flow_follows_the_current_ring() {
     let (mut h, v) = setup(Scheduler::Maglev, Forward::IpIp);
     let f = Frame::tcp(CLIENT4, 41000, VIP4, 80, TCP_SYN);
-    let first = outer_dst(&h.run(&f.bytes()).1);
+    let first = handshake(&h, &f);
     let other = (1..=3)
         .map(|id| backend_addr(&mut h, id))
         .find(|a| *a != first)
@@ -967,4 +996,179 @@ fn without_a_fib_answer_the_gateway_mac_is_used_or_the_packet_dropped() {
     assert_eq!(without.0, XDP_DROP);
     assert_eq!(h.dp.reason(Reason::FibFallback).unwrap(), 1);
     assert_eq!(h.dp.reason(Reason::DropNoNexthop).unwrap(), 1);
+}
+
+/// Writes `LB_NEW_RATE` (new connection-table entries per second and burst, per CPU), found
+/// through the program's maps as an operator's `bpftool map update name LB_NEW_RATE` would.
+fn set_new_rate(h: &Harness, per_sec: u64, burst: u64) {
+    use aya::maps::{Array, Map, MapData, MapInfo};
+    let ids = h.dp.program().unwrap().info().unwrap().map_ids().unwrap();
+    let id = ids
+        .unwrap()
+        .into_iter()
+        .find(|id| MapInfo::from_id(*id).unwrap().name_as_str() == Some(lb_common::MAP_NEW_RATE))
+        .expect("LB_NEW_RATE among the program's maps");
+    let mut rate: Array<MapData, u64> =
+        Array::try_from(Map::Array(MapData::from_id(id).unwrap())).unwrap();
+    rate.set(lb_common::NEW_RATE_PER_SEC as u32, per_sec, 0)
+        .unwrap();
+    rate.set(lb_common::NEW_RATE_BURST as u32, burst, 0)
+        .unwrap();
+}
+
+/// A never-seen flow from a spoofed source: address and port from `i`.
+fn spoofed(i: u32, flags: u8) -> Frame {
+    let src = format!("198.19.{}.{}", (i >> 8) & 0xff, i & 0xff);
+    Frame::tcp(&src, 1024 + (i >> 16) as u16, VIP4, 80, flags)
+}
+
+/// The flow-hash choice on a VIP's ring (what round robin, random and least connections
+/// fall back to when they cannot remember).
+fn by_hash(h: &mut Harness, v: &TestVip, f: &Frame) -> IpAddr {
+    let hash = lb_common::flow_hash(&flow_key(f));
+    backend_addr(h, v.ring[(hash % v.ring.len() as u32) as usize])
+}
+
+/// A spoofed SYN flood on a Maglev VIP goes by the ring and never writes the connection
+/// table: in a table far smaller than the flood, established flows are neither evicted nor
+/// moved, and every flood SYN is counted as `syn_stateless`.
+#[test]
+fn a_syn_flood_neither_writes_nor_evicts_the_connection_table() {
+    pin_to_cpu0(); // LRU lists are per CPU
+    let dp = lb_dataplane::Dataplane::load(
+        lb_dataplane::LoadOptions {
+            flows: 1024,
+            ring_capacity: 8 * RING,
+        },
+        None,
+    )
+    .unwrap();
+    let mut h = Harness::with(dp, |_| {});
+    backends(&mut h);
+    let v = maglev(&mut h, VIP4, 80, PROTO_TCP, &v4_set());
+    let flows: Vec<Frame> = (0..100u16)
+        .map(|p| Frame::tcp(CLIENT4, 20000 + p, VIP4, 80, TCP_SYN))
+        .collect();
+    let before: Vec<IpAddr> = flows.iter().map(|f| handshake(&h, f)).collect();
+    let new = h.dp.reason(Reason::FlowNew).unwrap();
+    let stateless = h.dp.reason(Reason::SynStateless).unwrap();
+    const FLOOD: u32 = 20_000;
+    for i in 0..FLOOD {
+        let f = spoofed(i, TCP_SYN);
+        if i % 1000 == 0 {
+            // Still placed by the ring.
+            assert_eq!(outer_dst(&h.run(&f.bytes()).1), predicted(&mut h, &v, &f));
+        } else {
+            assert_eq!(h.run(&f.bytes()).0, XDP_TX);
+        }
+    }
+    assert_eq!(
+        h.dp.reason(Reason::SynStateless).unwrap(),
+        stateless + FLOOD as u64
+    );
+    assert_eq!(
+        h.dp.reason(Reason::FlowNew).unwrap(),
+        new,
+        "the flood wrote"
+    );
+    // A new ring where backend 3 owns every slot: a flow that lost its entry would move.
+    h.dp.write_ring(v.meta.ring_offset, &vec![3u32; v.ring.len()])
+        .unwrap();
+    let hits = h.dp.reason(Reason::FlowHit).unwrap();
+    for (f, b) in flows.iter().zip(&before) {
+        assert_eq!(&outer_dst(&h.run(&ack(f).bytes()).1), b, "flow moved");
+    }
+    assert_eq!(h.dp.reason(Reason::FlowHit).unwrap(), hits + 100);
+    assert_eq!(h.dp.reason(Reason::FlowNew).unwrap(), new);
+}
+
+/// Above the new-entry rate a never-seen flow is forwarded by the ring and not remembered
+/// (`flow_over_rate`); below it, it is remembered. What that costs: a ring change moves the
+/// flows that were not remembered.
+#[test]
+fn new_entries_above_the_rate_are_forwarded_but_not_remembered() {
+    pin_to_cpu0(); // the bucket is per CPU
+    let (mut h, v) = setup(Scheduler::Maglev, Forward::IpIp);
+    set_new_rate(&h, 1, 3);
+    // An ACK flood of never-seen flows: three fit the burst.
+    let flows: Vec<Frame> = (0..10).map(|i| spoofed(i, TCP_ACK)).collect();
+    let before: Vec<IpAddr> = flows
+        .iter()
+        .map(|f| {
+            let to = outer_dst(&h.run(&f.bytes()).1);
+            assert_eq!(to, predicted(&mut h, &v, f));
+            to
+        })
+        .collect();
+    assert_eq!(h.dp.reason(Reason::FlowNew).unwrap(), 3);
+    assert_eq!(h.dp.reason(Reason::FlowOverRate).unwrap(), 7);
+    // A SYN never takes a token on a Maglev VIP.
+    h.run(&spoofed(100, TCP_SYN).bytes());
+    assert_eq!(h.dp.reason(Reason::SynStateless).unwrap(), 1);
+    assert_eq!(h.dp.reason(Reason::FlowOverRate).unwrap(), 7);
+    let b3 = backend_addr(&mut h, 3);
+    h.dp.write_ring(v.meta.ring_offset, &vec![3u32; v.ring.len()])
+        .unwrap();
+    let now: Vec<IpAddr> = flows
+        .iter()
+        .map(|f| outer_dst(&h.run(&f.bytes()).1))
+        .collect();
+    assert_eq!(now[..3], before[..3], "remembered flows stay");
+    assert!(
+        now[3..].iter().all(|a| *a == b3),
+        "unremembered follow the ring"
+    );
+    assert_eq!(h.dp.reason(Reason::FlowHit).unwrap(), 3);
+    assert_eq!(h.dp.reason(Reason::FlowOverRate).unwrap(), 14);
+}
+
+/// Round robin cannot compute its choice again: a SYN within the rate is remembered with
+/// the scheduler's choice; above it, the SYN and every later packet of its flow (until one
+/// is remembered) are placed alike, by the flow hash on the VIP's weighted ring.
+#[test]
+fn round_robin_over_the_rate_places_the_handshake_by_hash() {
+    pin_to_cpu0(); // cursor and bucket are per CPU
+    let mut h = Harness::new();
+    backends(&mut h);
+    let v = h.vip(
+        vip_key(VIP4, 80, PROTO_TCP),
+        Scheduler::RoundRobin,
+        Forward::IpIp,
+        0,
+        &[
+            (1, "198.18.1.1", 1),
+            (2, "198.18.1.2", 1),
+            (3, "198.18.1.3", 1),
+        ],
+    );
+    set_new_rate(&h, 1, 1);
+    // Within the rate: the round-robin choice, remembered at the SYN.
+    let first = spoofed(0, TCP_SYN);
+    let rr = outer_dst(&h.run(&first.bytes()).1);
+    assert_eq!(rr, backend_addr(&mut h, v.ring[0]));
+    assert_eq!(h.dp.reason(Reason::FlowNew).unwrap(), 1);
+    assert_eq!(outer_dst(&h.run(&ack(&first).bytes()).1), rr);
+    assert_eq!(h.dp.reason(Reason::FlowHit).unwrap(), 1);
+    // Over the rate: SYN and ACK land together, by hash, on backends of every kind.
+    let mut seen = std::collections::HashSet::new();
+    for i in 1..=30 {
+        let syn = spoofed(i, TCP_SYN);
+        let want = by_hash(&mut h, &v, &syn);
+        assert_eq!(outer_dst(&h.run(&syn.bytes()).1), want, "SYN {i}");
+        assert_eq!(outer_dst(&h.run(&ack(&syn).bytes()).1), want, "ACK {i}");
+        seen.insert(want);
+    }
+    assert_eq!(seen.len(), 3);
+    assert_eq!(h.dp.reason(Reason::FlowNew).unwrap(), 1);
+    assert_eq!(h.dp.reason(Reason::FlowOverRate).unwrap(), 60);
+    // The rate back up: the next packet of such a flow is remembered where it already was.
+    set_new_rate(&h, 1_000_000_000, 1_000_000);
+    let syn = spoofed(7, TCP_SYN);
+    let want = by_hash(&mut h, &v, &syn);
+    assert_eq!(outer_dst(&h.run(&ack(&syn).bytes()).1), want);
+    assert_eq!(h.dp.reason(Reason::FlowNew).unwrap(), 2);
+    h.dp.write_ring(v.meta.ring_offset, &vec![3u32; v.ring.len()])
+        .unwrap();
+    assert_eq!(outer_dst(&h.run(&ack(&syn).bytes()).1), want);
+    assert_eq!(outer_dst(&h.run(&ack(&first).bytes()).1), rr);
 }

@@ -1,17 +1,21 @@
 //! Which backend gets a packet: the connection table first, so established flows stay where
 //! they are when the ring changes; on a miss (or when the pinned backend is down) the VIP's
-//! scheduler picks from its ring and the choice is remembered.
+//! scheduler picks from its ring and the choice is remembered, except where the ring gives
+//! the same answer again without the table: a bare SYN on a Maglev or source-hash VIP is not
+//! remembered (the handshake's next packet is), and new entries above a per-CPU rate are
+//! not (docs/dataplane.md, "SYN and ACK floods").
 
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
-use aya_ebpf::helpers::bpf_get_prandom_u32;
+use aya_ebpf::helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns};
 use lb_common::{
-    BACKEND_F_DOWN, Backend, FLOW_F_COUNTED, FlowEntry, FlowKey, NO_BACKEND, Reason, Scheduler,
-    VipMeta, flow_hash, source_hash,
+    BACKEND_F_DOWN, Backend, DEFAULT_NEW_BURST, DEFAULT_NEW_PER_SEC, FLOW_F_COUNTED, FlowEntry,
+    FlowKey, NEW_RATE_BURST, NEW_RATE_PER_SEC, NO_BACKEND, PROTO_TCP, Reason, Scheduler, VipMeta,
+    flow_hash, source_hash,
 };
 
 use crate::{
-    maps::{LB_BACKENDS, LB_CONNS, LB_FLOWS, LB_RINGS, LB_RR},
+    maps::{LB_BACKENDS, LB_CONNS, LB_FLOWS, LB_NEW_BUDGET, LB_NEW_RATE, LB_RINGS, LB_RR},
     parse::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
     stats::count,
 };
@@ -117,6 +121,49 @@ fn schedule(vip: &VipMeta, key: &FlowKey, hash: u32) -> u32 {
     }
 }
 
+const NS_PER_SEC: u64 = 1_000_000_000;
+
+#[inline(always)]
+fn rate_setting(index: usize, default: u64) -> u64 {
+    match LB_NEW_RATE.get(index as u32).copied() {
+        Some(0) | None => default,
+        Some(v) => v,
+    }
+}
+
+/// Takes one token from this CPU's new-entry bucket; false when it is empty. The clock is
+/// read only when the bucket runs dry: then it is refilled with what the time since its
+/// last refill earned (at most one second's worth, at most the burst). Over any window of
+/// T seconds a CPU creates at most 2 x burst + rate x T entries.
+#[inline(always)]
+fn may_insert() -> bool {
+    let Some(b) = LB_NEW_BUDGET.get_ptr_mut(0) else {
+        return true;
+    };
+    // SAFETY: per-CPU slot; nothing else runs on this CPU until we return.
+    let b = unsafe { &mut *b };
+    if b.tokens == 0 {
+        // SAFETY: the helper has no preconditions.
+        let now = unsafe { bpf_ktime_get_ns() };
+        let rate = rate_setting(NEW_RATE_PER_SEC, DEFAULT_NEW_PER_SEC);
+        let burst = rate_setting(NEW_RATE_BURST, DEFAULT_NEW_BURST);
+        // A CPU's first refill (`at` still 0) starts with a full bucket.
+        let elapsed = now.wrapping_sub(b.at).min(NS_PER_SEC);
+        let earned = if b.at == 0 {
+            burst
+        } else {
+            (elapsed * rate.min(NS_PER_SEC) / NS_PER_SEC).min(burst)
+        };
+        if earned == 0 {
+            return false;
+        }
+        b.tokens = earned;
+        b.at = now;
+    }
+    b.tokens -= 1;
+    true
+}
+
 /// Fragments and ICMP errors never go through a stateful scheduler (round-robin cursor,
 /// random draws): every fragment of a datagram must reach the same backend, so they index
 /// the ring by hash (ports are zero for fragments; source-hash VIPs use the client address,
@@ -204,13 +251,51 @@ pub fn choose(vip: &VipMeta, flow: &Flow, held: Option<*mut FlowEntry>) -> Optio
     }
     // Hashed only here, for a flow the table does not know.
     let hash = flow_hash(key);
-    let id = if remember {
+    let mut insert = remember;
+    let id = if !remember {
+        stateless(vip, key, hash)
+    } else if held.is_some() {
         schedule(vip, key, hash)
     } else {
-        stateless(vip, key, hash)
+        // A flow the table does not know: whether to remember it (see docs/dataplane.md,
+        // "SYN and ACK floods").
+        let consistent = !matches!(
+            Scheduler::from_u8(vip.scheduler),
+            Some(Scheduler::RoundRobin | Scheduler::Random | Scheduler::LeastConn)
+        );
+        let syn = tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
+        let tcp = key.proto == PROTO_TCP;
+        if consistent && syn {
+            // The ring places the handshake's next packet on the same backend: that packet
+            // creates the entry. A spoofed SYN never writes the table.
+            insert = false;
+            count(Reason::SynStateless);
+            schedule(vip, key, hash)
+        } else if consistent || tcp {
+            if !may_insert() {
+                insert = false;
+                count(Reason::FlowOverRate);
+            }
+            if consistent {
+                schedule(vip, key, hash)
+            } else if syn && insert {
+                // Round robin, random, least connections: the choice cannot be computed
+                // again, so it is remembered at the SYN.
+                schedule(vip, key, hash)
+            } else {
+                // Not remembered (over the rate), or a TCP packet after a SYN the table does
+                // not hold: the flow hash on the VIP's weighted ring, which the SYN (if it
+                // was over the rate) and every later packet compute alike.
+                stateless(vip, key, hash)
+            }
+        } else {
+            // UDP (and others) on a stateful scheduler: the first packet's choice must be
+            // remembered, whatever the rate.
+            schedule(vip, key, hash)
+        }
     };
     let backend = usable(id)?;
-    if remember {
+    if insert {
         let counted =
             vip.scheduler == Scheduler::LeastConn as u8 && tcp_flags & (TCP_FIN | TCP_RST) == 0;
         if counted {
@@ -236,7 +321,7 @@ pub fn choose(vip: &VipMeta, flow: &Flow, held: Option<*mut FlowEntry>) -> Optio
     Some(Choice {
         id,
         backend,
-        new_flow: remember,
+        new_flow: insert,
         hash,
     })
 }

@@ -105,9 +105,13 @@ enum Warm {
     None,
     /// One iteration: the flow exists before measuring.
     One,
+    /// One iteration of the flow's ACK: the handshake's next packet creates the entry (a
+    /// SYN of a never-seen flow does not).
+    Ack,
     /// 65,536 iterations: every source port's flow exists.
     Ports,
-    /// Fill the connection table, so measured inserts evict as in a long SYN flood.
+    /// Fill the connection table with never-seen ACK flows, the new-entry rate lifted
+    /// for the warm-up: measured lookups miss in a full table, and inserts evict.
     Fill,
 }
 
@@ -120,6 +124,9 @@ struct Case {
     retval: u32,
     /// Reasons that must grow by exactly `repeat` in every measured run; all others by 0.
     expect: Vec<Reason>,
+    /// Two more reasons whose growth must add up to exactly `repeat` (inserted, or not
+    /// remembered above the new-entry rate); the first one's growth is reported.
+    split: Option<(Reason, Reason)>,
     warm: Warm,
     /// Also run the target directly (only for programs that leave the frame as it is).
     direct: bool,
@@ -128,6 +135,12 @@ struct Case {
     /// Our target: at most this multiple of the floor.
     target_max: Option<f64>,
 }
+
+const ESTABLISHED: &str = "tcp4_established";
+const SYN_NEW_FLOWS: &str = "tcp4_syn_new_flows";
+const ACK_NEW_FLOWS: &str = "tcp4_ack_new_flows";
+/// Issue 15: the never-seen-flow SYN at most this multiple of established TCP v4.
+const SYN_OVER_ESTABLISHED_MAX: f64 = 1.5;
 
 const CLIENT4: &str = "198.18.100.1";
 const CLIENT6: &str = "2001:db8:100::1";
@@ -165,6 +178,7 @@ fn cases() -> Vec<Case> {
         vary: Vary::One,
         retval: XDP_TX,
         expect,
+        split: None,
         warm: Warm::One,
         direct: false,
         katran: None,
@@ -202,7 +216,7 @@ fn cases() -> Vec<Case> {
             katran: Some(6.4),
             target_max: Some(6.4 * 0.75),
             ..case(
-                "tcp4_established",
+                ESTABLISHED,
                 "established TCP v4, IP-in-IP, 1 flow",
                 lb,
                 tcp(CLIENT4, VIP4, TCP_ACK),
@@ -219,6 +233,7 @@ fn cases() -> Vec<Case> {
         Case {
             katran: Some(13.0),
             target_max: Some(13.0 * 0.75),
+            warm: Warm::Ack,
             ..case(
                 "tcp4_syn",
                 "new TCP v4 (SYN) on a known 4-tuple: placed by the ring again",
@@ -231,11 +246,24 @@ fn cases() -> Vec<Case> {
             vary: Vary::Flows,
             warm: Warm::Fill,
             ..case(
-                "tcp4_syn_new_flows",
-                "new TCP v4 (SYN), a never-seen flow each time (full table: LRU evicts)",
+                SYN_NEW_FLOWS,
+                "new TCP v4 (SYN), a never-seen flow each time (SYN flood; full table, not written)",
                 Target::Lb(Dp::Churn),
                 tcp(CLIENT4, VIP4, TCP_SYN),
-                vec![TxIpip, FlowNew, FibFallback],
+                vec![TxIpip, SynStateless, FibFallback],
+            )
+        },
+        Case {
+            vary: Vary::Flows,
+            warm: Warm::Fill,
+            split: Some((FlowNew, FlowOverRate)),
+            ..case(
+                ACK_NEW_FLOWS,
+                "TCP v4 ACK, a never-seen flow each time (ACK flood; full table, default \
+                 new-entry rate: each insert evicts)",
+                Target::Lb(Dp::Churn),
+                tcp(CLIENT4, VIP4, TCP_ACK),
+                vec![TxIpip, FibFallback],
             )
         },
         Case {
@@ -298,6 +326,8 @@ struct Rig {
     main: Harness,
     churn: Harness,
     fib: Harness,
+    /// The churn balancer's table has been filled.
+    filled: bool,
     // Last: the namespace goes after everything that might refer to its device.
     fib_net: FibNet,
 }
@@ -426,17 +456,54 @@ fn action(v: u32) -> &'static str {
 
 type Counters = Vec<(Reason, u64)>;
 
-/// Differences from the expectation: `expect` grew by `n`, everything else by 0.
-fn check_reasons(before: &Counters, after: &Counters, expect: &[Reason], n: u64) -> Vec<String> {
-    before
+/// Differences from the expectation: `expect` grew by `n`, the two `split` reasons by `n`
+/// together, everything else by 0.
+fn check_reasons(
+    before: &Counters,
+    after: &Counters,
+    expect: &[Reason],
+    split: Option<(Reason, Reason)>,
+    n: u64,
+) -> Vec<String> {
+    let grew = |r: Reason| after[r as usize].1.wrapping_sub(before[r as usize].1);
+    let mut v: Vec<String> = before
         .iter()
         .zip(after)
+        .filter(|((r, _), _)| split.is_none_or(|(a, b)| *r != a && *r != b))
         .filter_map(|((r, a), (_, b))| {
             let d = b.wrapping_sub(*a);
             let want = if expect.contains(r) { n } else { 0 };
             (d != want).then(|| format!("{} grew by {d}, expected {want}", r.label()))
         })
-        .collect()
+        .collect();
+    if let Some((a, b)) = split {
+        let (da, db) = (grew(a), grew(b));
+        if da.wrapping_add(db) != n {
+            v.push(format!(
+                "{} grew by {da} and {} by {db}, expected {n} together",
+                a.label(),
+                b.label()
+            ));
+        }
+    }
+    v
+}
+
+/// Writes the balancer's `LB_NEW_RATE` (per second and burst per CPU; 0 = the defaults),
+/// found among its program's maps as `bpftool map update name LB_NEW_RATE` finds it.
+fn set_new_rate(dp: &Dataplane, per_sec: u64, burst: u64) -> Result<()> {
+    use aya::maps::{Array, Map, MapInfo};
+    let ids = dp.program()?.info()?.map_ids()?.unwrap_or_default();
+    let id = ids
+        .into_iter()
+        .find(|id| {
+            MapInfo::from_id(*id).is_ok_and(|m| m.name_as_str() == Some(lb_common::MAP_NEW_RATE))
+        })
+        .context("LB_NEW_RATE not among lb_xdp's maps")?;
+    let mut rate: Array<MapData, u64> = Array::try_from(Map::Array(MapData::from_id(id)?))?;
+    rate.set(lb_common::NEW_RATE_PER_SEC as u32, per_sec, 0)?;
+    rate.set(lb_common::NEW_RATE_BURST as u32, burst, 0)?;
+    Ok(())
 }
 
 impl Rig {
@@ -468,6 +535,7 @@ impl Rig {
             churn: load_dp(CHURN_FLOWS, false)?,
             // The same table size as the main balancer's, so only the next hop differs.
             fib: load_dp(MAIN_FLOWS, true)?,
+            filled: false,
             fib_net: FibNet::new()?,
         };
         // Disjoint counter ranges per CPU, so "a never-seen flow each time" holds whichever
@@ -587,7 +655,8 @@ impl Rig {
         DPS.iter().map(|d| Ok(self.dp(*d).reasons()?)).collect()
     }
 
-    /// Run `prog` (`repeat` iterations) and check the proof. Returns ns per iteration.
+    /// Run `prog` (`repeat` iterations) and check the proof. Returns ns per iteration and
+    /// the growth of the case's first `split` reason (0 without one).
     fn proven_run(
         &self,
         prog: &str,
@@ -595,7 +664,7 @@ impl Rig {
         target: Target,
         repeat: u32,
         failures: &mut Vec<String>,
-    ) -> Result<f64> {
+    ) -> Result<(f64, u64)> {
         let wrapped = prog == WRAPPER;
         let before = self.counters()?;
         let it0 = self.iterations()?;
@@ -623,30 +692,75 @@ impl Rig {
         if wrapped && it != repeat as u64 {
             failures.push(format!("{what}: wrapper ran {it} times, expected {repeat}"));
         }
+        let mut split = 0;
         for (i, d) in DPS.into_iter().enumerate() {
-            let expect: &[Reason] = if target == Target::Lb(d) {
-                &c.expect
+            let (expect, pair): (&[Reason], _) = if target == Target::Lb(d) {
+                (&c.expect, c.split)
             } else {
-                &[]
+                (&[], None)
             };
-            for e in check_reasons(&before[i], &after[i], expect, repeat as u64) {
+            for e in check_reasons(&before[i], &after[i], expect, pair, repeat as u64) {
                 failures.push(format!("{what}: {d:?} balancer: {e}"));
             }
+            if let Some((a, _)) = pair {
+                split = after[i][a as usize].1.wrapping_sub(before[i][a as usize].1);
+            }
         }
-        Ok(ns)
+        Ok((ns, split))
     }
 
     fn warm(&mut self, c: &Case, failures: &mut Vec<String>) -> Result<()> {
         let n = match c.warm {
             Warm::None => return Ok(()),
-            Warm::One => 1,
+            Warm::One | Warm::Ack => 1,
             Warm::Ports => 65_536,
+            Warm::Fill if self.filled => return Ok(()),
             Warm::Fill => CHURN_FLOWS,
+        };
+        // The ACK of the case's flow (the same bytes but the flags: TCP flags at 14 + 20 +
+        // 13 in these IPv4 frames without options).
+        let ack = |c: &Case| -> Result<Case> {
+            let mut frame = c.frame.clone();
+            let flags = frame.get_mut(47).context("frame too short for TCP flags")?;
+            *flags = TCP_ACK;
+            Ok(Case {
+                frame,
+                expect: vec![],
+                split: None,
+                ..*c
+            })
+        };
+        let warm_case;
+        let c = if matches!(c.warm, Warm::Ack | Warm::Fill) {
+            warm_case = ack(c)?;
+            &warm_case
+        } else {
+            c
         };
         self.set_frame(c)?;
         self.set_target(c.target)?;
         let before = self.main.dp.reasons()?;
-        self.run_case(self.prog(WRAPPER)?, c, n)?;
+        if c.warm == Warm::Fill {
+            // Every ACK of the fill remembered: the bucket starts full at exactly the fill's
+            // size, so the measured runs find it empty, as in a long flood.
+            let Target::Lb(d) = c.target else {
+                bail!("a fill warms a balancer")
+            };
+            let churn_before = self.dp(d).reason(Reason::FlowNew)?;
+            set_new_rate(self.dp(d), 1_000_000_000, CHURN_FLOWS as u64)?;
+            self.run_case(self.prog(WRAPPER)?, c, n)?;
+            set_new_rate(self.dp(d), 0, 0)?;
+            let inserted = self.dp(d).reason(Reason::FlowNew)? - churn_before;
+            if inserted != n as u64 {
+                failures.push(format!(
+                    "{}: the fill remembered {inserted} flows, expected {n}",
+                    c.id
+                ));
+            }
+            self.filled = true;
+        } else {
+            self.run_case(self.prog(WRAPPER)?, c, n)?;
+        }
         let after = self.main.dp.reasons()?;
         if c.target == Target::Lb(Dp::Fib) {
             self.check_fib_output(c, failures)?;
@@ -670,11 +784,11 @@ impl Rig {
     /// One round of one case: F, W0, W (and the direct run).
     fn measure(&mut self, c: &Case, repeat: u32, failures: &mut Vec<String>) -> Result<Sample> {
         self.set_frame(c)?;
-        let floor = self.proven_run(PASS, c, Target::Pass, repeat, failures)?;
+        let (floor, _) = self.proven_run(PASS, c, Target::Pass, repeat, failures)?;
         self.set_target(Target::Pass)?;
-        let wrap_pass = self.proven_run(WRAPPER, c, Target::Pass, repeat, failures)?;
+        let (wrap_pass, _) = self.proven_run(WRAPPER, c, Target::Pass, repeat, failures)?;
         self.set_target(c.target)?;
-        let wrap = self.proven_run(WRAPPER, c, c.target, repeat, failures)?;
+        let (wrap, inserted) = self.proven_run(WRAPPER, c, c.target, repeat, failures)?;
         let direct = if c.direct {
             let name = match c.target {
                 Target::Parse => PARSE,
@@ -684,7 +798,7 @@ impl Rig {
             Some(if name.is_empty() {
                 self.direct_lb(c, repeat, failures)?
             } else {
-                self.proven_run(name, c, c.target, repeat, failures)?
+                self.proven_run(name, c, c.target, repeat, failures)?.0
             })
         } else {
             None
@@ -694,6 +808,7 @@ impl Rig {
             wrap_pass,
             wrap,
             direct,
+            inserted,
         })
     }
 
@@ -709,7 +824,7 @@ impl Rig {
         if rv != c.retval {
             failures.push(format!("{}: direct run returned {}", c.id, action(rv)));
         }
-        for e in check_reasons(&before[i], &after[i], &c.expect, repeat as u64) {
+        for e in check_reasons(&before[i], &after[i], &c.expect, c.split, repeat as u64) {
             failures.push(format!("{}: direct run: {e}", c.id));
         }
         Ok(ns)
@@ -739,6 +854,8 @@ struct Sample {
     wrap_pass: f64,
     wrap: f64,
     direct: Option<f64>,
+    /// The measured run's growth of the case's first `split` reason (entries inserted).
+    inserted: u64,
 }
 
 impl Sample {
@@ -758,6 +875,7 @@ struct Row {
     case: Case,
     samples: Vec<Sample>,
     failures: Vec<String>,
+    repeat: u32,
 }
 
 impl Row {
@@ -799,11 +917,28 @@ impl Row {
     fn proof(&self) -> String {
         let mut v: Vec<&str> = self.case.expect.iter().map(|r| r.label()).collect();
         v.push("wrapper");
+        let split = self
+            .case
+            .split
+            .map(|(a, b)| format!("{} + {} = repeat, ", a.label(), b.label()))
+            .unwrap_or_default();
         format!(
-            "{} = repeat, others 0; {}",
+            "{} = repeat, {split}others 0; {}",
             v.join(", "),
             action(self.case.retval)
         )
+    }
+
+    /// Entries the measured runs inserted (median per run), and per second of the runs.
+    fn inserted(&self) -> Option<(f64, f64)> {
+        self.case.split?;
+        let per_run: Vec<f64> = self.samples.iter().map(|s| s.inserted as f64).collect();
+        let per_sec: Vec<f64> = self
+            .samples
+            .iter()
+            .map(|s| s.inserted as f64 / (s.wrap * self.repeat as f64 * 1e-9))
+            .collect();
+        Some((stats(&per_run).0, stats(&per_sec).0))
     }
 }
 
@@ -855,6 +990,7 @@ pub fn run(o: &Opts) -> Result<Report> {
             case,
             samples: vec![],
             failures: vec![],
+            repeat: o.repeat,
         })
         .collect();
     if rows.is_empty() {
@@ -910,6 +1046,16 @@ impl Report {
             .iter()
             .flat_map(|r| r.samples.iter().map(&f))
             .collect()
+    }
+
+    fn row(&self, id: &str) -> Option<&Row> {
+        self.rows.iter().find(|r| r.case.id == id)
+    }
+
+    /// The never-seen-flow SYN over established TCP v4, both medians of this run.
+    pub fn syn_over_established(&self) -> Option<f64> {
+        let cost = |id| self.row(id).map(|r| stats(&r.costs()).0);
+        Some(cost(SYN_NEW_FLOWS)? / cost(ESTABLISHED)?)
     }
 
     /// F of this run: the median over every round of every case.
@@ -998,6 +1144,31 @@ impl Report {
                 ));
             }
         }
+        if let Some(x) = self.syn_over_established() {
+            s.push_str(&format!(
+                "\nSYN flood: a never-seen flow's SYN costs {x:.2}x established TCP v4 in this \
+                 run (target: at most {SYN_OVER_ESTABLISHED_MAX}x): {}.\n",
+                if x <= SYN_OVER_ESTABLISHED_MAX {
+                    "met"
+                } else {
+                    "**not met**"
+                }
+            ));
+        }
+        if let Some((r, (per_run, per_sec))) = self
+            .row(ACK_NEW_FLOWS)
+            .and_then(|r| Some((r, r.inserted()?)))
+        {
+            s.push_str(&format!(
+                "\nACK flood: of {} never-seen ACK flows per run, {per_run:.0} were remembered \
+                 (median; {per_sec:.0} per second of the run, against the default rate of {} \
+                 per second per CPU and a burst of {}); in the full table each of them evicted \
+                 one entry, the rest went by the ring without writing it (`flow_over_rate`).\n",
+                r.repeat,
+                lb_common::DEFAULT_NEW_PER_SEC,
+                lb_common::DEFAULT_NEW_BURST,
+            ));
+        }
         let grew: Vec<String> = self
             .trap
             .grew
@@ -1049,6 +1220,8 @@ impl Report {
                     "retval": action(r.case.retval),
                     "proof": if r.failures.is_empty() { "ok" } else { "failed" },
                     "failures": r.failures,
+                    "inserted_median_per_run": r.inserted().map(|i| i.0),
+                    "inserted_median_per_sec": r.inserted().map(|i| i.1),
                     "samples": r
                         .samples
                         .iter()
@@ -1071,6 +1244,8 @@ impl Report {
             "wrapper_plus_pass_w0": spread_json(&self.all(|s| s.wrap_pass)),
             "wrapper_overhead": spread_json(&self.all(|s| s.wrap_pass - s.floor)),
             "rows": rows,
+            "syn_new_flow_over_established": self.syn_over_established(),
+            "syn_new_flow_over_established_max": SYN_OVER_ESTABLISHED_MAX,
             "repeat_trap": {
                 "ns": self.trap.ns,
                 "retval": action(self.trap.retval),
