@@ -44,15 +44,23 @@ pub const DEFAULT_RING_CAPACITY: u32 = 16 * DEFAULT_RING_SIZE;
 pub const MAP_VIP_FILTER: &str = "LB_VIP_FILTER";
 pub const MAP_VIP_BY_ID: &str = "LB_VIP_BY_ID";
 /// The new-entry rate of the connection table: `[0]` entries per second per CPU, `[1]` the
-/// burst (bucket size) per CPU; 0 means the defaults below. Not pinned: a reload starts from
+/// burst (bucket size) per CPU; `[2]`, `[3]` the same for bare SYNs' table lookups; 0 means
+/// the defaults below. Not pinned: a reload starts from
 /// the defaults. `bpftool map update name LB_NEW_RATE key 0 0 0 0 value <u64 le>` sets it.
 pub const MAP_NEW_RATE: &str = "LB_NEW_RATE";
 pub const NEW_RATE_PER_SEC: usize = 0;
 pub const NEW_RATE_BURST: usize = 1;
+/// `[2]`, `[3]`: bare SYNs per second (and burst) per CPU that look their flow up in the
+/// connection table; above it (a SYN flood) a bare SYN is placed without reading the table.
+pub const SYN_LOOKUP_PER_SEC: usize = 2;
+pub const SYN_LOOKUP_BURST: usize = 3;
 /// Connection-table entries each CPU may create per second before new flows are forwarded
 /// without being remembered (see docs/dataplane.md, "SYN and ACK floods").
 pub const DEFAULT_NEW_PER_SEC: u64 = 65_536;
 pub const DEFAULT_NEW_BURST: u64 = 65_536;
+/// Bare SYNs each CPU looks up per second before it stops reading the table for them.
+pub const DEFAULT_SYN_LOOKUP_PER_SEC: u64 = 65_536;
+pub const DEFAULT_SYN_LOOKUP_BURST: u64 = 65_536;
 
 /// Bits of the VIP address filter: one array of u64 words, a bit set for every VIP address.
 /// Most packets on a gateway are not for a VIP; a clear bit sends them on with one array

@@ -1001,6 +1001,15 @@ fn without_a_fib_answer_the_gateway_mac_is_used_or_the_packet_dropped() {
 /// Writes `LB_NEW_RATE` (new connection-table entries per second and burst, per CPU), found
 /// through the program's maps as an operator's `bpftool map update name LB_NEW_RATE` would.
 fn set_new_rate(h: &Harness, per_sec: u64, burst: u64) {
+    set_rate(
+        h,
+        (lb_common::NEW_RATE_PER_SEC, per_sec),
+        (lb_common::NEW_RATE_BURST, burst),
+    );
+}
+
+/// Writes two slots of `LB_NEW_RATE`: (index, value) each.
+fn set_rate(h: &Harness, a: (usize, u64), b: (usize, u64)) {
     use aya::maps::{Array, Map, MapData, MapInfo};
     let ids = h.dp.program().unwrap().info().unwrap().map_ids().unwrap();
     let id = ids
@@ -1010,10 +1019,8 @@ fn set_new_rate(h: &Harness, per_sec: u64, burst: u64) {
         .expect("LB_NEW_RATE among the program's maps");
     let mut rate: Array<MapData, u64> =
         Array::try_from(Map::Array(MapData::from_id(id).unwrap())).unwrap();
-    rate.set(lb_common::NEW_RATE_PER_SEC as u32, per_sec, 0)
-        .unwrap();
-    rate.set(lb_common::NEW_RATE_BURST as u32, burst, 0)
-        .unwrap();
+    rate.set(a.0 as u32, a.1, 0).unwrap();
+    rate.set(b.0 as u32, b.1, 0).unwrap();
 }
 
 /// A never-seen flow from a spoofed source: address and port from `i`.
@@ -1171,4 +1178,61 @@ fn round_robin_over_the_rate_places_the_handshake_by_hash() {
         .unwrap();
     assert_eq!(outer_dst(&h.run(&ack(&syn).bytes()).1), want);
     assert_eq!(outer_dst(&h.run(&ack(&first).bytes()).1), rr);
+}
+
+/// Above the SYN-lookup rate (a SYN flood), a bare SYN does not read the table: it is placed
+/// by the ring. What that costs, shown: a new connection that reuses an old one's 4-tuple
+/// after the ring changed gets its SYN to the ring's backend while its ACK still follows
+/// the old entry. Below the rate the SYN re-places the entry (the test above).
+#[test]
+fn above_the_syn_lookup_rate_a_syn_is_placed_without_the_table() {
+    pin_to_cpu0(); // the bucket is per CPU
+    let (mut h, v) = setup(Scheduler::Maglev, Forward::IpIp);
+    set_rate(
+        &h,
+        (lb_common::SYN_LOOKUP_PER_SEC, 1),
+        (lb_common::SYN_LOOKUP_BURST, 1),
+    );
+    let f = Frame::tcp(CLIENT4, 41000, VIP4, 80, TCP_SYN);
+    // The handshake's SYN takes the only token (a miss); its ACK creates the entry.
+    let first = handshake(&h, &f);
+    let other_id = (1..=3)
+        .find(|id| backend_addr(&mut h, *id) != first)
+        .unwrap();
+    let other = backend_addr(&mut h, other_id);
+    h.dp.write_ring(v.meta.ring_offset, &vec![other_id; v.ring.len()])
+        .unwrap();
+    let (new, stateless) = (
+        h.dp.reason(Reason::FlowNew).unwrap(),
+        h.dp.reason(Reason::SynStateless).unwrap(),
+    );
+    assert_eq!(outer_dst(&h.run(&f.bytes()).1), other, "SYN by the ring");
+    assert_eq!(
+        h.dp.reason(Reason::SynStateless).unwrap(),
+        stateless + 1,
+        "counted as a SYN the table does not hold"
+    );
+    assert_eq!(
+        h.dp.reason(Reason::FlowNew).unwrap(),
+        new,
+        "entry untouched"
+    );
+    assert_eq!(
+        outer_dst(&h.run(&ack(&f).bytes()).1),
+        first,
+        "the ACK follows the old entry"
+    );
+    // With the rate lifted the SYN reads the table again and re-places the flow, once the
+    // empty bucket has looked at the clock (it does so every 64th refusal).
+    set_rate(
+        &h,
+        (lb_common::SYN_LOOKUP_PER_SEC, 1_000_000_000),
+        (lb_common::SYN_LOOKUP_BURST, 1_000_000),
+    );
+    for i in 0..64 {
+        assert_eq!(h.run(&spoofed(i, TCP_SYN).bytes()).0, XDP_TX);
+    }
+    assert_eq!(outer_dst(&h.run(&f.bytes()).1), other);
+    assert_eq!(h.dp.reason(Reason::FlowNew).unwrap(), new + 1);
+    assert_eq!(outer_dst(&h.run(&ack(&f).bytes()).1), other);
 }

@@ -9,13 +9,17 @@ use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
 use aya_ebpf::helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns};
 use lb_common::{
-    BACKEND_F_DOWN, Backend, DEFAULT_NEW_BURST, DEFAULT_NEW_PER_SEC, FLOW_F_COUNTED, FlowEntry,
-    FlowKey, NEW_RATE_BURST, NEW_RATE_PER_SEC, NO_BACKEND, PROTO_TCP, Reason, Scheduler, VipMeta,
-    flow_hash, source_hash,
+    BACKEND_F_DOWN, Backend, DEFAULT_NEW_BURST, DEFAULT_NEW_PER_SEC, DEFAULT_SYN_LOOKUP_BURST,
+    DEFAULT_SYN_LOOKUP_PER_SEC, FLOW_F_COUNTED, FlowEntry, FlowKey, NEW_RATE_BURST,
+    NEW_RATE_PER_SEC, NO_BACKEND, PROTO_TCP, Reason, SYN_LOOKUP_BURST, SYN_LOOKUP_PER_SEC,
+    Scheduler, VipMeta, flow_hash, source_hash,
 };
 
 use crate::{
-    maps::{LB_BACKENDS, LB_CONNS, LB_FLOWS, LB_NEW_BUDGET, LB_NEW_RATE, LB_RINGS, LB_RR},
+    maps::{
+        BUDGET_NEW, BUDGET_SYN_LOOKUP, LB_BACKENDS, LB_CONNS, LB_FLOWS, LB_NEW_BUDGET, LB_NEW_RATE,
+        LB_RINGS, LB_RR,
+    },
     parse::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
     stats::count,
 };
@@ -122,6 +126,8 @@ fn schedule(vip: &VipMeta, key: &FlowKey, hash: u32) -> u32 {
 }
 
 const NS_PER_SEC: u64 = 1_000_000_000;
+/// See `take`.
+const CLOCK_EVERY: u64 = 64;
 
 #[inline(always)]
 fn rate_setting(index: usize, default: u64) -> u64 {
@@ -131,22 +137,33 @@ fn rate_setting(index: usize, default: u64) -> u64 {
     }
 }
 
-/// Takes one token from this CPU's new-entry bucket; false when it is empty. The clock is
-/// read only when the bucket runs dry: then it is refilled with what the time since its
-/// last refill earned (at most one second's worth, at most the burst). Over any window of
-/// T seconds a CPU creates at most 2 x burst + rate x T entries.
+/// Takes one token from this CPU's bucket `slot`; false when it is empty. The clock is read
+/// only when the bucket runs dry: then it is refilled with what the time since its last
+/// refill earned (at most one second's worth, at most the burst). Over any window of T
+/// seconds a CPU takes at most 2 x burst + rate x T tokens. `rate` and `burst` index
+/// `LB_NEW_RATE`.
+/// With `lazy`, an empty bucket reads the clock only on every `CLOCK_EVERY`th refusal, so a
+/// flood that keeps it empty costs no clock read and no division per packet (the refill
+/// still counts the whole time since the last one, so the rate holds).
 #[inline(always)]
-fn may_insert() -> bool {
-    let Some(b) = LB_NEW_BUDGET.get_ptr_mut(0) else {
+fn take(slot: u32, rate: (usize, u64), burst: (usize, u64), lazy: bool) -> bool {
+    let Some(b) = LB_NEW_BUDGET.get_ptr_mut(slot) else {
         return true;
     };
     // SAFETY: per-CPU slot; nothing else runs on this CPU until we return.
     let b = unsafe { &mut *b };
     if b.tokens == 0 {
+        if lazy && b.at != 0 {
+            b.refused += 1;
+            if b.refused < CLOCK_EVERY {
+                return false;
+            }
+            b.refused = 0;
+        }
         // SAFETY: the helper has no preconditions.
         let now = unsafe { bpf_ktime_get_ns() };
-        let rate = rate_setting(NEW_RATE_PER_SEC, DEFAULT_NEW_PER_SEC);
-        let burst = rate_setting(NEW_RATE_BURST, DEFAULT_NEW_BURST);
+        let rate = rate_setting(rate.0, rate.1);
+        let burst = rate_setting(burst.0, burst.1);
         // A CPU's first refill (`at` still 0) starts with a full bucket.
         let elapsed = now.wrapping_sub(b.at).min(NS_PER_SEC);
         let earned = if b.at == 0 {
@@ -164,6 +181,17 @@ fn may_insert() -> bool {
     true
 }
 
+/// A new connection-table entry within this CPU's rate.
+#[inline(always)]
+fn may_insert() -> bool {
+    take(
+        BUDGET_NEW,
+        (NEW_RATE_PER_SEC, DEFAULT_NEW_PER_SEC),
+        (NEW_RATE_BURST, DEFAULT_NEW_BURST),
+        false,
+    )
+}
+
 /// Fragments and ICMP errors never go through a stateful scheduler (round-robin cursor,
 /// random draws): every fragment of a datagram must reach the same backend, so they index
 /// the ring by hash (ports are zero for fragments; source-hash VIPs use the client address,
@@ -178,14 +206,26 @@ fn stateless(vip: &VipMeta, key: &FlowKey, hash: u32) -> u32 {
 }
 
 /// The connection-table entry of a flow that may be remembered (not a fragment or an ICMP
-/// error), looked up once per packet.
+/// error), looked up once per packet. A bare SYN above this CPU's SYN-lookup rate (a SYN
+/// flood) is not looked up: a lookup that misses in a full table is most of a flood SYN's
+/// cost, and the SYN is placed by the ring without the table anyway, unless its 4-tuple is
+/// reused by a new connection (see docs/dataplane.md, "SYN and ACK floods").
 #[inline(always)]
 pub fn entry(flow: &Flow) -> Option<*mut FlowEntry> {
-    if flow.remember {
-        LB_FLOWS.get_ptr_mut(flow.key)
-    } else {
-        None
+    if !flow.remember {
+        return None;
     }
+    if flow.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
+        && !take(
+            BUDGET_SYN_LOOKUP,
+            (SYN_LOOKUP_PER_SEC, DEFAULT_SYN_LOOKUP_PER_SEC),
+            (SYN_LOOKUP_BURST, DEFAULT_SYN_LOOKUP_BURST),
+            true,
+        )
+    {
+        return None;
+    }
+    LB_FLOWS.get_ptr_mut(flow.key)
 }
 
 /// The table's backend for a packet of an established flow; `None` for a bare SYN (a new

@@ -77,10 +77,10 @@ pub static LB_LOG_AT: PerCpuArray<u64> = PerCpuArray::with_max_entries(REASON_CO
 #[map(name = "LB_TX_PORTS")]
 pub static LB_TX_PORTS: DevMapHash = DevMapHash::with_max_entries(MAX_TX_PORTS, 0);
 
-/// The new-entry rate, as set by an operator (`lb_common::MAP_NEW_RATE`): per second and
-/// burst, per CPU; zeros take the defaults.
+/// The new-entry and SYN-lookup rates, as set by an operator (`lb_common::MAP_NEW_RATE`):
+/// per second and burst, per CPU; zeros take the defaults.
 #[map(name = "LB_NEW_RATE")]
-pub static LB_NEW_RATE: Array<u64> = Array::with_max_entries(2, 0);
+pub static LB_NEW_RATE: Array<u64> = Array::with_max_entries(4, 0);
 
 /// Each CPU's token bucket for new connection-table entries.
 #[repr(C)]
@@ -88,7 +88,13 @@ pub struct NewBudget {
     pub tokens: u64,
     /// When the bucket was last refilled (bpf_ktime_get_ns).
     pub at: u64,
+    /// Refusals since the clock was last read, for buckets that read it only every
+    /// `CLOCK_EVERY` refusals.
+    pub refused: u64,
 }
 
+/// Slot `BUDGET_NEW`: new entries; slot `BUDGET_SYN_LOOKUP`: bare SYNs' table lookups.
 #[map(name = "LB_NEW_BUDGET")]
-pub static LB_NEW_BUDGET: PerCpuArray<NewBudget> = PerCpuArray::with_max_entries(1, 0);
+pub static LB_NEW_BUDGET: PerCpuArray<NewBudget> = PerCpuArray::with_max_entries(2, 0);
+pub const BUDGET_NEW: u32 = 0;
+pub const BUDGET_SYN_LOOKUP: u32 = 1;

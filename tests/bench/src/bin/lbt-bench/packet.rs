@@ -234,12 +234,15 @@ fn cases() -> Vec<Case> {
             katran: Some(13.0),
             target_max: Some(13.0 * 0.75),
             warm: Warm::Ack,
+            // Within the SYN-lookup rate the SYN finds its entry (`flow_new`: placed again,
+            // not rewritten); above it, at this rate, it does not look (`syn_stateless`).
+            split: Some((FlowNew, SynStateless)),
             ..case(
                 "tcp4_syn",
                 "new TCP v4 (SYN) on a known 4-tuple: placed by the ring again",
                 lb,
                 tcp(CLIENT4, VIP4, TCP_SYN),
-                vec![TxIpip, FlowNew, FibFallback],
+                vec![TxIpip, FibFallback],
             )
         },
         Case {
