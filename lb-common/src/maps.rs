@@ -45,8 +45,8 @@ pub const MAP_VIP_FILTER: &str = "LB_VIP_FILTER";
 pub const MAP_VIP_BY_ID: &str = "LB_VIP_BY_ID";
 /// The new-entry rate of the connection table: `[0]` entries per second per CPU, `[1]` the
 /// burst (bucket size) per CPU; `[2]`, `[3]` the same for bare SYNs' table lookups; 0 means
-/// the defaults below. Not pinned: a reload starts from
-/// the defaults. `bpftool map update name LB_NEW_RATE key 0 0 0 0 value <u64 le>` sets it.
+/// the defaults below. Not pinned: lbd writes it at every start and reload from
+/// `[dataplane] new_flow_rate`, `new_flow_burst`, `syn_lookup_rate`, `syn_lookup_burst`.
 pub const MAP_NEW_RATE: &str = "LB_NEW_RATE";
 pub const NEW_RATE_PER_SEC: usize = 0;
 pub const NEW_RATE_BURST: usize = 1;

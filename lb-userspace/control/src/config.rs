@@ -113,6 +113,33 @@ pub struct DataplaneConfig {
     /// Use bpf_fib_lookup for next hops (off: always the gateway MAC).
     #[serde(default = "yes")]
     pub fib: bool,
+    /// Connection-table entries each CPU may create per second before new flows are
+    /// forwarded without being remembered (a flood's bound; docs/dataplane.md, "SYN and
+    /// ACK floods"). 0: the dataplane's default.
+    #[serde(default)]
+    pub new_flow_rate: u64,
+    /// The burst of `new_flow_rate` (the bucket's size). 0: the default.
+    #[serde(default)]
+    pub new_flow_burst: u64,
+    /// Bare SYNs each CPU looks up in the connection table per second; above it a SYN is
+    /// placed without reading the table. 0: the default.
+    #[serde(default)]
+    pub syn_lookup_rate: u64,
+    /// The burst of `syn_lookup_rate`. 0: the default.
+    #[serde(default)]
+    pub syn_lookup_burst: u64,
+}
+
+impl DataplaneConfig {
+    /// `LB_NEW_RATE`'s values, in its index order (lb_common::NEW_RATE_PER_SEC, ...).
+    pub fn new_rate(&self) -> [u64; 4] {
+        let mut r = [0; 4];
+        r[lb_common::NEW_RATE_PER_SEC] = self.new_flow_rate;
+        r[lb_common::NEW_RATE_BURST] = self.new_flow_burst;
+        r[lb_common::SYN_LOOKUP_PER_SEC] = self.syn_lookup_rate;
+        r[lb_common::SYN_LOOKUP_BURST] = self.syn_lookup_burst;
+        r
+    }
 }
 
 fn default_mtu() -> u16 {
@@ -144,6 +171,10 @@ impl Default for DataplaneConfig {
             encap_source_v4: default_src4(),
             encap_source_v6: default_src6(),
             fib: true,
+            new_flow_rate: 0,
+            new_flow_burst: 0,
+            syn_lookup_rate: 0,
+            syn_lookup_burst: 0,
         }
     }
 }

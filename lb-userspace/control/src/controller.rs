@@ -257,6 +257,7 @@ fn fragment_aliases(vips: &[VipState]) -> HashMap<VipKey, VipMeta> {
 /// A change worked out in full before anything is written.
 struct Plan {
     global: GlobalConfig,
+    new_rate: [u64; 4],
     vips: Vec<VipState>,
     /// For each of `vips`, what its window holds now (the base of the slot diff).
     written: Vec<Vec<u32>>,
@@ -282,6 +283,7 @@ pub struct Controller<M> {
     adopted_backends: HashMap<(u32, IpAddr), Adopted>,
     adopted_vips: HashMap<VipKey, VipMeta>,
     global: Option<GlobalConfig>,
+    new_rate: [u64; 4],
     /// The maps may not hold what `vips` says (a write failed): rewrite them in full.
     out_of_step: bool,
 }
@@ -324,6 +326,7 @@ impl<M: Maps> Controller<M> {
             adopted_backends,
             adopted_vips,
             global: None,
+            new_rate: [0; 4],
             out_of_step: false,
         })
     }
@@ -393,6 +396,7 @@ impl<M: Maps> Controller<M> {
     /// is not ours removed.
     pub fn repair(&mut self) -> Result<(), ControlError> {
         let global = self.global.unwrap_or_default();
+        let new_rate = self.new_rate;
         // Rings as the backends' states make them now: a write that failed during a health
         // change left the state changed and its ring not rebuilt.
         let mut vips = self.vips.clone();
@@ -404,6 +408,7 @@ impl<M: Maps> Controller<M> {
         }
         let plan = Plan {
             global,
+            new_rate,
             vips,
             written: Vec::new(),
             built: Vec::new(),
@@ -461,6 +466,7 @@ impl<M: Maps> Controller<M> {
         let mut old: Vec<Option<VipState>> = self.vips.iter().cloned().map(Some).collect();
         let mut plan = Plan {
             global: global_config(cfg),
+            new_rate: cfg.dataplane.new_rate(),
             vips: Vec::new(),
             written: Vec::new(),
             built: Vec::new(),
@@ -628,6 +634,7 @@ impl<M: Maps> Controller<M> {
     fn write(&mut self, plan: &Plan) -> Result<(), MapError> {
         let repairing = self.out_of_step;
         self.maps.set_config(&plan.global)?;
+        self.maps.set_new_rate(&plan.new_rate)?;
         for r in &plan.replaced {
             self.maps.remove_vip(&r.key, r.meta.vip_id)?;
             for b in &r.backends {
@@ -716,6 +723,7 @@ impl<M: Maps> Controller<M> {
         self.adopted_vips.clear();
         self.adopted_backends.clear();
         self.global = Some(plan.global);
+        self.new_rate = plan.new_rate;
         self.windows = plan.windows;
         self.vips = plan.vips;
         self.out_of_step = false;

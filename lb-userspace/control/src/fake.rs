@@ -22,6 +22,7 @@ pub enum Fault {
 #[derive(Debug, Clone, Default)]
 pub struct MemMaps {
     pub config: GlobalConfig,
+    pub new_rate: [u64; 4],
     pub vips: BTreeMap<VipKey, VipMeta>,
     /// LB_VIP_BY_ID: id -> the key it serves.
     pub by_id: BTreeMap<u32, VipKey>,
@@ -102,6 +103,12 @@ impl Maps for MemMaps {
             self.by_id.remove(&vip_id);
         }
         self.vips.remove(key);
+        Ok(())
+    }
+
+    fn set_new_rate(&mut self, rate: &[u64; 4]) -> Result<(), MapError> {
+        self.write(lb_common::MAP_NEW_RATE, "writing")?;
+        self.new_rate = *rate;
         Ok(())
     }
 

@@ -19,6 +19,8 @@ pub struct MapError {
 pub trait Maps {
     /// Node-wide settings (LB_CONFIG).
     fn set_config(&mut self, cfg: &GlobalConfig) -> Result<(), MapError>;
+    /// The connection table's new-entry and SYN-lookup rates (LB_NEW_RATE; 0: default).
+    fn set_new_rate(&mut self, rate: &[u64; 4]) -> Result<(), MapError>;
     /// Insert or replace a VIP entry (LB_VIPS, and its LB_VIP_BY_ID record).
     fn set_vip(&mut self, key: &VipKey, meta: &VipMeta) -> Result<(), MapError>;
     /// Remove a VIP entry if it still belongs to `vip_id` (a rename in one apply may have

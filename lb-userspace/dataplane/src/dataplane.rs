@@ -348,6 +348,17 @@ impl Dataplane {
             .map_err(map_err(MAP_CONFIG))
     }
 
+    /// The connection table's rates (`LB_NEW_RATE`, in its index order; 0: default). The
+    /// map is not pinned, so every start writes it.
+    pub fn set_new_rate(&mut self, rate: &[u64; 4]) -> Result<(), DataplaneError> {
+        let mut a = self.array::<u64>(lb_common::MAP_NEW_RATE)?;
+        for (i, v) in rate.iter().enumerate() {
+            a.set(i as u32, v, 0)
+                .map_err(map_err(lb_common::MAP_NEW_RATE))?;
+        }
+        Ok(())
+    }
+
     /// The filter bit first, then the entry: the dataplane never skips an installed VIP.
     pub fn set_vip(&mut self, key: &VipKey, meta: &VipMeta) -> Result<(), DataplaneError> {
         let bit = lb_common::vip_filter_bit(&key.addr);

@@ -25,6 +25,11 @@ impl Maps for Dataplane {
         Dataplane::set_config(self, cfg).map_err(to_map_error("writing", lb_common::MAP_CONFIG))
     }
 
+    fn set_new_rate(&mut self, rate: &[u64; 4]) -> Result<(), MapError> {
+        Dataplane::set_new_rate(self, rate)
+            .map_err(to_map_error("writing", lb_common::MAP_NEW_RATE))
+    }
+
     fn set_vip(&mut self, key: &VipKey, meta: &VipMeta) -> Result<(), MapError> {
         Dataplane::set_vip(self, key, meta).map_err(to_map_error("writing", lb_common::MAP_VIPS))
     }

@@ -38,10 +38,10 @@ fn adopting_the_same_config_writes_no_ring_slot_and_keeps_ids() {
     c.apply(&cfg).unwrap();
     let after = snapshot(c.maps());
     assert_eq!(after.rings, before.rings);
-    // LB_CONFIG, 6 backends, 3 VIPs, 2 fragment aliases (one per address and protocol).
+    // LB_CONFIG and LB_NEW_RATE, 6 backends, 3 VIPs, 2 fragment aliases (one per address and protocol).
     assert_eq!(
         after.writes - before.writes,
-        1 + 6 + 3 + 2,
+        2 + 6 + 3 + 2,
         "no ring slot written"
     );
     assert_eq!(

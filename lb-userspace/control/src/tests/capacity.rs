@@ -57,10 +57,10 @@ fn renaming_a_vip_at_full_capacity_keeps_its_window() {
     c.apply(&renamed).expect("a rename needs no new window");
     assert_eq!(vip_of(&c, "v15-renamed").meta, meta);
     assert_eq!(window(&c, "v15-renamed"), ring);
-    // LB_CONFIG, 16 backends, 16 VIPs, their 16 fragment aliases: no ring slot.
+    // LB_CONFIG and LB_NEW_RATE, 16 backends, 16 VIPs, their 16 fragment aliases: no ring slot.
     assert_eq!(
         c.maps().writes - writes,
-        1 + 16 + 16 + 16,
+        2 + 16 + 16 + 16,
         "no slot rewritten"
     );
     assert!(c.in_step());

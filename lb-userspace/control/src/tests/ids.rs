@@ -103,8 +103,8 @@ fn backends_keep_their_ids_when_the_file_reorders_them() {
         [1, 2, 3]
     );
     assert_eq!(window(&c, "web"), ring, "same set, same ring");
-    // LB_CONFIG, 3 backends, the VIP, its fragment alias: no ring slot.
-    assert_eq!(c.maps().writes - before, 1 + 3 + 1 + 1);
+    // LB_CONFIG and LB_NEW_RATE, 3 backends, the VIP, its fragment alias: no ring slot.
+    assert_eq!(c.maps().writes - before, 2 + 3 + 1 + 1);
 }
 
 #[test]
@@ -122,10 +122,10 @@ fn a_rename_keeps_the_vip_id_and_window() {
     assert_eq!(bid(&c, "b-renamed", "198.18.2.1"), backend);
     assert_eq!(window(&c, "b-renamed"), ring);
     assert_eq!(c.maps().vips[&v.key], old);
-    // LB_CONFIG, 3 backends, 3 VIPs and their 3 fragment aliases: no ring slot.
+    // LB_CONFIG and LB_NEW_RATE, 3 backends, 3 VIPs and their 3 fragment aliases: no ring slot.
     assert_eq!(
         c.maps().writes - before,
-        1 + 3 + 3 + 3,
+        2 + 3 + 3 + 3,
         "no ring slot rewritten"
     );
     assert_serves(&c, &renamed);

@@ -33,8 +33,8 @@ fn the_same_config_twice_writes_no_ring_slot() {
     c.apply(&cfg).unwrap();
     let after = snapshot(c.maps());
     assert_eq!(after.rings, before.rings);
-    // Only the per-apply entries: LB_CONFIG, 5 backends, 2 VIPs, 2 fragment aliases.
-    assert_eq!(after.writes - before.writes, 1 + 5 + 2 + 2);
+    // Only the per-apply entries: LB_CONFIG, LB_NEW_RATE, 5 backends, 2 VIPs, 2 aliases.
+    assert_eq!(after.writes - before.writes, 2 + 5 + 2 + 2);
     assert_eq!(
         Snapshot { writes: 0, ..after },
         Snapshot {
@@ -125,8 +125,8 @@ fn a_weight_change_moves_few_slots_of_the_others() {
     c.apply(&heavy(200)).unwrap();
     let after = window(&c, "web");
     let changed = before.iter().zip(&after).filter(|(a, b)| a != b).count();
-    // 1 + 3 backends + VIP + alias, and exactly the changed slots.
-    assert_eq!(c.maps().writes - writes, 1 + 3 + 1 + 1 + changed);
+    // LB_CONFIG, LB_NEW_RATE, 3 backends, VIP, alias, and exactly the changed slots.
+    assert_eq!(c.maps().writes - writes, 2 + 3 + 1 + 1 + changed);
     let two = bid(&c, "web", "198.18.0.2");
     let share = after.iter().filter(|s| **s == two).count();
     assert!(
@@ -207,4 +207,17 @@ fn flows_on_other_backends_keep_their_backend_when_one_fails() {
         kept > 2500 && (moved as f64) < 0.05 * kept as f64,
         "{moved} of {kept}"
     );
+}
+
+#[test]
+fn the_connection_tables_rates_are_written_from_the_configuration() {
+    let c = applied(&config_with(
+        "new_flow_rate = 1000\nnew_flow_burst = 2000\nsyn_lookup_rate = 3000",
+        &[vip("web", "198.18.100.1", 80, 401).backend("198.18.0.21", "")],
+    ));
+    assert_eq!(c.maps().new_rate, [1000, 2000, 3000, 0]);
+    let c = applied(&config(&[
+        vip("web", "198.18.100.1", 80, 401).backend("198.18.0.21", "")
+    ]));
+    assert_eq!(c.maps().new_rate, [0; 4], "0: the dataplane's defaults");
 }
