@@ -7,6 +7,8 @@ use std::{collections::BTreeMap, process::Child};
 pub struct Held {
     pub at: BTreeMap<String, u32>,
     pub broken: BTreeMap<String, u32>,
+    /// Connects that failed and were tried again before the connection was held.
+    pub retried: u32,
 }
 
 pub fn finish(child: Child) -> Held {
@@ -21,6 +23,7 @@ pub fn finish(child: Child) -> Held {
     for line in text.lines() {
         let parts: Vec<&str> = line.split_whitespace().collect();
         match parts.as_slice() {
+            ["retried", n] => h.retried = n.parse().unwrap(),
             ["broken", name, n] => {
                 h.broken.insert(name.to_string(), n.parse().unwrap());
             }

@@ -380,13 +380,14 @@ fn a_node_without_backends_withdraws_and_a_dead_backend_leaves_every_node() {
     let (seen, failed) = f.requests(300);
     let held = holds::finish(hold);
     println!(
-        "backend b2 died: nodes marked it down after {:?} ms; they disagreed for {:.0} ms; then 300 new connections: {seen:?}, {failed} failed; held: broken {:?} (only b2's may break)",
+        "backend b2 died: nodes marked it down after {:?} ms; they disagreed for {:.0} ms; then 300 new connections: {seen:?}, {failed} failed; held: broken {:?} (only b2's may break), connects retried {}",
         verdicts
             .iter()
             .map(|t| since(t).as_millis())
             .collect::<Vec<_>>(),
         (last - first).as_secs_f64() * 1000.0,
-        held.broken
+        held.broken,
+        held.retried
     );
     assert_eq!(failed, 0);
     assert!(!seen.contains_key("b2"), "{seen:?}");

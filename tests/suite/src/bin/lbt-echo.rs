@@ -210,9 +210,22 @@ fn hold(addr: &str, conns: usize, millis: u64) {
         Some(line.trim().to_string()).filter(|l| !l.is_empty())
     };
     let mut held = Vec::new();
+    // A connect that fails is tried again (up to 5 times, 100 ms apart) and counted: what
+    // this tool measures is connections that break once established.
+    let mut retried = 0;
+    let connect = |retried: &mut u32| loop {
+        match TcpStream::connect_timeout(&addr, Duration::from_secs(3)) {
+            Ok(s) => return s,
+            Err(e) if *retried < 5 => {
+                *retried += 1;
+                eprintln!("connect for hold: {e}; retrying");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Err(e) => panic!("connect for hold: {e}"),
+        }
+    };
     for _ in 0..conns {
-        let s =
-            TcpStream::connect_timeout(&addr, Duration::from_secs(3)).expect("connect for hold");
+        let s = connect(&mut retried);
         s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
         let name = ask(&s).expect("first answer on a held connection");
         held.push((s, name, false));
@@ -223,6 +236,9 @@ fn hold(addr: &str, conns: usize, millis: u64) {
     }
     for (name, n) in &at {
         println!("{name} {n}");
+    }
+    if retried > 0 {
+        println!("retried {retried}");
     }
     std::io::stdout().flush().unwrap();
     let end = std::time::Instant::now() + Duration::from_millis(millis);
