@@ -160,6 +160,8 @@ unsafe impl Send for DpPtr {}
 fn a_syn_flood_neither_breaks_nor_moves_nor_evicts_real_connections() {
     let stand_in = stand_in_server();
     let mut t = Topology::with_balancer(3, Forward::IpIp, stand_in);
+    // The stand-ins run already (each said ready): the script is not needed any more.
+    let _ = std::fs::remove_file(stand_in);
     let backends: Vec<(u32, String, [u8; 6])> = t
         .backends
         .iter()
