@@ -3,7 +3,7 @@
 //! - rust-src for the nightly toolchain (the eBPF crate builds with `-Z build-std=core`);
 //! - bpf-linker, built against the nightly's own libLLVM so both use the same LLVM;
 //! - the Debian packages the tests use: iproute2, ethtool, nftables, curl, bpftool, man-db,
-//!   zsh, fish, bird2, frr, dpkg-dev, lintian.
+//!   zsh, fish, bird2, frr, dpkg-dev, lintian, etcd-server, etcd-client, protobuf-compiler.
 
 use std::{
     env, fs,
@@ -47,6 +47,11 @@ const DEBIAN: &[(&str, &str)] = &[
     // the package with lintian.
     ("dpkg-shlibdeps", "dpkg-dev"),
     ("lintian", "lintian"),
+    // Fleet mode: lbd's etcd client is generated from etcd's protobuf files at build time
+    // (protoc); the fleet-config tests run a real etcd cluster and read it with etcdctl.
+    ("protoc", "protobuf-compiler"),
+    ("etcd", "etcd-server"),
+    ("etcdctl", "etcd-client"),
 ];
 
 const NIGHTLY: &str = "nightly";

@@ -86,6 +86,113 @@ pub struct Status {
     /// Route announcements through BIRD; left out while `[announce]` is off.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub announce: Option<Announce>,
+    /// Fleet mode: this node's place in its fleet; left out in file mode.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fleet: Option<Membership>,
+}
+
+/// A node's place in its fleet, as it knows it (`status`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Membership {
+    pub fleet: String,
+    pub node: String,
+    /// The fleet revision this node runs (0: none yet).
+    pub running: u64,
+    /// The fleet's current revision, as last read from etcd.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub head: Option<u64>,
+    /// Whether the node reaches etcd now.
+    pub connected: bool,
+    /// Why it does not, while it does not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// The last fleet revision this node refused, and why (until it runs a newer one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refused: Option<Refusal>,
+    /// Set while the node withholds its routes as one left behind.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub behind: Option<String>,
+}
+
+/// A fleet revision a node did not apply.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Refusal {
+    pub revision: u64,
+    pub error: String,
+}
+
+/// What a node publishes in etcd while it lives (under a lease) and `fleet.status` lists.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FleetNode {
+    pub node: String,
+    /// The fleet revision it runs.
+    pub running: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refused: Option<Refusal>,
+    /// The VIPs whose address it announces.
+    pub announced: Vec<String>,
+    /// Why it announces none, when it is left behind or drained (one reason for all).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub withheld: Option<String>,
+    /// Every backend and its state as this node's checks see it.
+    pub backends: Vec<FleetBackend>,
+    /// Where peers reach its `/fleet`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub advertise: Option<std::net::SocketAddr>,
+    /// When it published this (RFC 3339).
+    pub at: String,
+}
+
+/// A backend as one node sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FleetBackend {
+    pub vip: String,
+    pub address: IpAddr,
+    pub state: BackendState,
+}
+
+/// `fleet.status`: every live node of the fleet.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FleetStatus {
+    pub fleet: String,
+    /// The fleet's current revision (0: none yet).
+    pub head: u64,
+    pub nodes: Vec<FleetNode>,
+    /// Backends whose state is not the same on every node that has them.
+    pub disagreements: Vec<Disagreement>,
+}
+
+/// A backend the nodes see in different states.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Disagreement {
+    pub vip: String,
+    pub address: IpAddr,
+    /// Each node's view, by node name.
+    pub states: BTreeMap<String, BackendState>,
+}
+
+/// The backends that `nodes` do not all see in the same state.
+pub fn disagreements(nodes: &[FleetNode]) -> Vec<Disagreement> {
+    let mut seen: BTreeMap<(String, IpAddr), BTreeMap<String, BackendState>> = BTreeMap::new();
+    for n in nodes {
+        for b in &n.backends {
+            seen.entry((b.vip.clone(), b.address))
+                .or_default()
+                .insert(n.node.clone(), b.state);
+        }
+    }
+    seen.into_iter()
+        .filter(|(_, states)| {
+            let mut s = states.values();
+            let first = s.next();
+            s.any(|x| Some(x) != first)
+        })
+        .map(|((vip, address), states)| Disagreement {
+            vip,
+            address,
+            states,
+        })
+        .collect()
 }
 
 /// What a node announces (`[announce]`).

@@ -24,9 +24,10 @@ mod request;
 
 pub use client::{Client, ClientError};
 pub use data::{
-    Announce, BackendCounters, BackendRow, BackendState, ConfigText, Diff, EventRow, ExportedMeta,
-    ExportedRevision, Forward, MetricsText, Protocol, RevisionMeta, Role, Scheduler, Stats, Status,
-    Validity, VipCounters, VipRow,
+    Announce, BackendCounters, BackendRow, BackendState, ConfigText, Diff, Disagreement, EventRow,
+    ExportedMeta, ExportedRevision, FleetBackend, FleetNode, FleetStatus, Forward, Membership,
+    MetricsText, Protocol, Refusal, RevisionMeta, Role, Scheduler, Stats, Status, Validity,
+    VipCounters, VipRow, disagreements,
 };
 pub use reply::{Answer, ApiError, ErrorCode, Reply};
 pub use request::{DEFAULT_EVENT_LIMIT, DecodeError, Envelope, Op, Request, RollbackTarget};

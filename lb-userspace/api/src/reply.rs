@@ -28,6 +28,9 @@ pub enum ErrorCode {
     Internal,
     /// The daemon serves as many API connections as it takes at once: retry shortly.
     Busy,
+    /// Fleet mode: etcd cannot be reached or has no quorum, so the fleet's configuration
+    /// cannot change now; the node keeps serving the revision it runs.
+    Unavailable,
 }
 
 display_as_serialized!(ErrorCode);

@@ -99,6 +99,10 @@ pub enum Request {
     /// Every revision, oldest first: [`crate::ExportedRevision`]s.
     #[serde(rename = "config.export")]
     ConfigExport {},
+    /// Fleet mode: every node of the fleet, what it runs and announces, and where nodes
+    /// disagree about a backend: [`crate::FleetStatus`]. `invalid` in file mode.
+    #[serde(rename = "fleet.status")]
+    FleetStatus {},
     /// Apply a whole configuration text.
     #[serde(rename = "config.apply")]
     ConfigApply {
@@ -259,6 +263,7 @@ pub enum Op {
     Health,
     Stats,
     Metrics,
+    FleetStatus,
     Events,
     ConfigShow,
     ConfigValidate,
@@ -281,13 +286,14 @@ pub enum Op {
 
 impl Op {
     /// Every operation, in the order of docs/api.md.
-    pub const ALL: [Op; 24] = [
+    pub const ALL: [Op; 25] = [
         Op::Status,
         Op::VipList,
         Op::BackendList,
         Op::Health,
         Op::Stats,
         Op::Metrics,
+        Op::FleetStatus,
         Op::Events,
         Op::ConfigShow,
         Op::ConfigValidate,
@@ -318,6 +324,7 @@ impl Op {
             Op::Health => "health",
             Op::Stats => "stats",
             Op::Metrics => "metrics",
+            Op::FleetStatus => "fleet.status",
             Op::Events => "events",
             Op::ConfigShow => "config.show",
             Op::ConfigValidate => "config.validate",
@@ -361,6 +368,7 @@ impl Request {
             Request::Health { .. } => Op::Health,
             Request::Stats {} => Op::Stats,
             Request::Metrics {} => Op::Metrics,
+            Request::FleetStatus {} => Op::FleetStatus,
             Request::Events { .. } => Op::Events,
             Request::ConfigShow { .. } => Op::ConfigShow,
             Request::ConfigValidate { .. } => Op::ConfigValidate,
@@ -414,6 +422,7 @@ impl Request {
             | Request::Health { .. }
             | Request::Stats {}
             | Request::Metrics {}
+            | Request::FleetStatus {}
             | Request::Events { .. }
             | Request::ConfigShow { .. }
             | Request::ConfigValidate { .. }

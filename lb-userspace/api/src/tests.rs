@@ -26,6 +26,7 @@ fn sample(op: Op) -> Request {
         Op::Health => Request::Health { vip: None },
         Op::Stats => Request::Stats {},
         Op::Metrics => Request::Metrics {},
+        Op::FleetStatus => Request::FleetStatus {},
         Op::Events => Request::Events { limit: 7 },
         Op::ConfigShow => Request::ConfigShow { revision: Some(3) },
         Op::ConfigValidate => Request::ConfigValidate {
@@ -692,4 +693,37 @@ mod fuzz {
             round_trips(&line)?;
         }
     }
+}
+
+#[test]
+fn disagreements_name_only_backends_the_nodes_see_differently() {
+    use crate::{BackendState::*, FleetBackend, FleetNode, disagreements};
+    let node = |name: &str, states: &[(&str, crate::BackendState)]| FleetNode {
+        node: name.into(),
+        running: 3,
+        refused: None,
+        announced: vec![],
+        withheld: None,
+        backends: states
+            .iter()
+            .map(|(a, s)| FleetBackend {
+                vip: "web".into(),
+                address: a.parse().unwrap(),
+                state: *s,
+            })
+            .collect(),
+        advertise: None,
+        at: String::new(),
+    };
+    let nodes = [
+        node("lb1", &[("10.0.0.1", Up), ("10.0.0.2", Up)]),
+        node("lb2", &[("10.0.0.1", Up), ("10.0.0.2", Down)]),
+        node("lb3", &[("10.0.0.1", Up)]),
+    ];
+    let d = disagreements(&nodes);
+    assert_eq!(d.len(), 1, "{d:?}");
+    assert_eq!(d[0].address.to_string(), "10.0.0.2");
+    assert_eq!(d[0].states.len(), 2);
+    assert_eq!(d[0].states["lb2"], Down);
+    assert!(disagreements(&nodes[..1]).is_empty());
 }

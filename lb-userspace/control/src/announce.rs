@@ -34,6 +34,12 @@ pub enum Withheld {
         usable: usize,
         needed: u32,
     },
+    /// Fleet mode: a peer has run a newer revision than this node for longer than the
+    /// grace period; a node that diverges must not attract flows.
+    Behind {
+        running: u64,
+        fleet: u64,
+    },
 }
 
 impl std::fmt::Display for Withheld {
@@ -46,6 +52,10 @@ impl std::fmt::Display for Withheld {
             Withheld::TooFewBackends { usable, needed } => {
                 write!(f, "{usable} usable backends, {needed} needed")
             }
+            Withheld::Behind { running, fleet } => write!(
+                f,
+                "the node runs revision {running}, its peers run {fleet} (see `lbctl fleet status`)"
+            ),
         }
     }
 }
@@ -88,11 +98,13 @@ impl Routes {
     }
 }
 
-/// What to announce for `vips` under `cfg`, given whether the dataplane serves.
+/// What to announce for `vips` under `cfg`, given whether the dataplane serves and, in
+/// fleet mode, whether the node is left behind (`fleet::behind`).
 pub fn decide(
     cfg: &Config,
     vips: &[VipState],
     serving: Result<(), String>,
+    behind: Option<Withheld>,
 ) -> (Routes, Vec<VipAnnouncement>) {
     let a = &cfg.announce;
     let wants = |v: &VipState| -> Result<(), Withheld> {
@@ -104,6 +116,9 @@ pub fn decide(
         }
         if a.maintenance {
             return Err(Withheld::Maintenance);
+        }
+        if let Some(b) = &behind {
+            return Err(b.clone());
         }
         if let Err(detail) = &serving {
             return Err(Withheld::NotServing {

@@ -72,6 +72,54 @@ pub struct DaemonConfig {
     /// How many revisions to keep.
     #[serde(default = "default_revisions_kept")]
     pub revisions_kept: usize,
+    /// Fleet mode: the VIPs and their revisions live in etcd, shared by every node of the
+    /// fleet; this file keeps only what is the node's own. Absent: file mode.
+    #[serde(default)]
+    pub fleet: Option<FleetConfig>,
+}
+
+/// `[daemon.fleet]`: where the fleet's configuration lives and how to reach it.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FleetConfig {
+    /// The fleet's name: every node with the same name (and prefix) runs the same VIPs.
+    pub name: String,
+    /// This node's name in the fleet; the host name when absent.
+    pub node: Option<String>,
+    /// etcd's client URLs (`http://` or, with TLS, `https://`).
+    pub endpoints: Vec<String>,
+    /// The key prefix under which fleets are kept.
+    #[serde(default = "default_fleet_prefix")]
+    pub prefix: String,
+    /// How long a node may take to apply a new revision before, if a peer already runs
+    /// it, the node withdraws its routes as one left behind.
+    #[serde(default = "default_fleet_grace_ms")]
+    pub grace_ms: u64,
+    /// How long the node's published status outlives the node (an etcd lease, in s).
+    #[serde(default = "default_fleet_lease_s")]
+    pub lease_s: u64,
+    /// TLS: the CA that signs etcd's certificates (PEM).
+    pub ca: Option<PathBuf>,
+    /// TLS client authentication: certificate and key (PEM), both or neither.
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    /// etcd authentication: the user, with its password read from `password_file` (never
+    /// written in this file, never logged).
+    pub user: Option<String>,
+    pub password_file: Option<PathBuf>,
+    /// Where peers reach this node's `/fleet` (its metrics listener by default): a node
+    /// cut off from etcd asks its peers whether it was left behind.
+    pub advertise: Option<std::net::SocketAddr>,
+}
+
+fn default_fleet_prefix() -> String {
+    "/lbd".to_string()
+}
+fn default_fleet_grace_ms() -> u64 {
+    3000
+}
+fn default_fleet_lease_s() -> u64 {
+    10
 }
 
 fn default_api_socket() -> PathBuf {
@@ -623,6 +671,9 @@ impl Config {
                 ));
             }
         }
+        if let Some(f) = &self.daemon.fleet {
+            validate_fleet(f)?;
+        }
         if self.daemon.api_socket.is_file() {
             return Err(Mistake::new(
                 at!["daemon", "api_socket"],
@@ -1035,6 +1086,115 @@ fn unusable(ip: IpAddr) -> Option<&'static str> {
 }
 
 /// Interface names as the kernel takes them: 1..=15 bytes, no '/', no whitespace.
+/// A fleet or node name goes into etcd keys: letters, digits, `.`, `_`, `-`.
+fn bad_name(name: &str) -> bool {
+    name.is_empty()
+        || name.len() > 64
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+}
+
+fn validate_fleet(f: &FleetConfig) -> Result<(), Mistake> {
+    let at = |key: &'static str| at!["daemon", "fleet", key];
+    if bad_name(&f.name) {
+        return Err(Mistake::new(
+            at("name"),
+            format!(
+                "[daemon.fleet] name {:?}: use 1 to 64 letters, digits, '.', '_' or '-'",
+                f.name
+            ),
+        ));
+    }
+    if let Some(n) = &f.node
+        && bad_name(n)
+    {
+        return Err(Mistake::new(
+            at("node"),
+            format!("[daemon.fleet] node {n:?}: use 1 to 64 letters, digits, '.', '_' or '-'"),
+        ));
+    }
+    if f.endpoints.is_empty() {
+        return Err(Mistake::new(
+            at("endpoints"),
+            "[daemon.fleet] endpoints is empty: list etcd's client URLs, like \"http://10.0.0.1:2379\"",
+        ));
+    }
+    for (k, e) in f.endpoints.iter().enumerate() {
+        let tls = e.starts_with("https://");
+        if !(tls || e.starts_with("http://"))
+            || e.split_once("://").is_none_or(|(_, h)| h.is_empty())
+        {
+            return Err(Mistake::new(
+                at!["daemon", "fleet", "endpoints", k],
+                format!("[daemon.fleet] endpoint {e:?} is not a URL like \"http://10.0.0.1:2379\""),
+            ));
+        }
+        if tls != f.endpoints[0].starts_with("https://") {
+            return Err(Mistake::new(
+                at!["daemon", "fleet", "endpoints", k],
+                "[daemon.fleet] endpoints mix http:// and https://: use one scheme for all",
+            ));
+        }
+    }
+    if !f.prefix.starts_with('/')
+        || f.prefix.len() > 256
+        || f.prefix
+            .chars()
+            .any(|c| c.is_control() || c.is_whitespace())
+    {
+        return Err(Mistake::new(
+            at("prefix"),
+            format!(
+                "[daemon.fleet] prefix {:?} must begin with '/' and hold no spaces",
+                f.prefix
+            ),
+        ));
+    }
+    if !(100..=600_000).contains(&f.grace_ms) {
+        return Err(Mistake::new(
+            at("grace_ms"),
+            format!(
+                "[daemon.fleet] grace_ms {} is out of range 100..=600000",
+                f.grace_ms
+            ),
+        ));
+    }
+    if !(2..=3600).contains(&f.lease_s) {
+        return Err(Mistake::new(
+            at("lease_s"),
+            format!(
+                "[daemon.fleet] lease_s {} is out of range 2..=3600",
+                f.lease_s
+            ),
+        ));
+    }
+    if f.cert.is_some() != f.key.is_some() {
+        return Err(Mistake::new(
+            at(if f.cert.is_some() { "cert" } else { "key" }),
+            "[daemon.fleet] cert and key go together: set both for client certificates, or neither",
+        ));
+    }
+    if f.user.is_some() != f.password_file.is_some() {
+        return Err(Mistake::new(
+            at(if f.user.is_some() {
+                "user"
+            } else {
+                "password_file"
+            }),
+            "[daemon.fleet] user and password_file go together (the password is read from the file, never written here)",
+        ));
+    }
+    let tls = f.endpoints[0].starts_with("https://");
+    if !tls && (f.ca.is_some() || f.cert.is_some()) {
+        return Err(Mistake::new(
+            at(if f.ca.is_some() { "ca" } else { "cert" }),
+            "[daemon.fleet] ca and cert are for TLS: use https:// endpoints",
+        ));
+    }
+    Ok(())
+}
+
 fn bad_interface(name: &str) -> bool {
     name.is_empty()
         || name.len() > 15

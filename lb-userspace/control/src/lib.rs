@@ -13,6 +13,7 @@ mod controller;
 mod edit;
 #[cfg(any(test, feature = "fake"))]
 mod fake;
+mod fleet;
 mod maps;
 mod model;
 mod observer;
@@ -29,6 +30,7 @@ pub use controller::*;
 pub use edit::*;
 #[cfg(any(test, feature = "fake"))]
 pub use fake::{Fault, MemMaps};
+pub use fleet::{FleetTextError, PeerNewest, behind, check_fleet_text, check_node_text, compose};
 pub use maps::{MapError, Maps};
 pub use model::predict;
 pub use observer::Observer;

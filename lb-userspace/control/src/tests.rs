@@ -28,6 +28,7 @@ mod backup;
 mod capacity;
 mod events;
 mod faults;
+mod fleet;
 mod fuzz;
 mod health;
 mod ids;

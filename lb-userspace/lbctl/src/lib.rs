@@ -21,8 +21,8 @@ use anyhow::{Context, Result, bail};
 use clap::{CommandFactory, Parser, Subcommand};
 use lb_api::{
     BackendRow, Client, ClientError, ConfigText, Diff, ErrorCode, EventRow, ExportedRevision,
-    Forward, MetricsText, Protocol, Request, RevisionMeta, Role, RollbackTarget, Scheduler, Stats,
-    Status, Validity, VipRow,
+    FleetStatus, Forward, MetricsText, Protocol, Request, RevisionMeta, Role, RollbackTarget,
+    Scheduler, Stats, Status, Validity, VipRow,
 };
 use lb_clidoc::{self as clidoc, ManArgs};
 use serde::{Serialize, de::DeserializeOwned};
@@ -68,6 +68,11 @@ enum Cmd {
     Node {
         #[command(subcommand)]
         cmd: NodeCmd,
+    },
+    /// The fleet (fleet mode): every node, what it runs and announces.
+    Fleet {
+        #[command(subcommand)]
+        cmd: FleetCmd,
     },
     /// Backend health: state, reason, last check, latency.
     Health { vip: Option<String> },
@@ -141,6 +146,13 @@ enum NodeCmd {
     Drain,
     /// Announce again what qualifies (a revision).
     Resume,
+}
+
+#[derive(Subcommand)]
+enum FleetCmd {
+    /// Every live node of the fleet: the revision it runs, what it announces, what it
+    /// refused, and the backends the nodes see in different states.
+    Status,
 }
 
 #[derive(Subcommand)]
@@ -458,6 +470,9 @@ fn run(cli: &Cli) -> Result<String, Fail> {
             NodeCmd::Drain => node_drain(&ctx),
             NodeCmd::Resume => node_resume(&ctx),
         },
+        Cmd::Fleet { cmd } => match cmd {
+            FleetCmd::Status => fleet_status(&ctx),
+        },
         Cmd::Health { vip } => backend_list(&ctx, vip.as_deref()),
         Cmd::Stats => stats(&ctx),
         Cmd::Events { limit } => events(&ctx, *limit),
@@ -531,12 +546,99 @@ fn status_text(s: &Status) -> String {
             pairs.push(("BIRD error", e.clone()));
         }
     }
+    if let Some(f) = &s.fleet {
+        pairs.push(("fleet", format!("{} (this node: {})", f.fleet, f.node)));
+        pairs.push((
+            "fleet revision",
+            match f.head {
+                Some(h) if h != f.running => format!("runs {}, the fleet is at {h}", f.running),
+                _ => format!("runs {}", f.running),
+            },
+        ));
+        pairs.push((
+            "etcd",
+            match (&f.connected, &f.error) {
+                (true, _) => "connected".to_string(),
+                (false, Some(e)) => format!("not connected: {e}"),
+                (false, None) => "not connected".to_string(),
+            },
+        ));
+        if let Some(r) = &f.refused {
+            pairs.push((
+                "refused",
+                format!("revision {}: {}", r.revision, first_line(&r.error)),
+            ));
+        }
+        if let Some(b) = &f.behind {
+            pairs.push(("left behind", format!("routes withdrawn: {b}")));
+        }
+    }
     for p in &s.store_problems {
         pairs.push(("revision store", p.clone()));
     }
     pairs.push(("pin dir", s.pin_dir.display().to_string()));
     pairs.push(("uptime", duration(s.uptime_s)));
     aligned(&pairs)
+}
+
+fn fleet_status(ctx: &Ctx) -> Result<String, Fail> {
+    ctx.read(Request::FleetStatus {}, |f: FleetStatus| fleet_text(&f))
+}
+
+/// `fleet status` for people: the fleet, a table of nodes, and the disagreements.
+fn fleet_text(f: &FleetStatus) -> String {
+    let mut out = aligned(&[
+        ("fleet", f.fleet.clone()),
+        ("revision", f.head.to_string()),
+        ("nodes", f.nodes.len().to_string()),
+    ]);
+    let rows: Vec<Vec<String>> = f
+        .nodes
+        .iter()
+        .map(|n| {
+            vec![
+                n.node.clone(),
+                match n.running == f.head {
+                    true => n.running.to_string(),
+                    false => format!("{} (behind)", n.running),
+                },
+                list(&n.announced),
+                n.withheld.clone().unwrap_or_else(|| "-".into()),
+                n.refused.as_ref().map_or("-".into(), |r| {
+                    format!("{}: {}", r.revision, first_line(&r.error))
+                }),
+            ]
+        })
+        .collect();
+    out.push('\n');
+    out.push_str(&table(
+        &["NODE", "RUNS", "ANNOUNCED", "WITHHELD", "REFUSED"],
+        &rows,
+    ));
+    out.push('\n');
+    if f.disagreements.is_empty() {
+        out.push_str("every node sees every backend in the same state\n");
+    } else {
+        let rows: Vec<Vec<String>> = f
+            .disagreements
+            .iter()
+            .map(|d| {
+                vec![
+                    d.vip.clone(),
+                    d.address.to_string(),
+                    list(d.states.iter().map(|(node, s)| format!("{node} {s}"))),
+                ]
+            })
+            .collect();
+        out.push_str("the nodes disagree about these backends:\n");
+        out.push_str(&table(&["VIP", "BACKEND", "STATE BY NODE"], &rows));
+    }
+    out
+}
+
+/// The first line of a message (a configuration error goes on with its excerpt).
+fn first_line(s: &str) -> &str {
+    s.lines().next().unwrap_or_default()
 }
 
 fn vip_list(ctx: &Ctx) -> Result<String, Fail> {
@@ -988,6 +1090,19 @@ mod human_tests {
                 ],
                 error: Some("birdc configure failed: no such file".into()),
             }),
+            fleet: Some(lb_api::Membership {
+                fleet: "edge".into(),
+                node: "lb1".into(),
+                running: 14,
+                head: Some(15),
+                connected: true,
+                error: None,
+                refused: Some(lb_api::Refusal {
+                    revision: 15,
+                    error: "fleet revision 15:3:13: ring_capacity is too small\n  |".into(),
+                }),
+                behind: Some("the node runs revision 14, its peers run 15".into()),
+            }),
         };
         let vip = |name: &str, port, announced, withheld: Option<&str>| VipRow {
             name: name.into(),
@@ -1095,6 +1210,7 @@ mod human_tests {
                     interfaces_lost: vec![],
                     store_problems: vec![],
                     announce: None,
+                    fleet: None,
                     ..status.clone()
                 }),
             ),
@@ -1104,7 +1220,75 @@ mod human_tests {
             ("events", events_table(&events)),
             ("config history", history_table(&history)),
             ("a change", revision_text(&history[0])),
+            ("fleet status", fleet_text(&fleet_sample())),
         ]
+    }
+
+    fn fleet_sample() -> FleetStatus {
+        use lb_api::{BackendState, FleetBackend, FleetNode, Refusal};
+        let node = |name: &str, running, state| FleetNode {
+            node: name.into(),
+            running,
+            refused: (running < 15).then(|| Refusal {
+                revision: 15,
+                error: "fleet revision 15:3:13: too big\n  | ring_size = 70001".into(),
+            }),
+            announced: if running == 15 {
+                vec!["web".into()]
+            } else {
+                vec![]
+            },
+            withheld: (running < 15).then(|| "the node runs revision 14, its peers run 15".into()),
+            backends: vec![FleetBackend {
+                vip: "web".into(),
+                address: "198.18.0.21".parse().unwrap(),
+                state,
+            }],
+            advertise: None,
+            at: "2026-11-29T10:00:00Z".into(),
+        };
+        let nodes = vec![
+            node("lb1", 15, BackendState::Up),
+            node("lb2", 15, BackendState::Up),
+            node("lb3", 14, BackendState::Down),
+        ];
+        FleetStatus {
+            fleet: "edge".into(),
+            head: 15,
+            disagreements: lb_api::disagreements(&nodes),
+            nodes,
+        }
+    }
+
+    #[test]
+    fn fleet_status_shows_who_is_behind_and_where_nodes_disagree() {
+        let text = fleet_text(&fleet_sample());
+        println!("{text}");
+        let row = |name: &str| {
+            text.lines()
+                .find(|l| l.starts_with(name))
+                .unwrap()
+                .to_string()
+        };
+        assert!(row("lb1").contains(" 15 "), "{text}");
+        assert!(row("lb3").contains("14 (behind)"), "{text}");
+        assert!(
+            row("lb3").contains("15: fleet revision 15:3:13: too big"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("ring_size = 70001"),
+            "only the first line: {text}"
+        );
+        assert!(
+            text.contains("the nodes disagree about these backends:"),
+            "{text}"
+        );
+        let d = row("web");
+        assert!(
+            d.contains("198.18.0.21") && d.contains("lb1 up, lb2 up, lb3 down"),
+            "{text}"
+        );
     }
 
     #[test]
@@ -1139,6 +1323,11 @@ mod human_tests {
             "node             drained: every route withdrawn (lbctl node resume)",
             "BIRD error       birdc configure failed: no such file",
             "revision store   revision 12 does not read back whole: kept aside",
+            "fleet            edge (this node: lb1)",
+            "fleet revision   runs 14, the fleet is at 15",
+            "etcd             connected",
+            "refused          revision 15: fleet revision 15:3:13: ring_capacity is too small",
+            "left behind      routes withdrawn: the node runs revision 14, its peers run 15",
             "uptime           1 d 2 h",
         ] {
             assert!(lines.contains(&want), "no {want:?} in:\n{text}");

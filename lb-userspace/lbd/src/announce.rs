@@ -95,8 +95,9 @@ impl Announcer {
         cfg: &Config,
         vips: &[VipState],
         serving: Result<(), String>,
+        behind: Option<lb_control::Withheld>,
     ) -> Vec<VipAnnouncement> {
-        let (routes, verdicts) = decide(cfg, vips, serving);
+        let (routes, verdicts) = decide(cfg, vips, serving, behind);
         let want = Want {
             cfg: cfg.announce.clone(),
             routes,

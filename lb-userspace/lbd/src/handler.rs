@@ -39,7 +39,7 @@ pub struct Handler {
     /// The configuration text in force: the newest revision, or a newer text that was
     /// applied but could not be recorded (`unrecorded` says so). Edits start from it.
     pub text: String,
-    path: PathBuf,
+    pub(crate) path: PathBuf,
     pub store: Store,
     /// Set while the configuration in force is not recorded (the store failed after it was
     /// applied): why, for status. Cleared by the next revision recorded.
@@ -53,26 +53,28 @@ pub struct Handler {
     started: Instant,
     /// What this node announces and what BIRD took, as the run loop last decided.
     pub announced: crate::announce::View,
+    /// Fleet mode: the configuration is the fleet's, in etcd. `None`: file mode.
+    pub fleet: Option<crate::fleet::Node>,
 }
 
 /// Why a request failed: its code and message for the API.
 type Failure = ApiError;
 
-fn fail(code: ErrorCode, message: impl std::fmt::Display) -> Failure {
+pub(crate) fn fail(code: ErrorCode, message: impl std::fmt::Display) -> Failure {
     ApiError::new(code, message)
 }
 
-fn rfc3339(ms: u64) -> String {
+pub(crate) fn rfc3339(ms: u64) -> String {
     humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
 }
 
-fn ms_since_epoch(t: SystemTime) -> u64 {
+pub(crate) fn ms_since_epoch(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
 }
 
-fn revision_meta(m: &Meta) -> api::RevisionMeta {
+pub(crate) fn revision_meta(m: &Meta) -> api::RevisionMeta {
     api::RevisionMeta {
         revision: m.id,
         at: rfc3339(m.at_ms),
@@ -84,7 +86,7 @@ fn revision_meta(m: &Meta) -> api::RevisionMeta {
 // The configuration's words as the API spells them. Exhaustive: a new scheduler, role ...
 // does not compile until the API has it too.
 
-fn api_state(s: lb_control::State) -> api::BackendState {
+pub(crate) fn api_state(s: lb_control::State) -> api::BackendState {
     use lb_control::State;
     match s {
         State::Up => api::BackendState::Up,
@@ -160,7 +162,7 @@ fn store_failure(e: StoreError) -> Failure {
 /// Refuse a revision larger than the store takes: a configuration text past
 /// `MAX_REVISION_BYTES` (`invalid`), a comment past `MAX_COMMENT_BYTES` (`bad_request`).
 /// `what` names it in the message.
-fn bounded(what: &str, text: &str, comment: &str) -> Result<(), Failure> {
+pub(crate) fn bounded(what: &str, text: &str, comment: &str) -> Result<(), Failure> {
     if text.len() > MAX_REVISION_BYTES {
         return Err(fail(
             ErrorCode::Invalid,
@@ -205,6 +207,76 @@ fn check_import(revisions: &[api::ExportedRevision], comment: &str) -> Result<()
         )?;
     }
     bounded("the import", "", comment)
+}
+
+/// The text `request` makes of `text`, and the revision's source, for the mutations that
+/// edit the configuration (`None` for every other request). Pure: file mode edits the text
+/// it runs, fleet mode the fleet's current one (and the node's own file for `node.*`).
+pub(crate) fn edited(request: &Request, text: &str) -> Option<Result<(String, String), Failure>> {
+    let op = request.op();
+    let edit = |r: Result<String, edit::EditError>, source: String| {
+        Some(r.map(|t| (t, source)).map_err(edit_failure))
+    };
+    match request {
+        Request::ConfigApply { config, .. } => Some(Ok((config.clone(), format!("api: {op}")))),
+        Request::BackendSet {
+            vip,
+            address,
+            fields,
+            ..
+        } => edit(
+            edit::set_backend(text, vip, address, fields),
+            format!("api: {op} {vip} {address}"),
+        ),
+        Request::BackendAdd {
+            vip,
+            address,
+            fields,
+            ..
+        } => edit(
+            edit::add_backend(text, vip, &with("address", address.clone(), fields.clone())),
+            format!("api: {op} {vip}"),
+        ),
+        Request::BackendRemove { vip, address, .. } => edit(
+            edit::remove_backend(text, vip, address),
+            format!("api: {op} {vip} {address}"),
+        ),
+        Request::BackendSetAll {
+            address, fields, ..
+        } => Some(
+            edit::set_backend_everywhere(text, address, fields)
+                .map(|(t, vips)| (t, format!("api: {op} {address} ({})", vips.join(", "))))
+                .map_err(edit_failure),
+        ),
+        Request::NodeDrain { .. } => edit(edit::set_maintenance(text, true), format!("api: {op}")),
+        Request::NodeResume { .. } => {
+            edit(edit::set_maintenance(text, false), format!("api: {op}"))
+        }
+        Request::VipAdd {
+            name,
+            address,
+            fields,
+            ..
+        } => edit(
+            edit::add_vip(
+                text,
+                &with(
+                    "name",
+                    name.clone(),
+                    with("address", address.clone(), fields.clone()),
+                ),
+            ),
+            format!("api: {op}"),
+        ),
+        Request::VipSet { name, fields, .. } => edit(
+            edit::set_vip(text, name, fields),
+            format!("api: {op} {name}"),
+        ),
+        Request::VipRemove { name, .. } => {
+            edit(edit::remove_vip(text, name), format!("api: {op} {name}"))
+        }
+        _ => None,
+    }
 }
 
 /// Why a change is not a new revision.
@@ -302,7 +374,7 @@ fn export(store: &Store) -> Result<Vec<api::ExportedRevision>, Failure> {
 
 /// Write `text` to `path` through a temporary file next to it, fsync'd and renamed over
 /// it; the temporary file is removed if any step fails.
-fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
+pub(crate) fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
     use std::io::Write;
     let tmp = path.with_extension("tmp-lbd");
     let mut created = false;
@@ -334,18 +406,22 @@ impl Handler {
         text: String,
         path: &Path,
         tx: mpsc::Sender<Probe>,
+        fleet: Option<crate::fleet::Node>,
     ) -> anyhow::Result<Handler> {
         let store = Store::open(&cfg.daemon.state_dir, cfg.daemon.revisions_kept)?;
-        let recorded = match store.latest() {
-            Ok(latest) => latest.is_some_and(|r| r.config == text),
-            // An unreadable newest revision is not taken for the file's: the file (what
-            // runs) is recorded past it, and the unreadable one stays among the problems.
-            Err(e @ StoreError::Unreadable { .. }) => {
-                warn!(error = %e, "the newest revision is unreadable; recording the configuration file as a new one");
-                false
-            }
-            Err(e) => return Err(e.into()),
-        };
+        // In fleet mode the revisions are the fleet's, in etcd: the local store records
+        // nothing.
+        let recorded = fleet.is_some()
+            || match store.latest() {
+                Ok(latest) => latest.is_some_and(|r| r.config == text),
+                // An unreadable newest revision is not taken for the file's: the file (what
+                // runs) is recorded past it, and the unreadable one stays among the problems.
+                Err(e @ StoreError::Unreadable { .. }) => {
+                    warn!(error = %e, "the newest revision is unreadable; recording the configuration file as a new one");
+                    false
+                }
+                Err(e) => return Err(e.into()),
+            };
         if !recorded {
             let m = store.commit(&text, "file", "")?;
             info!(revision = m.id, "configuration recorded");
@@ -363,6 +439,7 @@ impl Handler {
             announced: Default::default(),
             tx,
             started: Instant::now(),
+            fleet,
         };
         s.respawn_probes();
         Ok(s)
@@ -384,6 +461,9 @@ impl Handler {
     /// The current revision: the newest in the store, readable or not (an unreadable one
     /// is among the store's problems).
     fn revision(&self) -> u64 {
+        if let Some(n) = &self.fleet {
+            return n.running.id;
+        }
         self.store.current().unwrap_or(0)
     }
 
@@ -395,6 +475,32 @@ impl Handler {
         p
     }
 
+    /// Validate `text` (its errors named after `path`) and apply it: the dataplane, the
+    /// probes and our view of the configuration in force. Nothing changes on a refusal.
+    pub(crate) fn install(&mut self, text: &str, path: &Path) -> Result<(), Failure> {
+        let new = Config::parse(text, path).map_err(|e| fail(ErrorCode::Invalid, e))?;
+        if new.daemon != self.cfg.daemon {
+            return Err(fail(
+                ErrorCode::Invalid,
+                "[daemon] settings (interfaces, pin_dir, sockets, state_dir, fleet) change only with a restart",
+            ));
+        }
+        // The controller plans before it writes: a change that cannot fit is refused whole
+        // (invalid), and a write that fails leaves the running revision serving.
+        if let Err(e) = self.ctl.apply(&new) {
+            let code = match e {
+                ControlError::Capacity { .. } => ErrorCode::Invalid,
+                ControlError::Map(_) | ControlError::Partial { .. } => ErrorCode::Internal,
+            };
+            error!(error = %e, "configuration not applied");
+            return Err(fail(code, e.to_string()));
+        }
+        self.respawn_probes();
+        self.cfg = new;
+        self.text = text.to_string();
+        Ok(())
+    }
+
     /// Validate, apply, write the file, record the revision.
     pub fn apply_text(
         &mut self,
@@ -404,30 +510,13 @@ impl Handler {
     ) -> Result<Meta, ChangeError> {
         use ChangeError::Refused;
         bounded("the configuration", &text, comment).map_err(Refused)?;
-        let new =
-            Config::parse(&text, &self.path).map_err(|e| Refused(fail(ErrorCode::Invalid, e)))?;
-        if new.daemon != self.cfg.daemon {
-            return Err(Refused(fail(
-                ErrorCode::Invalid,
-                "[daemon] settings (interfaces, pin_dir, sockets, state_dir) change only with a restart",
-            )));
-        }
         // A store that cannot take the revision (no id left) refuses the change before
         // anything is written; a store that fails at the write is known only after.
         self.store
             .next_id()
             .map_err(|e| Refused(store_failure(e)))?;
-        // The controller plans before it writes: a change that cannot fit is refused whole
-        // (invalid), and a write that fails leaves the running revision serving.
-        if let Err(e) = self.ctl.apply(&new) {
-            let code = match e {
-                ControlError::Capacity { .. } => ErrorCode::Invalid,
-                ControlError::Map(_) | ControlError::Partial { .. } => ErrorCode::Internal,
-            };
-            error!(error = %e, "configuration not applied");
-            return Err(Refused(fail(code, e.to_string())));
-        }
-        self.respawn_probes();
+        let path = self.path.clone();
+        self.install(&text, &path).map_err(Refused)?;
         if std::fs::read_to_string(&self.path).ok().as_deref() != Some(text.as_str())
             && let Err(e) = write_atomically(&self.path, &text)
         {
@@ -435,8 +524,6 @@ impl Handler {
         }
         // The dataplane is in the new state now: so is our view, even if recording fails,
         // and the next change builds on this text.
-        self.cfg = new;
-        self.text = text.clone();
         let meta = match self.store.commit(&text, source, comment) {
             Ok(meta) => meta,
             Err(e) => {
@@ -478,6 +565,9 @@ impl Handler {
 
     /// SIGHUP: the file as it is now.
     pub fn reload(&mut self) {
+        if self.fleet.is_some() {
+            return self.reload_node();
+        }
         let text = match std::fs::read_to_string(&self.path) {
             Ok(t) => t,
             Err(e) => {
@@ -530,6 +620,13 @@ impl Handler {
     /// up health verdicts, other requests, SIGHUP or SIGTERM; everything else is answered
     /// here, on the loop, by [`Handler::handle`].
     pub fn serve(&mut self, call: Call) {
+        let call = match self.fleet {
+            Some(_) => match self.fleet_serve(call) {
+                Some(c) => c,
+                None => return,
+            },
+            None => call,
+        };
         let Call { envelope, reply } = call;
         let Some(read) = self.off_loop(&envelope.request) else {
             let _ = reply.send(self.handle(envelope));
@@ -598,102 +695,29 @@ impl Handler {
             }
             .answer(&self.store)),
             Request::ConfigExport {} => Ok(StoreRead::Export.answer(&self.store)),
+            Request::FleetStatus {} => Err(fail(
+                ErrorCode::Invalid,
+                "this node runs in file mode: set [daemon.fleet] to share one configuration with a fleet",
+            )),
             // Mutations: each makes a revision.
-            Request::ConfigApply { config, comment } => {
-                self.change(config, &format!("api: {op}"), &comment)
-            }
             Request::ConfigRollback { target, comment } => self.rollback(target, &comment),
             Request::ConfigImport { revisions, comment } => self.import(revisions, &comment),
-            Request::BackendSet {
-                vip,
-                address,
-                comment,
-                fields,
-            } => self.edit(
-                edit::set_backend(&self.text, &vip, &address, &fields),
-                format!("api: {op} {vip} {address}"),
-                &comment,
-            ),
-            Request::BackendAdd {
-                vip,
-                address,
-                comment,
-                fields,
-            } => self.edit(
-                edit::add_backend(&self.text, &vip, &with("address", address, fields)),
-                format!("api: {op} {vip}"),
-                &comment,
-            ),
-            Request::BackendRemove {
-                vip,
-                address,
-                comment,
-            } => self.edit(
-                edit::remove_backend(&self.text, &vip, &address),
-                format!("api: {op} {vip} {address}"),
-                &comment,
-            ),
-            Request::BackendSetAll {
-                address,
-                comment,
-                fields,
-            } => match edit::set_backend_everywhere(&self.text, &address, &fields) {
-                Ok((text, vips)) => self.change(
-                    text,
-                    &format!("api: {op} {address} ({})", vips.join(", ")),
-                    &comment,
-                ),
-                Err(e) => Err(edit_failure(e)),
+            r @ (Request::ConfigApply { .. }
+            | Request::BackendSet { .. }
+            | Request::BackendAdd { .. }
+            | Request::BackendRemove { .. }
+            | Request::BackendSetAll { .. }
+            | Request::NodeDrain { .. }
+            | Request::NodeResume { .. }
+            | Request::VipAdd { .. }
+            | Request::VipSet { .. }
+            | Request::VipRemove { .. }) => match edited(&r, &self.text) {
+                Some(Ok((text, source))) => self.change(text, &source, r.comment()),
+                Some(Err(e)) => Err(e),
+                None => unreachable!("{op} is an edit"),
             },
-            Request::NodeDrain { comment } => self.edit(
-                edit::set_maintenance(&self.text, true),
-                format!("api: {op}"),
-                &comment,
-            ),
-            Request::NodeResume { comment } => self.edit(
-                edit::set_maintenance(&self.text, false),
-                format!("api: {op}"),
-                &comment,
-            ),
-            Request::VipAdd {
-                name,
-                address,
-                comment,
-                fields,
-            } => self.edit(
-                edit::add_vip(
-                    &self.text,
-                    &with("name", name, with("address", address, fields)),
-                ),
-                format!("api: {op}"),
-                &comment,
-            ),
-            Request::VipSet {
-                name,
-                comment,
-                fields,
-            } => self.edit(
-                edit::set_vip(&self.text, &name, &fields),
-                format!("api: {op} {name}"),
-                &comment,
-            ),
-            Request::VipRemove { name, comment } => self.edit(
-                edit::remove_vip(&self.text, &name),
-                format!("api: {op} {name}"),
-                &comment,
-            ),
         };
         answer.unwrap_or_else(Reply::Err)
-    }
-
-    /// Apply an edit of the current text (made by `lb_control`'s edits) as a new revision.
-    fn edit(
-        &mut self,
-        edited: Result<String, edit::EditError>,
-        source: String,
-        comment: &str,
-    ) -> Result<Reply, Failure> {
-        self.change(edited.map_err(edit_failure)?, &source, comment)
     }
 
     /// Apply `text` as a new revision: the answer to a mutation.
@@ -732,6 +756,7 @@ impl Handler {
                     error: bird.error.clone(),
                 }
             }),
+            fleet: self.membership(),
         }
     }
 

@@ -7,6 +7,7 @@
 
 mod announce;
 mod cli;
+mod fleet;
 mod handler;
 mod links;
 mod metrics;

@@ -361,8 +361,13 @@ impl Observer for Metrics {
     }
 }
 
-/// Serve `/metrics` on `addr` until the task is aborted.
-pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> anyhow::Result<()> {
+/// Serve `/metrics` on `addr` until the task is aborted; in fleet mode also `/fleet`, what
+/// this node runs, for a peer cut off from etcd.
+pub async fn serve(
+    addr: SocketAddr,
+    metrics: Arc<Metrics>,
+    fleet: Option<tokio::sync::watch::Receiver<String>>,
+) -> anyhow::Result<()> {
     let l = TcpListener::bind(addr)
         .await
         .map_err(|e| anyhow::anyhow!("binding the metrics listener {addr}: {e}"))?;
@@ -376,6 +381,7 @@ pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> anyhow::Result<()
             }
         };
         let metrics = metrics.clone();
+        let fleet = fleet.as_ref().map(|f| f.borrow().clone());
         tokio::spawn(async move {
             let mut buf = vec![0u8; 2048];
             let n = s.read(&mut buf).await.unwrap_or(0);
@@ -390,6 +396,8 @@ pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> anyhow::Result<()
                             .await
                             .unwrap_or_default(),
                     )
+                } else if let (true, Some(view)) = (req.starts_with("GET /fleet "), fleet) {
+                    ("200 OK", view)
                 } else {
                     ("404 Not Found", "only /metrics here\n".to_string())
                 };

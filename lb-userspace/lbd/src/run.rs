@@ -127,7 +127,8 @@ fn serving(svc: &Handler) -> Result<(), String> {
 /// changed (events, metrics).
 fn announce(svc: &mut Handler, announcer: &mut Announcer, metrics: &Metrics) {
     let serving = serving(svc);
-    for v in announcer.update(&svc.cfg, &svc.ctl.vips, serving) {
+    let behind = svc.fleet_behind();
+    for v in announcer.update(&svc.cfg, &svc.ctl.vips, serving, behind) {
         metrics
             .vip_announced
             .get_or_create(&vec![("vip", v.vip.clone())])
@@ -159,6 +160,14 @@ pub async fn run(
     let cfg = Config::parse(&text, config_path)?;
     let _state_lock = lock(&cfg.daemon.state_dir)?;
     let _pin_lock = lock_pin_dir(&cfg.daemon.pin_dir)?;
+    // Fleet mode: the file is the node's own; the VIPs come from the fleet's revision.
+    let (node_text, (text, cfg, fleet_start)) = match cfg.daemon.fleet.is_some() {
+        true => {
+            let s = crate::fleet::start(&text, &cfg, config_path).await?;
+            (text, (s.text.clone(), s.cfg.clone(), Some(s)))
+        }
+        false => (String::new(), (text, cfg, None)),
+    };
     let mut ctl = start_dataplane(&cfg)?;
     let metrics = Metrics::new(cfg.daemon.pin_dir.clone(), cfg.dataplane.flows);
     ctl.set_observer(metrics.clone());
@@ -189,9 +198,27 @@ pub async fn run(
             guard.clear_ready();
         }
     });
+    let (landed_tx, mut landed) = mpsc::channel(16);
+    let node = fleet_start.map(|mut s| {
+        let f = cfg.daemon.fleet.clone().expect("fleet mode");
+        let name = f.node.clone().unwrap_or_else(crate::fleet::host_name);
+        let advertise = crate::fleet::advertise(&f, cfg.daemon.metrics_listen);
+        let running = s.running.as_ref().map_or(0, |r| r.meta.id);
+        let etcd = s.etcd.take();
+        info!(fleet = %f.name, node = %name, revision = running, "fleet mode");
+        let link = crate::fleet::spawn(
+            f.clone(),
+            name.clone(),
+            cfg.daemon.revisions_kept,
+            running,
+            etcd,
+        );
+        crate::fleet::Node::new(f, name, node_text, s, link, landed_tx, advertise)
+    });
+    let fleet_view = node.as_ref().map(|n| n.link.view.clone());
     let listen = cfg.daemon.metrics_listen;
     let exporter = tokio::spawn(async move {
-        if let Err(e) = crate::metrics::serve(listen, metrics).await {
+        if let Err(e) = crate::metrics::serve(listen, metrics, fleet_view).await {
             error!("{e:#}; no metrics are served (set [daemon] metrics_listen to a free address)");
         }
     });
@@ -206,7 +233,8 @@ pub async fn run(
     });
     info!(vips = ctl.vips.len(), config = %config_path.display(), "serving");
     let (tx, mut rx) = mpsc::channel(4096);
-    let mut svc = Handler::new(ctl, cfg, text, config_path, tx)?;
+    let mut svc = Handler::new(ctl, cfg, text, config_path, tx, node)?;
+    let mut incoming = svc.fleet.as_mut().and_then(|n| n.link.incoming.take());
     svc.metrics = Some(svc_metrics.clone());
     // Announced only now: the program is attached and the maps are written.
     let (announce_tx, mut announce_rx) = mpsc::channel(16);
@@ -251,7 +279,10 @@ pub async fn run(
                 if let Err(e) = svc.ctl.ramp() {
                     error!(error = %e, "writing a slow-start step into the dataplane failed");
                 }
+                svc.refresh_report();
             }
+            Some(rev) = next(&mut incoming) => svc.apply_incoming(rev),
+            Some(l) = landed.recv() => svc.landed(l),
             Some(r) = announce_rx.recv() => {
                 match r {
                     Report::Applied { v4, v6 } => svc.ctl.event(
@@ -296,6 +327,14 @@ pub async fn run(
         info!(pin_dir = %pin_dir.display(), "stopping: the dataplane keeps forwarding; a restart adopts it");
     }
     Ok(())
+}
+
+/// The next item of a receiver the loop may not have (file mode): never, without one.
+async fn next<T>(rx: &mut Option<mpsc::Receiver<T>>) -> Option<T> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Hold an exclusive lock on `f` for as long as it is open (with the process, even on

@@ -31,7 +31,7 @@ fn verdict<'a>(each: &'a [crate::VipAnnouncement], vip: &str) -> &'a crate::VipA
 fn every_qualifying_vip_is_announced_by_family() {
     let cfg = two_vips("", "");
     let c = applied(&cfg);
-    let (routes, each) = decide(&cfg, &c.vips, Ok(()));
+    let (routes, each) = decide(&cfg, &c.vips, Ok(()), None);
     assert_eq!(
         routes
             .v4
@@ -54,7 +54,7 @@ fn every_qualifying_vip_is_announced_by_family() {
 #[test]
 fn off_without_a_routes_file() {
     let cfg = config(&[vip("web", "198.18.100.1", 80, 401).backend("198.18.0.21", "")]);
-    let (routes, each) = decide(&cfg, &applied(&cfg).vips, Ok(()));
+    let (routes, each) = decide(&cfg, &applied(&cfg).vips, Ok(()), None);
     assert_eq!(routes, crate::Routes::default());
     assert_eq!(each[0].wants, Err(Withheld::Off));
 }
@@ -62,7 +62,7 @@ fn off_without_a_routes_file() {
 #[test]
 fn maintenance_withdraws_everything() {
     let cfg = two_vips("maintenance = true\n", "");
-    let (routes, each) = decide(&cfg, &applied(&cfg).vips, Ok(()));
+    let (routes, each) = decide(&cfg, &applied(&cfg).vips, Ok(()), None);
     assert_eq!(routes, crate::Routes::default());
     assert!(
         each.iter()
@@ -73,7 +73,7 @@ fn maintenance_withdraws_everything() {
 #[test]
 fn a_vip_with_announce_false_is_withheld() {
     let cfg = two_vips("", "announce = false");
-    let (routes, each) = decide(&cfg, &applied(&cfg).vips, Ok(()));
+    let (routes, each) = decide(&cfg, &applied(&cfg).vips, Ok(()), None);
     assert!(!routes.v4.iter().any(|a| a.to_string() == "198.18.100.1"));
     assert_eq!(verdict(&each, "web").wants, Err(Withheld::Disabled));
     assert!(verdict(&each, "dns").announced);
@@ -82,7 +82,7 @@ fn a_vip_with_announce_false_is_withheld() {
 #[test]
 fn a_dataplane_that_does_not_serve_announces_nothing() {
     let cfg = two_vips("", "");
-    let (routes, each) = decide(&cfg, &applied(&cfg).vips, Err("eth0 is gone".into()));
+    let (routes, each) = decide(&cfg, &applied(&cfg).vips, Err("eth0 is gone".into()), None);
     assert_eq!(routes, crate::Routes::default());
     assert_eq!(
         verdict(&each, "web").wants.clone().unwrap_err().to_string(),
@@ -94,7 +94,7 @@ fn a_dataplane_that_does_not_serve_announces_nothing() {
 fn too_few_usable_backends_withdraws_and_recovery_announces() {
     let cfg = two_vips("min_backends = 2\n", "");
     let mut c = applied(&cfg);
-    let (_, each) = decide(&cfg, &c.vips, Ok(()));
+    let (_, each) = decide(&cfg, &c.vips, Ok(()), None);
     assert!(verdict(&each, "web").announced);
     // dns has one backend: below 2.
     assert_eq!(
@@ -106,7 +106,7 @@ fn too_few_usable_backends_withdraws_and_recovery_announces() {
     );
     let b = bid(&c, "web", "198.18.0.21");
     c.on_probe(&fail("web", b)).unwrap();
-    let (routes, each) = decide(&cfg, &c.vips, Ok(()));
+    let (routes, each) = decide(&cfg, &c.vips, Ok(()), None);
     assert!(routes.v4.is_empty(), "{routes:?}");
     assert_eq!(
         verdict(&each, "web").wants,
@@ -117,7 +117,7 @@ fn too_few_usable_backends_withdraws_and_recovery_announces() {
     );
     c.on_probe(&ok("web", b, 1)).unwrap();
     c.on_probe(&ok("web", b, 1)).unwrap();
-    let (routes, _) = decide(&cfg, &c.vips, Ok(()));
+    let (routes, _) = decide(&cfg, &c.vips, Ok(()), None);
     assert_eq!(routes.v4.len(), 1);
 }
 
@@ -125,7 +125,7 @@ fn too_few_usable_backends_withdraws_and_recovery_announces() {
 fn per_vip_minimum_overrides_the_node_wide_one() {
     let cfg = two_vips("min_backends = 2\n", "announce_min_backends = 1");
     let c = applied(&cfg);
-    let (_, each) = decide(&cfg, &c.vips, Ok(()));
+    let (_, each) = decide(&cfg, &c.vips, Ok(()), None);
     assert!(verdict(&each, "web").wants.is_ok());
 }
 
@@ -145,7 +145,7 @@ fn a_serving_backup_pool_counts() {
     let b = bid(&c, "web", "198.18.0.21");
     c.on_probe(&fail("web", b)).unwrap();
     assert!(vip_of(&c, "web").on_backup);
-    let (routes, each) = decide(&cfg, &c.vips, Ok(()));
+    let (routes, each) = decide(&cfg, &c.vips, Ok(()), None);
     assert_eq!(routes.v4.len(), 1, "{each:?}");
 }
 
@@ -163,7 +163,7 @@ fn an_address_shared_by_two_vips_stays_while_either_qualifies() {
             ]
         )
     ));
-    let (routes, each) = decide(&cfg, &applied(&cfg).vips, Ok(()));
+    let (routes, each) = decide(&cfg, &applied(&cfg).vips, Ok(()), None);
     assert_eq!(routes.v4.len(), 1);
     let tls = verdict(&each, "tls");
     assert!(

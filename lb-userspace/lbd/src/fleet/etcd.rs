@@ -1,0 +1,399 @@
+//! The fleet's configuration in etcd: revisions, the head that names the current one, and
+//! each node's published status.
+//!
+//! Keys under `{prefix}/{fleet}/`:
+//! - `head`: the current revision's id, in decimal. Every change is one transaction that
+//!   compares it with the revision the change was based on, and only then writes the new
+//!   revision and moves it: two operators on the same base cannot both win.
+//! - `rev/{id:020}`: a revision whole (meta and text); `meta/{id:020}`: its meta alone,
+//!   for history without the texts. The oldest beyond `revisions_kept` go in the same
+//!   transaction.
+//! - `node/{node}`: what a node runs and sees ([`lb_api::FleetNode`]), under its lease: a
+//!   node that stops renewing it disappears from the fleet's status.
+
+use std::time::Duration;
+
+use etcd_client::{
+    Certificate, Client, Compare, CompareOp, ConnectOptions, DeleteOptions, GetOptions, Identity,
+    PutOptions, TlsOptions, Txn, TxnOp, TxnOpResponse,
+};
+use lb_control::FleetConfig;
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::store::Meta;
+
+/// How long one etcd request may take before the fleet counts as unreachable.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// etcd's own bound on a request (`--max-request-bytes`, 1.5 MiB by default), less room
+/// for the revision's meta: a larger text is refused before it is sent.
+pub const MAX_FLEET_REVISION_BYTES: usize = 1_400_000;
+
+#[derive(Debug, Error)]
+pub enum FleetError {
+    #[error(
+        "etcd ({endpoints}) is unreachable or has no quorum: {detail}; the fleet's configuration cannot change now, and this node keeps serving revision {running}"
+    )]
+    Unavailable {
+        endpoints: String,
+        detail: String,
+        running: u64,
+    },
+    #[error("based on revision {base}, but the fleet is at revision {current}: read it and retry")]
+    Conflict { base: u64, current: u64 },
+    #[error("no revision {0} in the fleet (see `lbctl config history`)")]
+    NoRevision(u64),
+    #[error("etcd holds {key} in a form lbd does not read ({why}); fix or delete the key")]
+    Corrupt { key: String, why: String },
+    #[error("reading {what} for etcd: {source}")]
+    Credentials {
+        what: String,
+        source: std::io::Error,
+    },
+}
+
+/// A fleet revision, as kept in `rev/{id}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FleetRevision {
+    #[serde(flatten)]
+    pub meta: Meta,
+    pub config: String,
+}
+
+#[derive(Clone)]
+pub struct Keys {
+    base: String,
+}
+
+impl Keys {
+    pub fn new(prefix: &str, fleet: &str) -> Keys {
+        Keys {
+            base: format!("{}/{fleet}/", prefix.trim_end_matches('/')),
+        }
+    }
+    pub fn head(&self) -> String {
+        format!("{}head", self.base)
+    }
+    fn rev(&self, id: u64) -> String {
+        format!("{}rev/{id:020}", self.base)
+    }
+    fn meta(&self, id: u64) -> String {
+        format!("{}meta/{id:020}", self.base)
+    }
+    fn metas(&self) -> String {
+        format!("{}meta/", self.base)
+    }
+    fn revs(&self) -> String {
+        format!("{}rev/", self.base)
+    }
+    pub fn node(&self, node: &str) -> String {
+        format!("{}node/{node}", self.base)
+    }
+    fn nodes(&self) -> String {
+        format!("{}node/", self.base)
+    }
+    pub fn describe(&self) -> String {
+        self.base.trim_end_matches('/').to_string()
+    }
+}
+
+/// A handle on the fleet in etcd. Cheap to clone: clones share the connection.
+#[derive(Clone)]
+pub struct Etcd {
+    client: Client,
+    pub keys: Keys,
+    endpoints: String,
+    keep: usize,
+}
+
+/// Connection options from `[daemon.fleet]`: TLS (CA, client certificate) and the user,
+/// whose password is read from its file here and kept nowhere else.
+fn options(f: &FleetConfig) -> Result<ConnectOptions, FleetError> {
+    let read = |what: &str, p: &std::path::Path| {
+        std::fs::read(p).map_err(|source| FleetError::Credentials {
+            what: format!("{what} {}", p.display()),
+            source,
+        })
+    };
+    let mut o = ConnectOptions::new()
+        .with_connect_timeout(CONNECT_TIMEOUT)
+        .with_timeout(REQUEST_TIMEOUT)
+        .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2))
+        // A member cut off from its quorum answers nothing rather than stale data.
+        .with_require_leader(true);
+    if f.endpoints.iter().any(|e| e.starts_with("https://")) {
+        let mut tls = TlsOptions::new();
+        if let Some(ca) = &f.ca {
+            tls = tls.ca_certificate(Certificate::from_pem(read("the CA", ca)?));
+        }
+        if let (Some(c), Some(k)) = (&f.cert, &f.key) {
+            tls = tls.identity(Identity::from_pem(
+                read("the client certificate", c)?,
+                read("the client key", k)?,
+            ));
+        }
+        o = o.with_tls(tls);
+    }
+    if let (Some(user), Some(p)) = (&f.user, &f.password_file) {
+        let password = String::from_utf8_lossy(&read("the password file", p)?)
+            .trim_end_matches(['\n', '\r'])
+            .to_string();
+        o = o.with_user(user.clone(), password);
+    }
+    Ok(o)
+}
+
+/// An etcd failure in a line an operator reads: gRPC's message and the cause beneath it
+/// ("tcp connect error: Connection refused"), not the whole chain of wrappers.
+pub trait Brief {
+    fn brief(&self) -> String;
+}
+
+impl Brief for etcd_client::Error {
+    fn brief(&self) -> String {
+        let top = match self {
+            etcd_client::Error::GRpcStatus(s) => s.message().to_string(),
+            e => e.to_string(),
+        };
+        let mut deepest: &dyn std::error::Error = self;
+        while let Some(next) = deepest.source() {
+            deepest = next;
+        }
+        let cause = deepest.to_string();
+        if cause == top || top.contains(&cause) {
+            top
+        } else {
+            format!("{top}: {cause}")
+        }
+    }
+}
+
+impl Brief for &str {
+    fn brief(&self) -> String {
+        self.to_string()
+    }
+}
+
+impl Brief for String {
+    fn brief(&self) -> String {
+        self.clone()
+    }
+}
+
+fn corrupt(key: &[u8], why: impl std::fmt::Display) -> FleetError {
+    FleetError::Corrupt {
+        key: String::from_utf8_lossy(key).into_owned(),
+        why: why.to_string(),
+    }
+}
+
+fn parse_id(key: &[u8], value: &[u8]) -> Result<u64, FleetError> {
+    std::str::from_utf8(value)
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or_else(|| corrupt(key, "not a revision id"))
+}
+
+impl Etcd {
+    /// Connect (the first request proves it: etcd's client connects lazily).
+    pub async fn connect(f: &FleetConfig, keep: usize, running: u64) -> Result<Etcd, FleetError> {
+        let endpoints = f.endpoints.join(", ");
+        let opts = options(f)?;
+        let client = tokio::time::timeout(
+            REQUEST_TIMEOUT,
+            Client::connect(f.endpoints.clone(), Some(opts)),
+        )
+        .await
+        .map_err(|_| "connecting timed out".to_string())
+        .and_then(|r| r.map_err(|e| e.brief()))
+        .map_err(|detail| FleetError::Unavailable {
+            endpoints: endpoints.clone(),
+            detail,
+            running,
+        })?;
+        let e = Etcd {
+            client,
+            keys: Keys::new(&f.prefix, &f.name),
+            endpoints,
+            keep: keep.max(1),
+        };
+        e.head(running).await?;
+        Ok(e)
+    }
+
+    pub fn client(&self) -> Client {
+        self.client.clone()
+    }
+
+    pub fn unavailable(&self, e: impl Brief, running: u64) -> FleetError {
+        FleetError::Unavailable {
+            endpoints: self.endpoints.clone(),
+            detail: e.brief(),
+            running,
+        }
+    }
+
+    /// The current revision's id (0: the fleet has none yet).
+    pub async fn head(&self, running: u64) -> Result<u64, FleetError> {
+        let key = self.keys.head();
+        let r = self
+            .client
+            .kv_client()
+            .get(key.clone(), None)
+            .await
+            .map_err(|e| self.unavailable(e, running))?;
+        match r.kvs().first() {
+            Some(kv) => parse_id(kv.key(), kv.value()),
+            None => Ok(0),
+        }
+    }
+
+    pub async fn get(&self, id: u64, running: u64) -> Result<FleetRevision, FleetError> {
+        let key = self.keys.rev(id);
+        let r = self
+            .client
+            .kv_client()
+            .get(key.clone(), None)
+            .await
+            .map_err(|e| self.unavailable(e, running))?;
+        let kv = r.kvs().first().ok_or(FleetError::NoRevision(id))?;
+        serde_json::from_slice(kv.value()).map_err(|e| corrupt(kv.key(), e))
+    }
+
+    /// Every revision's meta, oldest first.
+    pub async fn history(&self, running: u64) -> Result<Vec<Meta>, FleetError> {
+        let r = self
+            .client
+            .kv_client()
+            .get(self.keys.metas(), Some(GetOptions::new().with_prefix()))
+            .await
+            .map_err(|e| self.unavailable(e, running))?;
+        r.kvs()
+            .iter()
+            .map(|kv| serde_json::from_slice(kv.value()).map_err(|e| corrupt(kv.key(), e)))
+            .collect()
+    }
+
+    /// Every revision whole, oldest first.
+    pub async fn all(&self, running: u64) -> Result<Vec<FleetRevision>, FleetError> {
+        let r = self
+            .client
+            .kv_client()
+            .get(self.keys.revs(), Some(GetOptions::new().with_prefix()))
+            .await
+            .map_err(|e| self.unavailable(e, running))?;
+        r.kvs()
+            .iter()
+            .map(|kv| serde_json::from_slice(kv.value()).map_err(|e| corrupt(kv.key(), e)))
+            .collect()
+    }
+
+    /// Record `config` as the revision after `base`, if `base` is still the head: the new
+    /// revision, its meta and the head in one transaction, with the revisions past
+    /// `revisions_kept` removed. A head that moved is a [`FleetError::Conflict`].
+    pub async fn commit(
+        &self,
+        base: u64,
+        config: &str,
+        source: &str,
+        comment: &str,
+        running: u64,
+    ) -> Result<Meta, FleetError> {
+        let id = base + 1;
+        let meta = Meta {
+            id,
+            at_ms: crate::store::now_ms(),
+            source: source.to_string(),
+            comment: comment.to_string(),
+        };
+        let rev = FleetRevision {
+            meta: meta.clone(),
+            config: config.to_string(),
+        };
+        let head = self.keys.head();
+        let unchanged = if base == 0 {
+            Compare::version(head.clone(), CompareOp::Equal, 0)
+        } else {
+            Compare::value(head.clone(), CompareOp::Equal, base.to_string())
+        };
+        let mut ops = vec![
+            TxnOp::put(
+                self.keys.rev(id),
+                serde_json::to_vec(&rev).expect("a revision serializes"),
+                None,
+            ),
+            TxnOp::put(
+                self.keys.meta(id),
+                serde_json::to_vec(&meta).expect("a meta serializes"),
+                None,
+            ),
+            TxnOp::put(head.clone(), id.to_string(), None),
+        ];
+        if let Some(first_kept) = (id + 1).checked_sub(self.keep as u64).filter(|f| *f > 1) {
+            for (from, to) in [
+                (self.keys.revs(), self.keys.rev(first_kept)),
+                (self.keys.metas(), self.keys.meta(first_kept)),
+            ] {
+                ops.push(TxnOp::delete(
+                    from,
+                    Some(DeleteOptions::new().with_range(to)),
+                ));
+            }
+        }
+        let txn = Txn::new()
+            .when([unchanged])
+            .and_then(ops)
+            .or_else([TxnOp::get(head, None)]);
+        let r = self
+            .client
+            .kv_client()
+            .txn(txn)
+            .await
+            .map_err(|e| self.unavailable(e, running))?;
+        if r.succeeded() {
+            return Ok(meta);
+        }
+        let current = match r.op_responses().into_iter().next() {
+            Some(TxnOpResponse::Get(g)) => match g.kvs().first() {
+                Some(kv) => parse_id(kv.key(), kv.value())?,
+                None => 0,
+            },
+            _ => 0,
+        };
+        Err(FleetError::Conflict { base, current })
+    }
+
+    /// Every node's published status, by name.
+    pub async fn nodes(&self, running: u64) -> Result<Vec<lb_api::FleetNode>, FleetError> {
+        let r = self
+            .client
+            .kv_client()
+            .get(self.keys.nodes(), Some(GetOptions::new().with_prefix()))
+            .await
+            .map_err(|e| self.unavailable(e, running))?;
+        r.kvs()
+            .iter()
+            .map(|kv| serde_json::from_slice(kv.value()).map_err(|e| corrupt(kv.key(), e)))
+            .collect()
+    }
+
+    /// Publish this node's status under `lease`.
+    pub async fn publish(
+        &self,
+        node: &lb_api::FleetNode,
+        lease: i64,
+        running: u64,
+    ) -> Result<(), FleetError> {
+        self.client
+            .kv_client()
+            .put(
+                self.keys.node(&node.node),
+                serde_json::to_vec(node).expect("a node serializes"),
+                Some(PutOptions::new().with_lease(lease)),
+            )
+            .await
+            .map(drop)
+            .map_err(|e| self.unavailable(e, running))
+    }
+}
