@@ -89,6 +89,14 @@ pub struct Fleet {
     /// the router's node-facing veths (XDP_TX into a veth needs NAPI on the peer:
     /// ../shared/PLATFORM.md).
     decap_pins: Vec<PathBuf>,
+    /// etcd members in the router's namespace (`start_etcd`); `None` while one is down.
+    pub etcd: Vec<Option<Child>>,
+    etcd_cluster: String,
+}
+
+/// Etcd member `m`'s address (1-based), on the router's loopback.
+fn etcd_addr(m: usize) -> String {
+    format!("198.18.0.{m}")
 }
 
 fn write(path: &Path, text: &str) {
@@ -203,6 +211,8 @@ impl Fleet {
             echo,
             servers: Vec::new(),
             decap_pins,
+            etcd: Vec::new(),
+            etcd_cluster: String::new(),
         };
         f.start_frr(bfd);
         for i in 0..f.nodes.len() {
@@ -301,22 +311,186 @@ impl Fleet {
     /// The `[daemon]`, `[dataplane]` and `[announce]` tables and the VIP for node `i`,
     /// with health checks every `interval_ms` on port 80.
     pub fn lbd_config(&self, i: usize, interval_ms: u32) -> String {
+        self.node_config(i) + &self.vip_config(interval_ms)
+    }
+
+    /// Node `i`'s own tables: `[daemon]` (its metrics on its address, where peers reach
+    /// its `/fleet`), `[dataplane]` and `[announce]`.
+    pub fn node_config(&self, i: usize) -> String {
         let n = &self.nodes[i];
-        let mut c = format!(
-            "[daemon]\ninterfaces = [\"eth0\"]\npin_dir = \"@PIN_DIR@\"\n\n\
-             [dataplane]\nflows = 65536\nring_capacity = 65537\n\n\
-             [announce]\nroutes_v4 = \"{}\"\nbird_socket = \"{}\"\nbirdc = \"{}\"\n\n\
-             [[vip]]\nname = \"web\"\naddress = \"{VIP}\"\nport = 80\nring_size = 65537\n\n\
-             [vip.health]\nkind = \"tcp\"\ninterval_ms = {interval_ms}\ntimeout_ms = {t}\nrise = 2\nfall = 2\n",
+        format!(
+            "[daemon]\ninterfaces = [\"eth0\"]\npin_dir = \"@PIN_DIR@\"\nmetrics_listen = \"{}:9469\"\n\n\
+             [dataplane]\nflows = 65536\nring_capacity = 131072\n\n\
+             [announce]\nroutes_v4 = \"{}\"\nbird_socket = \"{}\"\nbirdc = \"{}\"\n\n",
+            n.addr,
             n.routes_file().display(),
             n.bird_socket().display(),
             program("birdc"),
+        )
+    }
+
+    /// The VIP with every backend, health checks every `interval_ms` on port 80.
+    pub fn vip_config(&self, interval_ms: u32) -> String {
+        let mut c = format!(
+            "[[vip]]\nname = \"web\"\naddress = \"{VIP}\"\nport = 80\nring_size = 65537\n\n\
+             [vip.health]\nkind = \"tcp\"\ninterval_ms = {interval_ms}\ntimeout_ms = {t}\nrise = 2\nfall = 2\n",
             t = interval_ms * 3 / 4,
         );
         for b in &self.backends {
             c.push_str(&format!("\n[[vip.backend]]\naddress = \"{}\"\n", b.addr));
         }
         c
+    }
+
+    /// Start a cluster of `members` etcd members in the router's namespace, on addresses
+    /// of its own (198.18.0.M) that every node reaches through its uplink. Elections are
+    /// quick (heartbeat 50 ms, election timeout 500 ms) so that the tests of a lost leader
+    /// do not wait on etcd's defaults.
+    pub fn start_etcd(&mut self, members: usize) {
+        let cluster: Vec<String> = (1..=members)
+            .map(|m| format!("e{m}=http://{}:2380", etcd_addr(m)))
+            .collect();
+        for m in 1..=members {
+            self.router
+                .exec(&format!("ip addr add {}/32 dev lo", etcd_addr(m)));
+        }
+        self.router.exec("ip link set lo up");
+        self.etcd_cluster = cluster.join(",");
+        for m in 1..=members {
+            self.etcd.push(None);
+            self.start_etcd_member(m - 1);
+        }
+        let end = Instant::now() + Duration::from_secs(30);
+        while !self.etcd_healthy() {
+            assert!(
+                Instant::now() < end,
+                "etcd never became healthy: {}",
+                self.etcd_log(0)
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Start (again) etcd member `m` (0-based).
+    pub fn start_etcd_member(&mut self, m: usize) {
+        let addr = etcd_addr(m + 1);
+        let dir = self.router_dir.join(format!("etcd{}", m + 1));
+        std::fs::create_dir_all(&dir).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.router_dir.join(format!("etcd{}.log", m + 1)))
+            .unwrap();
+        let child = std::process::Command::new("ip")
+            .args(["netns", "exec", &self.router.name, "etcd"])
+            .arg(format!("--name=e{}", m + 1))
+            .arg(format!("--data-dir={}", dir.display()))
+            .arg(format!("--listen-client-urls=http://{addr}:2379"))
+            .arg(format!("--advertise-client-urls=http://{addr}:2379"))
+            .arg(format!("--listen-peer-urls=http://{addr}:2380"))
+            .arg(format!("--initial-advertise-peer-urls=http://{addr}:2380"))
+            .arg(format!("--initial-cluster={}", self.etcd_cluster))
+            .args([
+                "--initial-cluster-state=new",
+                "--initial-cluster-token=lbt",
+                "--heartbeat-interval=50",
+                "--election-timeout=500",
+            ])
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start etcd");
+        self.etcd[m] = Some(child);
+    }
+
+    /// Kill etcd member `m` (SIGKILL: no goodbye to its peers).
+    pub fn kill_etcd_member(&mut self, m: usize) {
+        if let Some(mut c) = self.etcd[m].take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// The etcd client URLs, for `[daemon.fleet] endpoints`.
+    pub fn etcd_endpoints(&self) -> Vec<String> {
+        (1..=self.etcd.len())
+            .map(|m| format!("http://{}:2379", etcd_addr(m)))
+            .collect()
+    }
+
+    fn etcdctl(&self, args: &str) -> String {
+        self.router.exec(&format!(
+            "etcdctl --dial-timeout=1s --command-timeout=2s --endpoints={} {args} 2>&1 || true",
+            self.etcd_endpoints().join(",")
+        ))
+    }
+
+    /// Whether every running member is healthy (and so the cluster has quorum).
+    pub fn etcd_healthy(&self) -> bool {
+        let out = self.etcdctl("endpoint health");
+        let running = self.etcd.iter().filter(|c| c.is_some()).count();
+        out.matches("is healthy").count() >= running && running > 0
+    }
+
+    /// The member that leads now (0-based), if one does.
+    pub fn etcd_leader(&self) -> Option<usize> {
+        let out = self.etcdctl("endpoint status -w json");
+        let v: serde_json::Value = serde_json::from_str(out.trim()).ok()?;
+        v.as_array()?.iter().find_map(|e| {
+            let s = &e["Status"];
+            (s["leader"] == s["header"]["member_id"] && !s["leader"].is_null()).then(|| {
+                let ep = e["Endpoint"].as_str().unwrap_or_default();
+                self.etcd_endpoints().iter().position(|x| x == ep)
+            })?
+        })
+    }
+
+    /// Everything etcd member `m` logged.
+    pub fn etcd_log(&self, m: usize) -> String {
+        std::fs::read_to_string(self.router_dir.join(format!("etcd{}.log", m + 1)))
+            .unwrap_or_default()
+    }
+
+    /// Node `i` loses its way to etcd (the router drops its packets to the client port);
+    /// it still reaches the client, the backends and its peers.
+    pub fn cut_etcd(&self, i: usize) {
+        let table = format!("etcdcut{i}");
+        self.router.exec(&format!(
+            "nft add table inet {table} && \
+             nft add chain inet {table} in \"{{ type filter hook input priority 0; }}\" && \
+             nft add rule inet {table} in ip saddr {} tcp dport 2379 drop",
+            self.nodes[i].addr
+        ));
+    }
+
+    pub fn mend_etcd(&self, i: usize) {
+        self.router
+            .exec(&format!("nft delete table inet etcdcut{i}"));
+    }
+
+    /// Run `lbctl` (`exe`) against node `i`'s lbd: whether it succeeded, and what it
+    /// printed (stdout, then stderr).
+    pub fn lbctl(&self, exe: &str, i: usize, args: &[&str]) -> (bool, String) {
+        let o = std::process::Command::new(exe)
+            .arg("--socket")
+            .arg(self.nodes[i].lbd.as_ref().expect("lbd").socket())
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            o.status.success(),
+            String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr),
+        )
+    }
+
+    /// `lbctl --json ARGS` on node `i`, which must succeed.
+    pub fn lbctl_json(&self, exe: &str, i: usize, args: &[&str]) -> serde_json::Value {
+        let mut a = vec!["--json"];
+        a.extend_from_slice(args);
+        let (ok, out) = self.lbctl(exe, i, &a);
+        assert!(ok, "lbctl {args:?} on node {i}: {out}");
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
     }
 
     /// Start lbd on node `i` with `config`, and wait until it serves.
@@ -446,6 +620,9 @@ impl Fleet {
 
 impl Drop for Fleet {
     fn drop(&mut self) {
+        for m in 0..self.etcd.len() {
+            self.kill_etcd_member(m);
+        }
         for s in &mut self.servers {
             let _ = s.kill();
             let _ = s.wait();

@@ -9,6 +9,9 @@ pub struct Held {
     pub broken: BTreeMap<String, u32>,
     /// Connects that failed and were tried again before the connection was held.
     pub retried: u32,
+    /// How each broken connection broke (moved to another backend, reset, timed out)
+    /// and when.
+    pub why: Vec<String>,
 }
 
 pub fn finish(child: Child) -> Held {
@@ -19,7 +22,14 @@ pub fn finish(child: Child) -> Held {
         "hold client failed: {text}{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let mut h = Held::default();
+    let mut h = Held {
+        why: String::from_utf8_lossy(&out.stderr)
+            .lines()
+            .filter(|l| l.contains(" broke after "))
+            .map(str::to_string)
+            .collect(),
+        ..Held::default()
+    };
     for line in text.lines() {
         let parts: Vec<&str> = line.split_whitespace().collect();
         match parts.as_slice() {

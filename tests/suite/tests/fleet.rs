@@ -20,24 +20,11 @@ const CHECK_MS: u32 = 200;
 const HELD: u32 = 200;
 
 fn lbctl(f: &Fleet, node: usize, args: &[&str]) -> (bool, String) {
-    let o = std::process::Command::new(LBCTL)
-        .arg("--socket")
-        .arg(f.nodes[node].lbd.as_ref().expect("lbd").socket())
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        o.status.success(),
-        String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr),
-    )
+    f.lbctl(LBCTL, node, args)
 }
 
 fn json(f: &Fleet, node: usize, args: &[&str]) -> Value {
-    let mut a = vec!["--json"];
-    a.extend_from_slice(args);
-    let (ok, out) = lbctl(f, node, &a);
-    assert!(ok, "lbctl {args:?} on node {node}: {out}");
-    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
+    f.lbctl_json(LBCTL, node, args)
 }
 
 /// New flows node `i` has scheduled for the VIP so far.
@@ -106,9 +93,10 @@ fn assert_none_broken(h: &holds::Held, what: &str) {
     assert_eq!(total, HELD, "{what}: held {:?}", h.at);
     assert!(
         h.broken.is_empty(),
-        "{what}: held connections broke: {:?} (of {:?})",
+        "{what}: held connections broke: {:?} (of {:?}): {:?}",
         h.broken,
-        h.at
+        h.at,
+        h.why
     );
 }
 

@@ -152,20 +152,21 @@ pub trait Brief {
 
 impl Brief for etcd_client::Error {
     fn brief(&self) -> String {
-        let top = match self {
+        let mut out = match self {
             etcd_client::Error::GRpcStatus(s) => s.message().to_string(),
             e => e.to_string(),
         };
-        let mut deepest: &dyn std::error::Error = self;
-        while let Some(next) = deepest.source() {
-            deepest = next;
+        // The causes beneath, each once, without the wrappers that repeat them all
+        // ("grpc request error: code: ..., source: tonic::transport::Error(...)").
+        let mut next = std::error::Error::source(self);
+        while let Some(e) = next {
+            let s = e.to_string();
+            if s.len() < 100 && !s.contains("grpc request error") && !out.contains(&s) {
+                out = format!("{out}: {s}");
+            }
+            next = e.source();
         }
-        let cause = deepest.to_string();
-        if cause == top || top.contains(&cause) {
-            top
-        } else {
-            format!("{top}: {cause}")
-        }
+        out
     }
 }
 
@@ -178,6 +179,16 @@ impl Brief for &str {
 impl Brief for String {
     fn brief(&self) -> String {
         self.clone()
+    }
+}
+
+impl FleetError {
+    /// What failed, without the endpoints (for a list of several).
+    fn detail(&self) -> String {
+        match self {
+            FleetError::Unavailable { detail, .. } => detail.clone(),
+            e => e.to_string(),
+        }
     }
 }
 
@@ -196,30 +207,66 @@ fn parse_id(key: &[u8], value: &[u8]) -> Result<u64, FleetError> {
 }
 
 impl Etcd {
-    /// Connect (the first request proves it: etcd's client connects lazily).
-    pub async fn connect(f: &FleetConfig, keep: usize, running: u64) -> Result<Etcd, FleetError> {
-        let endpoints = f.endpoints.join(", ");
+    /// Connect to one member of `f.endpoints`, trying each from `first` on (wrapping
+    /// round) until one answers with a leader behind it. One member at a time, not a
+    /// balanced channel over all: a request the balancer sends to a dead member fails, and
+    /// a session must fail only when its own member does. Returns the handle and the
+    /// index of the member it reached.
+    pub async fn connect(
+        f: &FleetConfig,
+        keep: usize,
+        running: u64,
+        first: usize,
+    ) -> Result<(Etcd, usize), FleetError> {
+        let n = f.endpoints.len();
+        let mut failures = Vec::new();
+        for k in 0..n {
+            let i = (first + k) % n;
+            match Etcd::connect_one(f, i, keep, running).await {
+                Ok(e) => return Ok((e, i)),
+                Err(e) => failures.push(format!("{}: {}", f.endpoints[i], e.detail())),
+            }
+        }
+        Err(FleetError::Unavailable {
+            endpoints: f.endpoints.join(", "),
+            detail: failures.join("; "),
+            running,
+        })
+    }
+
+    async fn connect_one(
+        f: &FleetConfig,
+        i: usize,
+        keep: usize,
+        running: u64,
+    ) -> Result<Etcd, FleetError> {
+        let endpoint = f.endpoints[i].clone();
         let opts = options(f)?;
         let client = tokio::time::timeout(
             REQUEST_TIMEOUT,
-            Client::connect(f.endpoints.clone(), Some(opts)),
+            Client::connect([endpoint.clone()], Some(opts)),
         )
         .await
         .map_err(|_| "connecting timed out".to_string())
         .and_then(|r| r.map_err(|e| e.brief()))
         .map_err(|detail| FleetError::Unavailable {
-            endpoints: endpoints.clone(),
+            endpoints: endpoint.clone(),
             detail,
             running,
         })?;
         let e = Etcd {
             client,
             keys: Keys::new(&f.prefix, &f.name),
-            endpoints,
+            endpoints: endpoint,
             keep: keep.max(1),
         };
         e.head(running).await?;
         Ok(e)
+    }
+
+    /// The member this handle talks to.
+    pub fn endpoint(&self) -> &str {
+        &self.endpoints
     }
 
     pub fn client(&self) -> Client {

@@ -144,15 +144,37 @@ impl Link {
 
     async fn run(&mut self, mut first: Option<Etcd>) {
         let mut failures = 0u32;
+        // The member to try first; after a session fails, the next one.
+        let mut member = super::first_member(&self.cfg);
+        // Cut off from etcd, the node asks its peers every second, also while it waits
+        // for a member to answer (a member that drops packets takes seconds to give up on).
+        let mut poll = tokio::time::interval(PEER_POLL);
         loop {
             let etcd = match first.take() {
                 Some(e) => Ok(e),
-                None => Etcd::connect(&self.cfg, self.keep, self.running()).await,
+                None => {
+                    let cfg = self.cfg.clone();
+                    let connect = Etcd::connect(&cfg, self.keep, self.running(), member);
+                    tokio::pin!(connect);
+                    loop {
+                        tokio::select! {
+                            r = &mut connect => break r.map(|(e, i)| {
+                                member = i;
+                                e
+                            }),
+                            _ = poll.tick(), if !self.state.borrow().connected => {
+                                self.poll_peers_directly().await;
+                            }
+                        }
+                    }
+                }
             };
             let ended = match etcd {
                 Ok(etcd) => {
                     self.etcd.send_replace(Some(etcd.clone()));
-                    self.session(&etcd).await
+                    let e = self.session(&etcd).await;
+                    member += 1;
+                    e
                 }
                 Err(e) => Err(e),
             };
@@ -167,10 +189,14 @@ impl Link {
                 s.error = Some(e.to_string());
             });
             self.set_view(false);
-            // Cut off from etcd: ask the peers themselves whether they run newer.
-            let until = tokio::time::Instant::now() + Duration::from_secs(1);
-            self.poll_peers_directly().await;
-            tokio::time::sleep_until(until).await;
+            let pause = tokio::time::sleep(Duration::from_secs(1));
+            tokio::pin!(pause);
+            loop {
+                tokio::select! {
+                    _ = &mut pause => break,
+                    _ = poll.tick() => self.poll_peers_directly().await,
+                }
+            }
         }
     }
 
@@ -199,14 +225,19 @@ impl Link {
             s.head = Some(head);
         });
         if !was {
-            info!(fleet = %etcd.keys.describe(), head, running, "connected to the fleet's etcd");
+            info!(fleet = %etcd.keys.describe(), member = etcd.endpoint(), head, running, "connected to the fleet's etcd");
         }
         self.set_view(true);
         self.catch_up(etcd, head).await?;
         self.publish(etcd, lease).await?;
-        let mut renew = tokio::time::interval(Duration::from_secs((self.cfg.lease_s / 3).max(1)));
+        let ttl = Duration::from_secs(self.cfg.lease_s);
+        let mut renew = tokio::time::interval(ttl / 3);
+        let mut renewed = tokio::time::Instant::now();
         let mut peers = tokio::time::interval(PEER_POLL);
         loop {
+            // Renewals are sent on a tick and their answers read as they come: a member
+            // that stops answering ends the session after two thirds of the lease, and never holds
+            // up the watch meanwhile.
             tokio::select! {
                 msg = watch.message() => {
                     let resp = msg.map_err(unavailable)?
@@ -224,12 +255,18 @@ impl Link {
                         }
                     }
                 }
+                r = renewals.message() => match r.map_err(unavailable)? {
+                    Some(r) if r.ttl() > 0 => renewed = tokio::time::Instant::now(),
+                    _ => return Err(etcd.unavailable("the node's lease expired", self.running())),
+                },
                 _ = renew.tick() => {
-                    keeper.keep_alive().await.map_err(unavailable)?;
-                    let r = renewals.message().await.map_err(unavailable)?;
-                    if r.is_none_or(|r| r.ttl() <= 0) {
-                        return Err(etcd.unavailable("the node's lease expired", self.running()));
+                    if renewed.elapsed() > ttl * 2 / 3 {
+                        return Err(etcd.unavailable(
+                            format!("{} did not renew the node's lease for {:.1} s", etcd.endpoint(), renewed.elapsed().as_secs_f64()),
+                            self.running(),
+                        ));
                     }
+                    keeper.keep_alive().await.map_err(unavailable)?;
                 }
                 Ok(()) = self.report.changed() => {
                     self.set_view(true);
@@ -281,9 +318,13 @@ impl Link {
     /// Cut off from etcd: ask each peer known from the last listing what it runs; only a
     /// peer that reaches etcd itself counts.
     async fn poll_peers_directly(&mut self) {
-        let mut newest = None;
+        let mut asks = tokio::task::JoinSet::new();
         for addr in self.peers.clone() {
-            if let Some(v) = ask_peer(addr).await
+            asks.spawn(ask_peer(addr));
+        }
+        let mut newest = None;
+        while let Some(answer) = asks.join_next().await {
+            if let Ok(Some(v)) = answer
                 && v.connected
                 && v.node != self.node
             {

@@ -43,7 +43,14 @@ pub async fn start(node_text: &str, node: &Config, path: &Path) -> Result<Starte
         Ok(Some(r)) => r.meta.id,
         _ => 0,
     };
-    let etcd = Etcd::connect(f, node.daemon.revisions_kept, cached_id).await;
+    let etcd = Etcd::connect(
+        f,
+        node.daemon.revisions_kept,
+        cached_id,
+        super::first_member(f),
+    )
+    .await
+    .map(|(e, _)| e);
     let mut refused = None;
     let mut current = None;
     let etcd = match etcd {

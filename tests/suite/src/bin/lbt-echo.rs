@@ -203,11 +203,16 @@ fn client(kind: &str, addr: &str, count: u32) {
 
 fn hold(addr: &str, conns: usize, millis: u64) {
     let addr: SocketAddr = addr.parse().expect("address");
-    let ask = |s: &TcpStream| -> Option<String> {
-        (&*s).write_all(b"hi\n").ok()?;
+    // The backend's name, or why there is none.
+    let ask = |s: &TcpStream| -> Result<String, String> {
+        (&*s).write_all(b"hi\n").map_err(|e| format!("send: {e}"))?;
         let mut line = String::new();
-        BufReader::new(s).read_line(&mut line).ok()?;
-        Some(line.trim().to_string()).filter(|l| !l.is_empty())
+        BufReader::new(s)
+            .read_line(&mut line)
+            .map_err(|e| format!("receive: {e}"))?;
+        Some(line.trim().to_string())
+            .filter(|l| !l.is_empty())
+            .ok_or_else(|| "closed by the peer".to_string())
     };
     let mut held = Vec::new();
     // A connect that fails is tried again (up to 5 times, 100 ms apart) and counted: what
@@ -244,8 +249,21 @@ fn hold(addr: &str, conns: usize, millis: u64) {
     let end = std::time::Instant::now() + Duration::from_millis(millis);
     while std::time::Instant::now() < end {
         for (s, name, broken) in held.iter_mut().filter(|h| !h.2) {
-            if ask(s).as_ref() != Some(name) {
+            let answer = ask(s);
+            if answer.as_ref() != Ok(name) {
                 *broken = true;
+                // Why, for the test's failure message (stdout is the report).
+                let why = match answer {
+                    Ok(other) => format!("moved to {other}"),
+                    Err(e) => e,
+                };
+                eprintln!(
+                    "a connection to {name} broke after {} ms: {why}",
+                    millis
+                        - end
+                            .saturating_duration_since(std::time::Instant::now())
+                            .as_millis() as u64
+                );
             }
         }
         std::thread::sleep(Duration::from_millis(100));
