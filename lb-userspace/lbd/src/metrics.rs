@@ -69,6 +69,13 @@ pub struct Metrics {
     /// What is wrong with the revision store (unreadable revisions, stray files, a change
     /// applied but not recorded): the count of `lbctl status`'s list.
     pub store_problems: Gauge,
+    /// Fleet mode: the fleet revision this node runs, and the fleet's as last read.
+    pub fleet_running: Gauge,
+    pub fleet_head: Gauge,
+    /// Fleet mode: 1 while the node reaches etcd; 1 while it withholds its routes as one
+    /// left behind.
+    pub fleet_connected: Gauge,
+    pub fleet_behind: Gauge,
     pub snapshot: Arc<Mutex<Snapshot>>,
     registry: Registry,
 }
@@ -135,6 +142,31 @@ impl Metrics {
             "Problems of the revision store that lbctl status lists (0 when it is sound)",
             store_problems.clone(),
         );
+        let fleet_gauge = |registry: &mut Registry, name: &str, help: &str| {
+            let g = Gauge::default();
+            registry.register(name, help, g.clone());
+            g
+        };
+        let fleet_running = fleet_gauge(
+            &mut registry,
+            "fleet_revision_running",
+            "Fleet mode: the fleet revision this node runs",
+        );
+        let fleet_head = fleet_gauge(
+            &mut registry,
+            "fleet_revision_head",
+            "Fleet mode: the fleet's current revision, as last read from etcd",
+        );
+        let fleet_connected = fleet_gauge(
+            &mut registry,
+            "fleet_etcd_connected",
+            "Fleet mode: 1 while the node reaches etcd",
+        );
+        let fleet_behind = fleet_gauge(
+            &mut registry,
+            "fleet_behind",
+            "Fleet mode: 1 while the node withholds its routes as one left behind by its peers",
+        );
         let snapshot = Arc::new(Mutex::new(Snapshot {
             vips: Vec::new(),
             flows_capacity,
@@ -153,6 +185,10 @@ impl Metrics {
             vip_announced,
             announce_errors,
             store_problems,
+            fleet_running,
+            fleet_head,
+            fleet_connected,
+            fleet_behind,
             snapshot,
             registry,
         })

@@ -189,3 +189,22 @@ fn the_include_file_holds_one_blackhole_route_per_address() {
             .all(|l| l.starts_with('#'))
     );
 }
+
+#[test]
+fn a_node_left_behind_withdraws_everything_and_says_why() {
+    let cfg = two_vips("", "");
+    let behind = Withheld::Behind {
+        running: 7,
+        fleet: 8,
+    };
+    let (routes, each) = decide(&cfg, &applied(&cfg).vips, Ok(()), Some(behind.clone()));
+    assert_eq!(routes, crate::Routes::default());
+    assert!(
+        each.iter()
+            .all(|a| a.wants == Err(behind.clone()) && !a.announced)
+    );
+    assert_eq!(
+        behind.to_string(),
+        "the node runs revision 7, its peers run 8 (see `lbctl fleet status`)"
+    );
+}

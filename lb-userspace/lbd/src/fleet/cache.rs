@@ -70,3 +70,50 @@ impl Cache {
         crate::handler::write_atomically(&self.path, &text)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Meta;
+
+    fn dir(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("lbd-cache-test-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    fn rev(id: u64) -> FleetRevision {
+        FleetRevision {
+            meta: Meta {
+                id,
+                at_ms: 1,
+                source: "lb1: api: config.apply".into(),
+                comment: String::new(),
+            },
+            config: "[[vip]]\nname = \"web\"\n".into(),
+        }
+    }
+
+    #[test]
+    fn the_cache_keeps_the_last_revision_and_refuses_what_is_not_its_own() {
+        let d = dir("roundtrip");
+        let c = Cache::new(&d, "edge");
+        assert_eq!(c.load(), Ok(None));
+        c.store(&rev(3)).unwrap();
+        c.store(&rev(4)).unwrap();
+        assert_eq!(c.load(), Ok(Some(rev(4))));
+        // Another fleet's cache is not taken for this one's.
+        let e = Cache::new(&d, "core").load().unwrap_err();
+        assert!(e.contains("\"edge\"") && e.contains("remove it"), "{e}");
+        // A file cut short is refused by name, not passed over.
+        let text = std::fs::read_to_string(c.path()).unwrap();
+        std::fs::write(c.path(), &text[..text.len() / 2]).unwrap();
+        let e = c.load().unwrap_err();
+        assert!(
+            e.contains("fleet-cache.json") && e.contains("does not read back"),
+            "{e}"
+        );
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+}

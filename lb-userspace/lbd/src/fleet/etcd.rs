@@ -444,3 +444,43 @@ impl Etcd {
             .map_err(|e| self.unavailable(e, running))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_sort_revisions_by_number_under_the_fleets_prefix() {
+        let k = Keys::new("/lbd/", "edge");
+        assert_eq!(k.head(), "/lbd/edge/head");
+        assert_eq!(k.node("lb1"), "/lbd/edge/node/lb1");
+        // Zero-padded: etcd's byte order is the numbers' order, so a range delete of
+        // the oldest and a prefix read oldest-first both hold.
+        assert!(k.rev(9) < k.rev(10) && k.rev(10) < k.rev(100));
+        assert!(k.rev(7).starts_with(&k.revs()) && k.meta(7).starts_with(&k.metas()));
+        assert_eq!(k.describe(), "/lbd/edge");
+    }
+
+    #[test]
+    fn a_password_file_that_cannot_be_read_is_named() {
+        let f = FleetConfig {
+            name: "edge".into(),
+            node: None,
+            endpoints: vec!["http://127.0.0.1:2379".into()],
+            prefix: "/lbd".into(),
+            grace_ms: 3000,
+            lease_s: 10,
+            ca: None,
+            cert: None,
+            key: None,
+            user: Some("lbd".into()),
+            password_file: Some("/nonexistent/lbd-password".into()),
+            advertise: None,
+        };
+        let e = options(&f).map(drop).unwrap_err().to_string();
+        assert!(
+            e.contains("the password file /nonexistent/lbd-password"),
+            "{e}"
+        );
+    }
+}

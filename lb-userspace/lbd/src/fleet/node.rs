@@ -218,6 +218,14 @@ impl Handler {
                 let _ = reply.send(self.node_change(&request));
                 None
             }
+            // A fleet document is checked as this node would run it.
+            Request::ConfigValidate { config, .. } => {
+                let answer = check_here(&config, &n.node_text, n.running.id + 1)
+                    .map(|_| Reply::data(&api::Validity { valid: true }))
+                    .unwrap_or_else(Reply::Err);
+                let _ = reply.send(answer);
+                None
+            }
             Request::ConfigShow { .. }
             | Request::ConfigHistory {}
             | Request::ConfigDiff { .. }
@@ -335,9 +343,17 @@ impl Handler {
         })
     }
 
-    /// Hand the link this node's status to publish, if it changed.
+    /// Hand the link this node's status to publish, if it changed, and set the fleet's
+    /// metrics.
     pub fn refresh_report(&self) {
         let Some(n) = &self.fleet else { return };
+        if let Some(m) = &self.metrics {
+            let s = n.link.state.borrow();
+            m.fleet_running.set(n.running.id as i64);
+            m.fleet_head.set(s.head.unwrap_or(0) as i64);
+            m.fleet_connected.set(s.connected as i64);
+            m.fleet_behind.set(self.fleet_behind().is_some() as i64);
+        }
         let mut node = api::FleetNode {
             node: n.name.clone(),
             running: n.running.id,
