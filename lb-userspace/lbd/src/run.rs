@@ -212,6 +212,7 @@ pub async fn run(
             cfg.daemon.revisions_kept,
             running,
             etcd,
+            s.etcd_error.take(),
         );
         crate::fleet::Node::new(f, name, node_text, s, link, landed_tx, advertise)
     });

@@ -92,6 +92,9 @@ pub struct Fleet {
     /// etcd members in the router's namespace (`start_etcd`); `None` while one is down.
     pub etcd: Vec<Option<Child>>,
     etcd_cluster: String,
+    etcd_tls: Option<crate::pki::Pki>,
+    /// etcd's authentication is on: the harness's etcdctl runs as root.
+    etcd_root: bool,
 }
 
 /// Etcd member `m`'s address (1-based), on the router's loopback.
@@ -213,6 +216,8 @@ impl Fleet {
             decap_pins,
             etcd: Vec::new(),
             etcd_cluster: String::new(),
+            etcd_tls: None,
+            etcd_root: false,
         };
         f.start_frr(bfd);
         for i in 0..f.nodes.len() {
@@ -347,6 +352,40 @@ impl Fleet {
     /// quick (heartbeat 50 ms, election timeout 500 ms) so that the tests of a lost leader
     /// do not wait on etcd's defaults.
     pub fn start_etcd(&mut self, members: usize) {
+        self.start_etcd_with(members, None);
+    }
+
+    /// [`Fleet::start_etcd`] with TLS on the client URLs (`https://`, client certificates
+    /// required) and etcd's authentication on: user `root` (for the harness's etcdctl) and
+    /// user `user` with `password`, allowed to read and write `/lbd/`.
+    pub fn start_etcd_secure(
+        &mut self,
+        members: usize,
+        user: &str,
+        password: &str,
+    ) -> crate::pki::Pki {
+        let names: Vec<String> = (1..=members).map(etcd_addr).collect();
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        let pki = crate::pki::make(&self.router_dir.join("pki"), &names, "lbd");
+        self.start_etcd_with(members, Some(pki.clone()));
+        for cmd in [
+            "user add root --new-user-password=rootpw".to_string(),
+            "user grant-role root root".to_string(),
+            format!("user add {user} --new-user-password={password}"),
+            format!("role add {user}"),
+            format!("role grant-permission {user} --prefix=true readwrite /lbd/"),
+            format!("user grant-role {user} {user}"),
+            "auth enable".to_string(),
+        ] {
+            let out = self.etcdctl(&cmd);
+            assert!(!out.contains("Error"), "etcdctl {cmd}: {out}");
+        }
+        self.etcd_root = true;
+        pki
+    }
+
+    fn start_etcd_with(&mut self, members: usize, tls: Option<crate::pki::Pki>) {
+        self.etcd_tls = tls;
         let cluster: Vec<String> = (1..=members)
             .map(|m| format!("e{m}=http://{}:2380", etcd_addr(m)))
             .collect();
@@ -385,8 +424,22 @@ impl Fleet {
             .args(["netns", "exec", &self.router.name, "etcd"])
             .arg(format!("--name=e{}", m + 1))
             .arg(format!("--data-dir={}", dir.display()))
-            .arg(format!("--listen-client-urls=http://{addr}:2379"))
-            .arg(format!("--advertise-client-urls=http://{addr}:2379"))
+            .arg(format!(
+                "--listen-client-urls={}://{addr}:2379",
+                self.etcd_scheme()
+            ))
+            .arg(format!(
+                "--advertise-client-urls={}://{addr}:2379",
+                self.etcd_scheme()
+            ))
+            .args(self.etcd_tls.iter().flat_map(|p| {
+                [
+                    format!("--cert-file={}", p.server_cert.display()),
+                    format!("--key-file={}", p.server_key.display()),
+                    format!("--trusted-ca-file={}", p.ca.display()),
+                    "--client-cert-auth".to_string(),
+                ]
+            }))
             .arg(format!("--listen-peer-urls=http://{addr}:2380"))
             .arg(format!("--initial-advertise-peer-urls=http://{addr}:2380"))
             .arg(format!("--initial-cluster={}", self.etcd_cluster))
@@ -412,16 +465,43 @@ impl Fleet {
         }
     }
 
+    fn etcd_scheme(&self) -> &'static str {
+        if self.etcd_tls.is_some() {
+            "https"
+        } else {
+            "http"
+        }
+    }
+
     /// The etcd client URLs, for `[daemon.fleet] endpoints`.
     pub fn etcd_endpoints(&self) -> Vec<String> {
         (1..=self.etcd.len())
-            .map(|m| format!("http://{}:2379", etcd_addr(m)))
+            .map(|m| format!("{}://{}:2379", self.etcd_scheme(), etcd_addr(m)))
             .collect()
     }
 
-    fn etcdctl(&self, args: &str) -> String {
+    /// etcdctl against the cluster (with the client certificate, and as root once
+    /// authentication is on).
+    pub fn etcdctl(&self, args: &str) -> String {
+        let tls = self
+            .etcd_tls
+            .as_ref()
+            .map(|p| {
+                format!(
+                    "--cacert={} --cert={} --key={}",
+                    p.ca.display(),
+                    p.client_cert.display(),
+                    p.client_key.display()
+                )
+            })
+            .unwrap_or_default();
+        let user = if self.etcd_root {
+            "--user=root:rootpw"
+        } else {
+            ""
+        };
         self.router.exec(&format!(
-            "etcdctl --dial-timeout=1s --command-timeout=2s --endpoints={} {args} 2>&1 || true",
+            "etcdctl --dial-timeout=1s --command-timeout=2s --endpoints={} {tls} {user} {args} 2>&1 || true",
             self.etcd_endpoints().join(",")
         ))
     }

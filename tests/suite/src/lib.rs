@@ -11,5 +11,6 @@ pub mod holds;
 pub mod installed;
 pub mod netns;
 pub mod packets;
+pub mod pki;
 pub mod scrape;
 pub mod topology;

@@ -3,7 +3,8 @@
 //! namespaces. A change made through one node runs on all three; two changes on one base
 //! cannot both win; a revision one node cannot run is refused there and that node
 //! withdraws; the fleet rides out a lost etcd leader, a lost quorum, a node cut off from
-//! etcd and a restart without etcd; a rollback gives every node its maps back bit for bit.
+//! etcd and a restart without etcd; a rollback gives every node its maps back bit for bit;
+//! a node reaches etcd over TLS as a user without ever showing the password.
 //! Each scenario asserts what the nodes report, what the router holds, and what a client
 //! sees, and prints its figures.
 
@@ -558,4 +559,73 @@ fn the_fleet_rides_out_etcd_failures() {
     wait_until("node 2 connected again", 30, || {
         status(&f, 1).is_some_and(|s| s["fleet"]["connected"] == true)
     });
+}
+
+/// etcd over TLS with client certificates and a user: the node connects with what
+/// `[daemon.fleet]` names, never logs or shows the password, and says clearly when the
+/// password is wrong (while serving its cached revision).
+#[test]
+fn a_node_reaches_etcd_over_tls_as_a_user_and_never_shows_the_password() {
+    const PASSWORD: &str = "s3cret-Pa55word-lbt";
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let mut f = Fleet::new(1, 1, ECHO, LBD, false);
+    let pki = f.start_etcd_secure(1, "lbd", PASSWORD);
+    let password_file = f.nodes[0].dir.join("etcd-password");
+    std::fs::write(&password_file, format!("{PASSWORD}\n")).unwrap();
+    let node = node_file(&f, 0, None).replace(
+        "lease_s = 3\n",
+        &format!(
+            "lease_s = 3\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\nuser = \"lbd\"\npassword_file = \"{}\"\n",
+            pki.ca.display(),
+            pki.client_cert.display(),
+            pki.client_key.display(),
+            password_file.display()
+        ),
+    );
+    assert!(node.contains("https://"), "{node}");
+    f.start_lbd(0, LBD, &node);
+    wait_until("the node connected over TLS", 30, || {
+        status(&f, 0).is_some_and(|s| s["fleet"]["connected"] == true)
+    });
+    let doc = write_doc(&f, "fleet.toml", &document(&f));
+    assert_eq!(apply(&f, 0, &doc), 1);
+    wait_running(&f, 1, 10);
+    f.wait_next_hops(&[0], 30);
+    // What the node published is in etcd, readable with the same credentials.
+    let keys = f.etcdctl("get --prefix --keys-only /lbd/lbt/");
+    assert!(
+        keys.contains("/lbd/lbt/node/node1") && keys.contains("/lbd/lbt/head"),
+        "{keys}"
+    );
+
+    // A wrong password: the node serves its cached revision and says why it cannot reach
+    // etcd, naming neither password.
+    std::fs::write(&password_file, "wrong-Pa55word\n").unwrap();
+    f.nodes[0].lbd().kill9();
+    f.nodes[0].lbd().restart();
+    wait_until("the node up again", 20, || status(&f, 0).is_some());
+    let s = status(&f, 0).unwrap();
+    println!("wrong password: {}", s["fleet"]);
+    assert_eq!(s["fleet"]["running"], 1, "{s}");
+    assert_eq!(s["fleet"]["connected"], false, "{s}");
+    let error = s["fleet"]["error"].as_str().unwrap_or_default();
+    assert!(error.contains("authentication failed"), "{s}");
+    let (ok, out) = f.lbctl(
+        LBCTL,
+        0,
+        &["backend", "weight", "web", &f.backends[0].addr, "5"],
+    );
+    assert!(!ok && out.contains("unavailable"), "{out}");
+    let shown = [
+        f.nodes[0].lbd().log(),
+        s.to_string(),
+        out,
+        f.lbctl(LBCTL, 0, &["status"]).1,
+    ];
+    for text in shown {
+        assert!(
+            !text.contains(PASSWORD) && !text.contains("wrong-Pa55word"),
+            "a password shows: {text}"
+        );
+    }
 }

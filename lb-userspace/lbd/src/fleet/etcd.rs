@@ -33,7 +33,7 @@ pub const MAX_FLEET_REVISION_BYTES: usize = 1_400_000;
 #[derive(Debug, Error)]
 pub enum FleetError {
     #[error(
-        "etcd ({endpoints}) is unreachable or has no quorum: {detail}; the fleet's configuration cannot change now, and this node keeps serving revision {running}"
+        "etcd ({endpoints}): {detail}; the fleet's configuration cannot change now, and this node keeps serving revision {running}"
     )]
     Unavailable {
         endpoints: String,

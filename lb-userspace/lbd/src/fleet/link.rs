@@ -95,8 +95,12 @@ pub fn spawn(
     keep: usize,
     running: u64,
     first: Option<Etcd>,
+    first_error: Option<String>,
 ) -> LinkHandle {
-    let (state_tx, state) = watch::channel(LinkState::default());
+    let (state_tx, state) = watch::channel(LinkState {
+        error: first_error,
+        ..LinkState::default()
+    });
     let (etcd_tx, etcd) = watch::channel(first.clone());
     let (in_tx, incoming) = mpsc::channel(64);
     let (running_tx, running_rx) = watch::channel(running);

@@ -23,6 +23,8 @@ pub struct Started {
     pub etcd: Option<Etcd>,
     pub refused: Option<Refusal>,
     pub cache: Cache,
+    /// Why etcd could not be reached at start, if it could not.
+    pub etcd_error: Option<String>,
 }
 
 /// Where peers reach this node's `/fleet`: `advertise`, or the metrics listener when it
@@ -53,6 +55,7 @@ pub async fn start(node_text: &str, node: &Config, path: &Path) -> Result<Starte
     .map(|(e, _)| e);
     let mut refused = None;
     let mut current = None;
+    let etcd_error = etcd.as_ref().err().map(ToString::to_string);
     let etcd = match etcd {
         Ok(etcd) => {
             let head = etcd.head(cached_id).await?;
@@ -119,5 +122,6 @@ pub async fn start(node_text: &str, node: &Config, path: &Path) -> Result<Starte
         etcd,
         refused,
         cache,
+        etcd_error,
     })
 }
