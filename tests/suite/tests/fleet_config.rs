@@ -407,6 +407,28 @@ fn a_change_through_one_node_runs_on_every_node() {
         &["config", "diff", &k.to_string(), &changed.to_string()],
     );
     assert!(ok && diff.contains("+drain = true"), "{diff}");
+    // And by time: `--at` the moment revision `changed` was made gives its text back.
+    let at = history
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["revision"] == changed)
+        .unwrap()["at"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let v = f.lbctl_json(LBCTL, 0, &["config", "rollback", "--at", &at]);
+    let by_time = v["revision"].as_u64().unwrap();
+    wait_running(&f, by_time, 10);
+    let text = |rev: u64| {
+        f.lbctl_json(
+            LBCTL,
+            2,
+            &["config", "show", "--revision", &rev.to_string()],
+        )["config"]
+            .clone()
+    };
+    assert_eq!(text(by_time), text(changed));
     println!(
         "rollback to revision {k} (as revision {rolled}): the {} configuration maps of all three nodes are bit for bit what they were",
         CONFIG_MAPS.len()
@@ -500,6 +522,9 @@ fn the_fleet_rides_out_etcd_failures() {
     });
     let t = Instant::now();
     let v = f.lbctl_json(LBCTL, 0, &["vip", "set", "web", "min_primaries=2"]);
+    let first = v["revision"].as_u64().unwrap();
+    // Two changes land while it is cut off: it catches up on both, in order.
+    let v = f.lbctl_json(LBCTL, 1, &["vip", "set", "web", "min_primaries=3"]);
     let rev = v["revision"].as_u64().unwrap();
     f.wait_next_hops(&[0, 1], 20);
     let s3 = status(&f, 2).unwrap();
@@ -515,6 +540,15 @@ fn the_fleet_rides_out_etcd_failures() {
     f.mend_etcd(2);
     wait_running(&f, rev, 30);
     let ran = t.elapsed();
+    let log = f.nodes[2].lbd().log();
+    let applied = |r: u64| {
+        log.find(&format!("fleet revision applied revision={r} "))
+            .unwrap_or_else(|| panic!("node 3 never applied revision {r}:\n{log}"))
+    };
+    assert!(
+        applied(first) < applied(rev),
+        "caught up out of order:\n{log}"
+    );
     f.wait_next_hops(&[0, 1, 2], 20);
     println!(
         "node 3 reconnected: ran revision {rev} {:.0} ms after the path came back, announced again after {:.0} ms",

@@ -224,7 +224,9 @@ impl Etcd {
             let i = (first + k) % n;
             match Etcd::connect_one(f, i, keep, running).await {
                 Ok(e) => return Ok((e, i)),
-                Err(e) => failures.push(format!("{}: {}", f.endpoints[i], e.detail())),
+                // Each member's failure, named when there are several.
+                Err(e) if n > 1 => failures.push(format!("{}: {}", f.endpoints[i], e.detail())),
+                Err(e) => failures.push(e.detail()),
             }
         }
         Err(FleetError::Unavailable {

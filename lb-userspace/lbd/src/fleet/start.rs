@@ -55,24 +55,41 @@ pub async fn start(node_text: &str, node: &Config, path: &Path) -> Result<Starte
     .map(|(e, _)| e);
     let mut refused = None;
     let mut current = None;
+    // Why the fleet's current revision could not be read, though etcd answered.
+    let mut unread: Option<String> = None;
     let etcd_error = etcd.as_ref().err().map(ToString::to_string);
     let etcd = match etcd {
         Ok(etcd) => {
-            let head = etcd.head(cached_id).await?;
-            if head > 0 {
-                let rev = etcd.get(head, cached_id).await?;
-                match check_here(&rev.config, node_text, head) {
-                    Ok(_) => current = Some(rev),
-                    Err(e) => {
-                        error!(revision = head, error = %e.message, "the fleet's current revision is refused on this node");
-                        refused = Some(Refusal {
-                            revision: head,
-                            error: e.message,
-                        });
+            // The fleet's current revision; a failure to read it (etcd lost meanwhile, a
+            // revision key removed by hand) leaves the cache to start from.
+            let head = async {
+                let head = etcd.head(cached_id).await?;
+                match head {
+                    0 => Ok(None),
+                    id => etcd.get(id, cached_id).await.map(Some),
+                }
+            };
+            match head.await {
+                Ok(Some(rev)) => {
+                    let id = rev.meta.id;
+                    match check_here(&rev.config, node_text, id) {
+                        Ok(_) => current = Some(rev),
+                        Err(e) => {
+                            error!(revision = id, error = %e.message, "the fleet's current revision is refused on this node");
+                            refused = Some(Refusal {
+                                revision: id,
+                                error: e.message,
+                            });
+                        }
                     }
                 }
-            } else {
-                info!(fleet = %etcd.keys.describe(), "the fleet has no revision yet: running no VIP until one is applied");
+                Ok(None) => {
+                    info!(fleet = %etcd.keys.describe(), "the fleet has no revision yet: running no VIP until one is applied");
+                }
+                Err(e) => {
+                    error!(error = %e, "reading the fleet's current revision failed; starting from the cache");
+                    unread = Some(e.to_string());
+                }
             }
             Some(etcd)
         }
@@ -87,7 +104,12 @@ pub async fn start(node_text: &str, node: &Config, path: &Path) -> Result<Starte
             info!(revision = rev.meta.id, cache = %cache.path().display(), "starting from the cached fleet revision");
             Some(rev)
         }
-        (None, Ok(None), Some(_)) => None,
+        (None, Ok(None), Some(_)) if unread.is_none() => None,
+        (None, Ok(None), Some(_)) => bail!(
+            "the fleet's current revision could not be read ({}) and {} holds no cached revision: this node has nothing it knows to be the fleet's",
+            unread.unwrap_or_default(),
+            cache.path().display()
+        ),
         (None, Err(e), Some(_)) => {
             warn!(error = %e, "the cached fleet revision is unusable; etcd is reachable, so it is not needed");
             None
