@@ -190,6 +190,9 @@ pub struct FlowKey {
 
 /// The flow was counted in `LB_CONNS` for least-connections and must be uncounted once.
 pub const FLOW_F_COUNTED: u32 = 1 << 0;
+/// The entry was made at the SYN (a round-robin, random or least-connections VIP) and the
+/// client's handshake has not been seen yet: its next packet counts a handshake.
+pub const FLOW_F_OPEN: u32 = 1 << 1;
 
 #[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
@@ -216,6 +219,25 @@ pub struct VipStats {
 pub struct BackendStats {
     pub packets: u64,
     pub bytes: u64,
+    /// Bare TCP SYNs sent to the backend (retransmissions too): connections asked for.
+    pub syns: u64,
+    /// TCP flows whose client sent its first packet after the SYN through us (its
+    /// handshake's ACK): connections the backend answered. A backend whose SYNs stop being
+    /// followed by handshakes while its siblings' are is failing (passive detection).
+    pub handshakes: u64,
+}
+
+impl core::ops::Add for BackendStats {
+    type Output = BackendStats;
+    /// Two CPUs' counters together.
+    fn add(self, o: BackendStats) -> BackendStats {
+        BackendStats {
+            packets: self.packets + o.packets,
+            bytes: self.bytes + o.bytes,
+            syns: self.syns + o.syns,
+            handshakes: self.handshakes + o.handshakes,
+        }
+    }
 }
 
 /// Skip `bpf_fib_lookup` and always use the gateway MAC (for hosts with a static next hop).
@@ -300,7 +322,7 @@ const _: () = {
     assert!(size_of::<FlowKey>() == 40);
     assert!(size_of::<FlowEntry>() == 16);
     assert!(size_of::<VipStats>() == 24);
-    assert!(size_of::<BackendStats>() == 16);
+    assert!(size_of::<BackendStats>() == 32);
     assert!(size_of::<GlobalConfig>() == 32);
     assert!(size_of::<VipRecord>() == 40);
     assert!(size_of::<DecapAddr>() == 20);

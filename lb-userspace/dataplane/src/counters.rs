@@ -62,10 +62,7 @@ impl Counters {
 
     pub fn backend(&self, id: u32) -> Option<BackendStats> {
         let s = self.backends.as_ref()?.get(&id, 0).ok()?;
-        Some(s.iter().fold(BackendStats::default(), |a, x| BackendStats {
-            packets: a.packets + x.packets,
-            bytes: a.bytes + x.bytes,
-        }))
+        Some(s.iter().fold(BackendStats::default(), |a, x| a + *x))
     }
 
     /// Entries in the connection table (a walk of LB_FLOWS: costs with its size).

@@ -621,10 +621,7 @@ impl Dataplane {
             .per_cpu::<BackendStats>(MAP_BACKEND_STATS)?
             .get(&id, 0)
             .map_err(map_err(MAP_BACKEND_STATS))?;
-        Ok(v.iter().fold(BackendStats::default(), |a, s| BackendStats {
-            packets: a.packets + s.packets,
-            bytes: a.bytes + s.bytes,
-        }))
+        Ok(v.iter().fold(BackendStats::default(), |a, s| a + *s))
     }
 
     pub fn cpus() -> usize {

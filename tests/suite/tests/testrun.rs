@@ -1236,3 +1236,47 @@ fn above_the_syn_lookup_rate_a_syn_is_placed_without_the_table() {
     assert_eq!(h.dp.reason(Reason::FlowNew).unwrap(), new + 1);
     assert_eq!(outer_dst(&h.run(&ack(&f).bytes()).1), other);
 }
+
+/// Passive detection's counters: a bare SYN counts a SYN for its backend, the client's next
+/// packet a handshake, once per flow, whichever the scheduler (Maglev remembers the flow at
+/// that packet, round robin at the SYN); later packets, retransmitted SYNs and a RST
+/// instead of the handshake's ACK count none.
+#[test]
+fn syns_and_handshakes_are_counted_per_backend() {
+    for scheduler in [Scheduler::Maglev, Scheduler::RoundRobin] {
+        let (mut h, _) = setup(scheduler, Forward::IpIp);
+        let total = |h: &Harness| {
+            (1..=3).fold((0, 0), |(s, k), id| {
+                let b = h.dp.backend_stats(id).unwrap();
+                (s + b.syns, k + b.handshakes)
+            })
+        };
+        let syn = Frame::tcp(CLIENT4, 41000, VIP4, 80, TCP_SYN);
+        let to = outer_dst(&h.run(&syn.bytes()).1);
+        let id = (1..=3).find(|id| backend_addr(&mut h, *id) == to).unwrap();
+        let at = |h: &Harness| {
+            let b = h.dp.backend_stats(id).unwrap();
+            (b.syns, b.handshakes)
+        };
+        assert_eq!(at(&h), (1, 0), "{scheduler:?}: the SYN");
+        assert_eq!(outer_dst(&h.run(&ack(&syn).bytes()).1), to);
+        assert_eq!(at(&h), (1, 1), "{scheduler:?}: the handshake's ACK");
+        h.run(&ack(&syn).bytes());
+        assert_eq!(at(&h), (1, 1), "{scheduler:?}: data is no second handshake");
+        assert_eq!(total(&h), (1, 1), "{scheduler:?}: only its backend counts");
+        // A SYN that is never answered: retransmitted, then given up (RST).
+        let lost = Frame::tcp(CLIENT4, 41001, VIP4, 80, TCP_SYN);
+        h.run(&lost.bytes());
+        h.run(&lost.bytes());
+        let mut rst = lost.clone();
+        if let L4::Tcp { sport, dport, .. } = rst.l4 {
+            rst.l4 = L4::Tcp {
+                sport,
+                dport,
+                flags: TCP_RST | TCP_ACK,
+            };
+        }
+        h.run(&rst.bytes());
+        assert_eq!(total(&h), (3, 1), "{scheduler:?}: two SYNs, no handshake");
+    }
+}

@@ -10,7 +10,7 @@ use core::intrinsics::{AtomicOrdering, atomic_xadd};
 use aya_ebpf::helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns};
 use lb_common::{
     BACKEND_F_DOWN, Backend, DEFAULT_NEW_BURST, DEFAULT_NEW_PER_SEC, DEFAULT_SYN_LOOKUP_BURST,
-    DEFAULT_SYN_LOOKUP_PER_SEC, FLOW_F_COUNTED, FlowEntry, FlowKey, NEW_RATE_BURST,
+    DEFAULT_SYN_LOOKUP_PER_SEC, FLOW_F_COUNTED, FLOW_F_OPEN, FlowEntry, FlowKey, NEW_RATE_BURST,
     NEW_RATE_PER_SEC, NO_BACKEND, PROTO_TCP, Reason, SYN_LOOKUP_BURST, SYN_LOOKUP_PER_SEC,
     Scheduler, VipMeta, flow_hash, source_hash,
 };
@@ -23,6 +23,20 @@ use crate::{
     parse::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
     stats::count,
 };
+
+/// Whether a packet of a TCP flow that may be remembered asks for a connection (a bare SYN)
+/// or, placed without a table entry after its SYN, completes one (the handshake's ACK, on
+/// a Maglev or source-hash VIP, which remembers flows at that packet): passive detection's
+/// counts. `held`: the flow had a table entry. The handshakes of flows remembered at their
+/// SYN are counted by `follow`.
+#[inline(always)]
+pub fn asks_or_answers(flow: &Flow, held: bool) -> (bool, bool) {
+    if flow.key.proto != PROTO_TCP || !flow.remember {
+        return (false, false);
+    }
+    let syn = flow.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
+    (syn, !syn && !held && flow.tcp_flags & TCP_RST == 0)
+}
 
 /// The flow to place (bundled: a BPF call takes at most five arguments).
 pub struct Flow<'a> {
@@ -247,13 +261,19 @@ pub fn established(entry: &FlowEntry, tcp_flags: u8) -> Option<Choice> {
 }
 
 /// The packet follows its flow's entry: counted as a hit, and a least-connections flow that
-/// ends (FIN, RST) leaves its backend's count.
+/// ends (FIN, RST) leaves its backend's count. True for the first packet after the SYN of a
+/// flow remembered at its SYN (not a RST): the client completed its handshake.
 #[inline(always)]
-pub fn follow(entry: &mut FlowEntry, tcp_flags: u8) {
+pub fn follow(entry: &mut FlowEntry, tcp_flags: u8) -> bool {
     count(Reason::FlowHit);
     if tcp_flags & (TCP_FIN | TCP_RST) != 0 {
         uncount(entry);
     }
+    if entry.flags & FLOW_F_OPEN != 0 {
+        entry.flags &= !FLOW_F_OPEN;
+        return tcp_flags & TCP_RST == 0;
+    }
+    false
 }
 
 /// Backend for a packet of a flow of `vip`; `None` when the VIP has no usable backend.
@@ -341,9 +361,15 @@ pub fn choose(vip: &VipMeta, flow: &Flow, held: Option<*mut FlowEntry>) -> Optio
         if counted {
             conns_add(id, 1);
         }
+        // Remembered at its SYN: the client's next packet completes the handshake.
+        let open = if tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN {
+            FLOW_F_OPEN
+        } else {
+            0
+        };
         let entry = FlowEntry {
             backend_id: id,
-            flags: if counted { FLOW_F_COUNTED } else { 0 },
+            flags: open | if counted { FLOW_F_COUNTED } else { 0 },
             hash,
             vip_id: vip.vip_id,
         };

@@ -121,27 +121,31 @@ fn try_lb_xdp(ctx: &XdpContext) -> Result<u32, Reason> {
     // An established flow reaches its VIP through its table entry (an array read), not a
     // second hash lookup; anything else (a bare SYN is turned away before any map read)
     // takes the VIP lookup and the scheduler.
+    // Set when an established flow's packet completes its handshake (see `flow::follow`).
+    let mut answered = false;
     let fast = match held {
         Some(entry) if !l3.bad_len => {
             // SAFETY: the entry stays valid during this program run (RCU).
             let entry = unsafe { &mut *entry };
             flow::established(entry, flow.tcp_flags).and_then(|choice| {
                 let vip = vip::of_flow(entry.vip_id, key)?;
-                flow::follow(entry, flow.tcp_flags);
+                answered = flow::follow(entry, flow.tcp_flags);
                 Some((vip, choice))
             })
         }
         _ => None,
     };
-    let (vip, choice) = match fast {
-        Some(found) => found,
+    let (vip, choice, syn) = match fast {
+        Some((vip, choice)) => (vip, choice, false),
         None => {
             let vip = vip::lookup(key, fragment).ok_or(not_ours)?;
             if l3.bad_len {
                 return Err(Reason::DropMalformed);
             }
             let choice = flow::choose(vip, &flow, held).ok_or_else(|| no_backend(vip))?;
-            (vip, choice)
+            let (syn, handshake) = flow::asks_or_answers(&flow, held.is_some());
+            answered = handshake;
+            (vip, choice, syn)
         }
     };
     let cfg = LB_CONFIG.get(0).ok_or(Reason::DropNoNexthop)?;
@@ -156,7 +160,7 @@ fn try_lb_xdp(ctx: &XdpContext) -> Result<u32, Reason> {
     }
     let bytes = lb_ebpf::ptr::frame_len(ctx) as u64;
     stats::vip(vip.vip_id, bytes, choice.new_flow);
-    stats::backend(choice.id, bytes);
+    stats::backend(choice.id, bytes, syn, answered);
     forward::forward(ctx, cfg, pkt, choice.backend)
 }
 

@@ -53,13 +53,21 @@ pub fn vip(vip_id: u32, bytes: u64, new_flow: bool) {
     }
 }
 
+/// A packet to a backend; `syn` for a bare SYN, `handshake` for the first packet after a
+/// flow's SYN (see `flow::Choice`).
 #[inline(always)]
-pub fn backend(backend_id: u32, bytes: u64) {
+pub fn backend(backend_id: u32, bytes: u64, syn: bool, handshake: bool) {
     if let Some(s) = LB_BE_STATS.get_ptr_mut(backend_id) {
         // SAFETY: per-CPU slot.
         unsafe {
             (*s).packets += 1;
             (*s).bytes += bytes;
+            if syn {
+                (*s).syns += 1;
+            }
+            if handshake {
+                (*s).handshakes += 1;
+            }
         }
     }
 }
