@@ -307,6 +307,18 @@ impl BackendState {
         self.settle(from, was_down, reason)
     }
 
+    /// What the traffic shows (passive detection): the backend stops answering while its
+    /// siblings answer. Down at once; only the active checks' rise brings it back.
+    pub fn observe_traffic(&mut self, reason: String) -> Option<Transition> {
+        if self.live == Liveness::Down {
+            return None;
+        }
+        let (from, was_down) = (self.state(), self.dataplane_down());
+        self.live = Liveness::Down;
+        self.ok_streak = 0;
+        self.settle(from, was_down, Some(reason))
+    }
+
     /// An agent-check answer: the backend's own view of its state and weight. As in HAProxy,
     /// an unreachable agent changes nothing (the health checks decide), and unknown words
     /// are ignored. Returns a transition when the state, the flag or the weight changed.

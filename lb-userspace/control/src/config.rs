@@ -456,6 +456,58 @@ pub struct VipConfig {
     /// Overrides `[announce] min_backends` for this VIP.
     #[serde(default)]
     pub announce_min_backends: Option<u32>,
+    /// Passive failure detection: what the VIP's traffic shows about its backends.
+    #[serde(default)]
+    pub passive: PassiveConfig,
+}
+
+/// `[vip.passive]`: a backend whose SYNs stop being followed by the clients' handshakes
+/// while its siblings' are is marked down at once (the active checks' rise brings it back).
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PassiveConfig {
+    #[serde(default)]
+    pub enabled: bool,
+    /// The SYNs judged: those of this long a window.
+    #[serde(default = "default_passive_window_ms")]
+    pub window_ms: u64,
+    /// How long a SYN is given to be answered before it counts against its backend: more
+    /// than the clients' round trip (p99).
+    #[serde(default = "default_passive_handshake_ms")]
+    pub handshake_ms: u64,
+    /// Fewer SYNs than this in the window (for the backend, and for its siblings together)
+    /// is too few to judge.
+    #[serde(default = "default_passive_min_syns")]
+    pub min_syns: u64,
+    /// Down when the backend's share of answered SYNs falls below this fraction of its
+    /// siblings'.
+    #[serde(default = "default_passive_ratio")]
+    pub ratio: f64,
+}
+
+impl Default for PassiveConfig {
+    fn default() -> Self {
+        PassiveConfig {
+            enabled: false,
+            window_ms: default_passive_window_ms(),
+            handshake_ms: default_passive_handshake_ms(),
+            min_syns: default_passive_min_syns(),
+            ratio: default_passive_ratio(),
+        }
+    }
+}
+
+fn default_passive_window_ms() -> u64 {
+    100
+}
+fn default_passive_handshake_ms() -> u64 {
+    30
+}
+fn default_passive_min_syns() -> u64 {
+    5
+}
+fn default_passive_ratio() -> f64 {
+    0.25
 }
 
 fn default_ring_size() -> u32 {
@@ -745,6 +797,7 @@ impl Config {
         let mut ring_total: u64 = 0;
         for (i, v) in self.vips.iter().enumerate() {
             let v = v.get_ref();
+            validate_passive(i, &v.passive)?;
             if v.name.is_empty() || v.name.chars().any(|c| c.is_control()) {
                 return Err(Mistake::new(
                     at!["vip", i, "name"],
@@ -1086,6 +1139,45 @@ fn unusable(ip: IpAddr) -> Option<&'static str> {
 }
 
 /// Interface names as the kernel takes them: 1..=15 bytes, no '/', no whitespace.
+fn validate_passive(i: usize, p: &PassiveConfig) -> Result<(), Mistake> {
+    let bad =
+        |key: &'static str, what: String| Err(Mistake::new(at!["vip", i, "passive", key], what));
+    if !(20..=60_000).contains(&p.window_ms) {
+        return bad(
+            "window_ms",
+            format!(
+                "[vip.passive] window_ms {} is out of range 20..=60000",
+                p.window_ms
+            ),
+        );
+    }
+    if !(1..=10_000).contains(&p.handshake_ms) {
+        return bad(
+            "handshake_ms",
+            format!(
+                "[vip.passive] handshake_ms {} is out of range 1..=10000 (more than the clients' round trip)",
+                p.handshake_ms
+            ),
+        );
+    }
+    if p.min_syns == 0 {
+        return bad(
+            "min_syns",
+            "[vip.passive] min_syns must be at least 1".into(),
+        );
+    }
+    if !(p.ratio > 0.0 && p.ratio <= 1.0) {
+        return bad(
+            "ratio",
+            format!(
+                "[vip.passive] ratio {} must be above 0 and at most 1",
+                p.ratio
+            ),
+        );
+    }
+    Ok(())
+}
+
 /// A fleet or node name goes into etcd keys: letters, digits, `.`, `_`, `-`.
 fn bad_name(name: &str) -> bool {
     name.is_empty()

@@ -81,6 +81,11 @@ impl VipState {
     pub fn serving_backends(&self) -> usize {
         members(self).0.len()
     }
+
+    /// The ids of the backends that take new flows now.
+    pub fn serving_ids(&self) -> Vec<u32> {
+        members(self).0.iter().map(|m| m.id).collect()
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -849,9 +854,39 @@ impl<M: Maps> Controller<M> {
             }
         };
         let Some(t) = t else { return Ok(None) };
+        self.settled(i, j, t, p.at)
+    }
+
+    /// A passive verdict (`passive::judge`): backend `backend_id` of `vip` marked down at
+    /// once, with `reason`; its flows leave it as after a failed check.
+    pub fn on_traffic(
+        &mut self,
+        vip: &str,
+        backend_id: u32,
+        reason: String,
+    ) -> Result<Option<State>, ControlError> {
+        let Some((i, j)) = self.find(vip, backend_id) else {
+            return Ok(None);
+        };
+        let at = Instant::now();
+        match self.vips[i].backends[j].observe_traffic(reason) {
+            Some(t) => self.settled(i, j, t, at),
+            None => Ok(None),
+        }
+    }
+
+    /// A backend's transition into the dataplane, an event and the observer.
+    fn settled(
+        &mut self,
+        i: usize,
+        j: usize,
+        t: Transition,
+        at: Instant,
+    ) -> Result<Option<State>, ControlError> {
+        let addr = self.vips[i].backends[j].cfg.address;
         let name = self.vips[i].cfg.name.clone();
         let written = self.sync_backend(i, j)?;
-        let took = p.at.elapsed().as_secs_f64() * 1000.0;
+        let took = at.elapsed().as_secs_f64() * 1000.0;
         let what = if t.visible() {
             self.count_transition(&name, addr, t.to);
             format!(

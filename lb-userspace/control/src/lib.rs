@@ -17,6 +17,7 @@ mod fleet;
 mod maps;
 mod model;
 mod observer;
+mod passive;
 mod probe;
 mod ring;
 #[cfg(test)]
@@ -34,5 +35,6 @@ pub use fleet::{FleetTextError, PeerNewest, behind, check_fleet_text, check_node
 pub use maps::{MapError, Maps};
 pub use model::predict;
 pub use observer::Observer;
+pub use passive::{Counts, Tracker, Verdict};
 pub use probe::{AgentSays, Probe, parse_agent};
 pub use ring::{RingError, RingMember, is_prime, maglev, round_robin};

@@ -33,6 +33,7 @@ mod fuzz;
 mod health;
 mod ids;
 mod manifest;
+mod passive;
 mod rings;
 
 /// One `[[vip]]` table of a test configuration, rendered in the order TOML needs: the

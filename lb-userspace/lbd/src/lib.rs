@@ -11,6 +11,7 @@ mod fleet;
 mod handler;
 mod links;
 mod metrics;
+mod passive;
 mod probe;
 mod run;
 mod server;

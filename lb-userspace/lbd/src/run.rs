@@ -248,6 +248,11 @@ pub async fn run(
     let mut tick = tokio::time::interval(Duration::from_secs(30));
     // Slow-start ramps advance in steps this long.
     let mut ramp = tokio::time::interval(Duration::from_millis(500));
+    // Passive detection samples the counters this often, while a VIP has it on.
+    let mut passive = crate::passive::Passive::default();
+    let mut sample = tokio::time::interval(crate::passive::SAMPLE_EVERY);
+    sample.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut passive_on = crate::passive::wanted(&svc);
     tokio::pin!(stop);
     loop {
         tokio::select! {
@@ -282,6 +287,12 @@ pub async fn run(
                 }
                 svc.refresh_report();
             }
+            _ = sample.tick(), if passive_on => {
+                // Announcements change only with a verdict.
+                if !passive.tick(&mut svc) {
+                    continue;
+                }
+            }
             Some(rev) = next(&mut incoming) => svc.apply_incoming(rev),
             Some(l) = landed.recv() => svc.landed(l),
             Some(r) = announce_rx.recv() => {
@@ -302,6 +313,7 @@ pub async fn run(
             _ = &mut stop => break,
         }
         announce(&mut svc, &mut announcer, &loop_metrics);
+        passive_on = crate::passive::wanted(&svc);
     }
     if on_exit.withdraw && svc.cfg.announce.enabled() {
         if announcer.withdraw_all().await {

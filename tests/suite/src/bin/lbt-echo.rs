@@ -279,6 +279,37 @@ fn hold(addr: &str, conns: usize, millis: u64) {
     }
 }
 
+/// New TCP connections to `addr` at `per_second` for `millis`, each on a thread of its own
+/// (a connection to a black-holed backend waits for its SYN's retransmission): one line per
+/// connection, `START_MS TOOK_MS NAME` or `START_MS TOOK_MS failed`, in the order started;
+/// START_MS counts from the first line `start` (printed at once), TOOK_MS is how long the
+/// connection took to answer.
+fn rate(addr: &str, per_second: u64, millis: u64) {
+    let addr: SocketAddr = addr.parse().expect("address");
+    let start = std::time::Instant::now();
+    println!("start");
+    std::io::stdout().flush().unwrap();
+    let every = Duration::from_micros(1_000_000 / per_second.max(1));
+    let mut threads = Vec::new();
+    let mut next = start;
+    while start.elapsed() < Duration::from_millis(millis) {
+        let begun = next.duration_since(start).as_millis() as u64;
+        threads.push(std::thread::spawn(move || {
+            let t = std::time::Instant::now();
+            let r = tcp_once(addr);
+            (begun, t.elapsed().as_millis() as u64, r)
+        }));
+        next += every;
+        if let Some(wait) = next.checked_duration_since(std::time::Instant::now()) {
+            std::thread::sleep(wait);
+        }
+    }
+    for t in threads {
+        let (begun, took, r) = t.join().unwrap();
+        println!("{begun} {took} {}", r.as_deref().unwrap_or("failed"));
+    }
+}
+
 /// Connect to the Unix socket at `path`, send nothing, and print the first line that
 /// arrives within 5 s (exit 1 if none does): what a server says before it reads.
 fn listen_unix(path: &str) {
@@ -308,9 +339,14 @@ fn main() {
             args[3].parse().expect("millis"),
         ),
         Some("listen-unix") if args.len() == 2 => listen_unix(&args[1]),
+        Some("rate") if args.len() == 4 => rate(
+            &args[1],
+            args[2].parse().expect("per second"),
+            args[3].parse().expect("millis"),
+        ),
         _ => {
             eprintln!(
-                "usage: lbt-echo serve NAME [--tcp ADDR]... [--udp ADDR]... | lbt-echo client (--tcp|--udp) ADDR COUNT | lbt-echo listen-unix PATH"
+                "usage: lbt-echo serve NAME [--tcp ADDR]... [--udp ADDR]... | lbt-echo client (--tcp|--udp) ADDR COUNT | lbt-echo hold ADDR CONNS MILLIS | lbt-echo rate ADDR PER_SECOND MILLIS | lbt-echo listen-unix PATH"
             );
             std::process::exit(2);
         }

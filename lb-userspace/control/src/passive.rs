@@ -1,0 +1,125 @@
+//! Passive failure detection: what a VIP's own traffic shows about its backends.
+//!
+//! The dataplane counts, per backend, the bare SYNs it sends there and the handshakes that
+//! follow (the client's next packet, which only comes once the backend answered). The
+//! daemon samples the counts every few tens of milliseconds; [`Tracker::judge`] compares
+//! each backend with its siblings of the same VIP over a window of SYNs old enough to
+//! have been answered (`handshake_ms`):
+//!
+//! - the backend's SYNs: those sent in `[now - handshake_ms - window_ms, now - handshake_ms]`;
+//! - its handshakes: those seen since the start of that window, until now;
+//! - down when it has at least `min_syns` SYNs and its answered share is below `ratio`
+//!   times its siblings'.
+//!
+//! Guards against false verdicts: too few SYNs (the backend's, or its siblings' together)
+//! is no verdict, so an idle VIP or a VIP with one backend is never judged; a flood of
+//! SYNs that no client completes hits every backend alike, so the siblings' share falls
+//! too, and below half no backend is judged.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use crate::config::PassiveConfig;
+
+/// The siblings' answered share below which nothing is judged (a flood, a network
+/// problem in front of every backend).
+const SIBLINGS_HEALTHY: f64 = 0.5;
+
+/// A backend's counters at a moment: cumulative, summed over CPUs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Counts {
+    pub syns: u64,
+    pub handshakes: u64,
+}
+
+/// A verdict: the backend to mark down, and why in words.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Verdict {
+    pub backend_id: u32,
+    pub reason: String,
+}
+
+/// The samples of each backend, as long as a window needs them.
+#[derive(Debug, Default)]
+pub struct Tracker {
+    samples: BTreeMap<u32, VecDeque<(u64, Counts)>>,
+}
+
+impl Tracker {
+    /// Record backend `id`'s counters at `at_ms`; samples older than `keep_ms` go.
+    pub fn record(&mut self, id: u32, at_ms: u64, counts: Counts, keep_ms: u64) {
+        let q = self.samples.entry(id).or_default();
+        q.push_back((at_ms, counts));
+        // Keep the newest sample at or before the oldest moment a window asks about.
+        while q.len() > 2 && q[1].0 + keep_ms <= at_ms {
+            q.pop_front();
+        }
+    }
+
+    /// Forget backends not in `ids` (removed from the configuration).
+    pub fn retain(&mut self, ids: &[u32]) {
+        self.samples.retain(|id, _| ids.contains(id));
+    }
+
+    /// The counters of `id` at `at_ms`: the newest sample at or before it.
+    fn at(&self, id: u32, at_ms: u64) -> Option<Counts> {
+        self.samples
+            .get(&id)?
+            .iter()
+            .rev()
+            .find(|(t, _)| *t <= at_ms)
+            .map(|(_, c)| *c)
+    }
+
+    /// (SYNs judged, handshakes since) for `id`, if the samples reach back far enough.
+    fn window(&self, id: u32, now_ms: u64, cfg: &PassiveConfig) -> Option<(u64, u64)> {
+        let end = now_ms.checked_sub(cfg.handshake_ms)?;
+        let start = end.checked_sub(cfg.window_ms)?;
+        let (a, b, c) = (self.at(id, start)?, self.at(id, end)?, self.at(id, now_ms)?);
+        Some((
+            b.syns.saturating_sub(a.syns),
+            c.handshakes.saturating_sub(a.handshakes),
+        ))
+    }
+
+    /// The backends of one VIP to mark down now. `usable`: the ids of its backends that
+    /// take new flows (only those are judged, and only those are siblings).
+    pub fn judge(&self, usable: &[u32], now_ms: u64, cfg: &PassiveConfig) -> Vec<Verdict> {
+        let windows: Vec<(u32, u64, u64)> = usable
+            .iter()
+            .filter_map(|id| {
+                let (syns, hs) = self.window(*id, now_ms, cfg)?;
+                Some((*id, syns, hs))
+            })
+            .collect();
+        let share = |syns: u64, hs: u64| (hs as f64 / syns.max(1) as f64).min(1.0);
+        let mut out = Vec::new();
+        for &(id, syns, hs) in &windows {
+            if syns < cfg.min_syns {
+                continue;
+            }
+            let (sib_syns, sib_hs) = windows
+                .iter()
+                .filter(|w| w.0 != id)
+                .fold((0, 0), |(s, h), w| (s + w.1, h + w.2));
+            if sib_syns < cfg.min_syns {
+                continue;
+            }
+            let siblings = share(sib_syns, sib_hs);
+            if siblings < SIBLINGS_HEALTHY {
+                continue;
+            }
+            let own = share(syns, hs);
+            if own < cfg.ratio * siblings {
+                out.push(Verdict {
+                    backend_id: id,
+                    reason: format!(
+                        "traffic: {hs} of {syns} connections completed in {} ms, its siblings {:.0}% of {sib_syns}",
+                        cfg.window_ms,
+                        siblings * 100.0
+                    ),
+                });
+            }
+        }
+        out
+    }
+}
