@@ -34,6 +34,12 @@ pub enum Withheld {
         usable: usize,
         needed: u32,
     },
+    /// Its backends came back from too few, and the rest of them are given their checks'
+    /// rise before the address is announced: until then this node's ring may differ from
+    /// its peers', and a connection the router moves between nodes would change backend.
+    Settling {
+        remaining_ms: u64,
+    },
     /// Fleet mode: a peer has run a newer revision than this node for longer than the
     /// grace period; a node that diverges must not attract flows.
     Behind {
@@ -52,6 +58,10 @@ impl std::fmt::Display for Withheld {
             Withheld::TooFewBackends { usable, needed } => {
                 write!(f, "{usable} usable backends, {needed} needed")
             }
+            Withheld::Settling { remaining_ms } => write!(
+                f,
+                "its backends are back; announced once their checks have settled ({remaining_ms} ms)"
+            ),
             Withheld::Behind { running, fleet } => write!(
                 f,
                 "the node runs revision {running}, its peers run {fleet} (see `lbctl fleet status`)"
@@ -98,13 +108,25 @@ impl Routes {
     }
 }
 
-/// What to announce for `vips` under `cfg`, given whether the dataplane serves and, in
-/// fleet mode, whether the node is left behind (`fleet::behind`).
+/// How long a VIP that came back from too few backends waits before it is announced: the
+/// longest time any of its backends' checks take to rise (rise x interval, plus a timeout).
+pub fn settle_ms(v: &VipState) -> u64 {
+    v.backends
+        .iter()
+        .map(|b| b.health.rise as u64 * b.health.interval_ms + b.health.timeout_ms)
+        .max()
+        .unwrap_or(0)
+}
+
+/// What to announce for `vips` under `cfg`, given whether the dataplane serves, in fleet
+/// mode whether the node is left behind (`fleet::behind`), and which VIPs are settling
+/// (name, ms left; see [`Withheld::Settling`]).
 pub fn decide(
     cfg: &Config,
     vips: &[VipState],
     serving: Result<(), String>,
     behind: Option<Withheld>,
+    settling: &[(String, u64)],
 ) -> (Routes, Vec<VipAnnouncement>) {
     let a = &cfg.announce;
     let wants = |v: &VipState| -> Result<(), Withheld> {
@@ -129,6 +151,11 @@ pub fn decide(
         let usable = v.serving_backends();
         if usable < needed as usize {
             return Err(Withheld::TooFewBackends { usable, needed });
+        }
+        if let Some((_, remaining_ms)) = settling.iter().find(|(n, _)| *n == v.cfg.name) {
+            return Err(Withheld::Settling {
+                remaining_ms: *remaining_ms,
+            });
         }
         Ok(())
     };

@@ -24,7 +24,7 @@ mod ring;
 mod tests;
 
 pub use alloc::{Ids, Windows};
-pub use announce::{Routes, VipAnnouncement, Withheld, decide, render};
+pub use announce::{Routes, VipAnnouncement, Withheld, decide, render, settle_ms};
 pub use backend::{Admin, BackendState, ERROR_WINDOW, Liveness, State, Transition};
 pub use config::*;
 pub use controller::*;

@@ -15,7 +15,9 @@ use std::{
     time::Duration,
 };
 
-use lb_control::{AnnounceConfig, Config, Routes, VipAnnouncement, VipState, decide, render};
+use lb_control::{
+    AnnounceConfig, Config, Routes, VipAnnouncement, VipState, Withheld, decide, render, settle_ms,
+};
 use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
@@ -26,6 +28,17 @@ const RETRY: Duration = Duration::from_secs(2);
 /// How often an idle writer checks that BIRD still answers on its socket: a BIRD that died
 /// took the routes with it, and lbd must say so and announce again once it is back.
 const LIVENESS: Duration = Duration::from_secs(2);
+
+/// Two verdicts that are both "settling" (with a different time left) are one for events.
+fn settling_both(a: &Result<(), Withheld>, b: &Result<(), Withheld>) -> bool {
+    matches!(
+        (a, b),
+        (
+            Err(Withheld::Settling { .. }),
+            Err(Withheld::Settling { .. })
+        )
+    )
+}
 
 /// Routes for the writer task: the files' paths and contents' source.
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -57,6 +70,9 @@ pub struct Announcer {
     pub bird: Arc<Mutex<BirdState>>,
     /// The last verdict per VIP, for status and events.
     pub verdicts: Vec<VipAnnouncement>,
+    /// VIPs that came back from too few backends, and since when: withheld until their
+    /// checks have settled (`Withheld::Settling`).
+    settling: Vec<(String, std::time::Instant)>,
 }
 
 /// What status and `vip.list` show: the verdicts and what BIRD holds.
@@ -85,6 +101,7 @@ impl Announcer {
             want,
             bird,
             verdicts: Vec::new(),
+            settling: Vec::new(),
         }
     }
 
@@ -97,7 +114,37 @@ impl Announcer {
         serving: Result<(), String>,
         behind: Option<lb_control::Withheld>,
     ) -> Vec<VipAnnouncement> {
-        let (routes, verdicts) = decide(cfg, vips, serving, behind);
+        // A VIP whose backends come back from too few is held until the rest of them had
+        // time to rise: first decide without holding anything, to see which qualify.
+        let now = std::time::Instant::now();
+        let (_, raw) = decide(cfg, vips, serving.clone(), behind.clone(), &[]);
+        let before = std::mem::take(&mut self.settling);
+        for r in raw.iter().filter(|r| r.wants.is_ok()) {
+            let recovering = self.verdicts.iter().any(|o| {
+                o.vip == r.vip
+                    && matches!(
+                        o.wants,
+                        Err(Withheld::TooFewBackends { .. } | Withheld::Settling { .. })
+                    )
+            });
+            let since = before.iter().find(|(n, _)| *n == r.vip).map(|(_, t)| *t);
+            if let Some(since) = since.or(recovering.then_some(now)) {
+                self.settling.push((r.vip.clone(), since));
+            }
+        }
+        let held: Vec<(String, u64)> = self
+            .settling
+            .iter()
+            .filter_map(|(name, since)| {
+                let v = vips.iter().find(|v| v.cfg.name == *name)?;
+                let waited = now.duration_since(*since).as_millis() as u64;
+                let left = settle_ms(v).checked_sub(waited).filter(|l| *l > 0)?;
+                Some((name.clone(), left))
+            })
+            .collect();
+        self.settling
+            .retain(|(n, _)| held.iter().any(|(h, _)| h == n));
+        let (routes, verdicts) = decide(cfg, vips, serving, behind, &held);
         let want = Want {
             cfg: cfg.announce.clone(),
             routes,
@@ -110,10 +157,11 @@ impl Announcer {
         let changed = verdicts
             .iter()
             .filter(|v| {
-                !self
-                    .verdicts
-                    .iter()
-                    .any(|o| o.vip == v.vip && o.announced == v.announced && o.wants == v.wants)
+                !self.verdicts.iter().any(|o| {
+                    o.vip == v.vip
+                        && o.announced == v.announced
+                        && (o.wants == v.wants || settling_both(&o.wants, &v.wants))
+                })
             })
             .cloned()
             .collect();

@@ -31,7 +31,7 @@ fn verdict<'a>(each: &'a [crate::VipAnnouncement], vip: &str) -> &'a crate::VipA
 fn every_qualifying_vip_is_announced_by_family() {
     let cfg = two_vips("", "");
     let c = applied(&cfg);
-    let (routes, each) = decide(&cfg, &c.vips, Ok(()), None);
+    let (routes, each) = decide(&cfg, &c.vips, Ok(()), None, &[]);
     assert_eq!(
         routes
             .v4
@@ -54,7 +54,7 @@ fn every_qualifying_vip_is_announced_by_family() {
 #[test]
 fn off_without_a_routes_file() {
     let cfg = config(&[vip("web", "198.18.100.1", 80, 401).backend("198.18.0.21", "")]);
-    let (routes, each) = decide(&cfg, &applied(&cfg).vips, Ok(()), None);
+    let (routes, each) = decide(&cfg, &applied(&cfg).vips, Ok(()), None, &[]);
     assert_eq!(routes, crate::Routes::default());
     assert_eq!(each[0].wants, Err(Withheld::Off));
 }
@@ -62,7 +62,7 @@ fn off_without_a_routes_file() {
 #[test]
 fn maintenance_withdraws_everything() {
     let cfg = two_vips("maintenance = true\n", "");
-    let (routes, each) = decide(&cfg, &applied(&cfg).vips, Ok(()), None);
+    let (routes, each) = decide(&cfg, &applied(&cfg).vips, Ok(()), None, &[]);
     assert_eq!(routes, crate::Routes::default());
     assert!(
         each.iter()
@@ -73,7 +73,7 @@ fn maintenance_withdraws_everything() {
 #[test]
 fn a_vip_with_announce_false_is_withheld() {
     let cfg = two_vips("", "announce = false");
-    let (routes, each) = decide(&cfg, &applied(&cfg).vips, Ok(()), None);
+    let (routes, each) = decide(&cfg, &applied(&cfg).vips, Ok(()), None, &[]);
     assert!(!routes.v4.iter().any(|a| a.to_string() == "198.18.100.1"));
     assert_eq!(verdict(&each, "web").wants, Err(Withheld::Disabled));
     assert!(verdict(&each, "dns").announced);
@@ -82,7 +82,13 @@ fn a_vip_with_announce_false_is_withheld() {
 #[test]
 fn a_dataplane_that_does_not_serve_announces_nothing() {
     let cfg = two_vips("", "");
-    let (routes, each) = decide(&cfg, &applied(&cfg).vips, Err("eth0 is gone".into()), None);
+    let (routes, each) = decide(
+        &cfg,
+        &applied(&cfg).vips,
+        Err("eth0 is gone".into()),
+        None,
+        &[],
+    );
     assert_eq!(routes, crate::Routes::default());
     assert_eq!(
         verdict(&each, "web").wants.clone().unwrap_err().to_string(),
@@ -94,7 +100,7 @@ fn a_dataplane_that_does_not_serve_announces_nothing() {
 fn too_few_usable_backends_withdraws_and_recovery_announces() {
     let cfg = two_vips("min_backends = 2\n", "");
     let mut c = applied(&cfg);
-    let (_, each) = decide(&cfg, &c.vips, Ok(()), None);
+    let (_, each) = decide(&cfg, &c.vips, Ok(()), None, &[]);
     assert!(verdict(&each, "web").announced);
     // dns has one backend: below 2.
     assert_eq!(
@@ -106,7 +112,7 @@ fn too_few_usable_backends_withdraws_and_recovery_announces() {
     );
     let b = bid(&c, "web", "198.18.0.21");
     c.on_probe(&fail("web", b)).unwrap();
-    let (routes, each) = decide(&cfg, &c.vips, Ok(()), None);
+    let (routes, each) = decide(&cfg, &c.vips, Ok(()), None, &[]);
     assert!(routes.v4.is_empty(), "{routes:?}");
     assert_eq!(
         verdict(&each, "web").wants,
@@ -117,7 +123,7 @@ fn too_few_usable_backends_withdraws_and_recovery_announces() {
     );
     c.on_probe(&ok("web", b, 1)).unwrap();
     c.on_probe(&ok("web", b, 1)).unwrap();
-    let (routes, _) = decide(&cfg, &c.vips, Ok(()), None);
+    let (routes, _) = decide(&cfg, &c.vips, Ok(()), None, &[]);
     assert_eq!(routes.v4.len(), 1);
 }
 
@@ -125,7 +131,7 @@ fn too_few_usable_backends_withdraws_and_recovery_announces() {
 fn per_vip_minimum_overrides_the_node_wide_one() {
     let cfg = two_vips("min_backends = 2\n", "announce_min_backends = 1");
     let c = applied(&cfg);
-    let (_, each) = decide(&cfg, &c.vips, Ok(()), None);
+    let (_, each) = decide(&cfg, &c.vips, Ok(()), None, &[]);
     assert!(verdict(&each, "web").wants.is_ok());
 }
 
@@ -145,7 +151,7 @@ fn a_serving_backup_pool_counts() {
     let b = bid(&c, "web", "198.18.0.21");
     c.on_probe(&fail("web", b)).unwrap();
     assert!(vip_of(&c, "web").on_backup);
-    let (routes, each) = decide(&cfg, &c.vips, Ok(()), None);
+    let (routes, each) = decide(&cfg, &c.vips, Ok(()), None, &[]);
     assert_eq!(routes.v4.len(), 1, "{each:?}");
 }
 
@@ -163,7 +169,7 @@ fn an_address_shared_by_two_vips_stays_while_either_qualifies() {
             ]
         )
     ));
-    let (routes, each) = decide(&cfg, &applied(&cfg).vips, Ok(()), None);
+    let (routes, each) = decide(&cfg, &applied(&cfg).vips, Ok(()), None, &[]);
     assert_eq!(routes.v4.len(), 1);
     let tls = verdict(&each, "tls");
     assert!(
@@ -197,7 +203,7 @@ fn a_node_left_behind_withdraws_everything_and_says_why() {
         running: 7,
         fleet: 8,
     };
-    let (routes, each) = decide(&cfg, &applied(&cfg).vips, Ok(()), Some(behind.clone()));
+    let (routes, each) = decide(&cfg, &applied(&cfg).vips, Ok(()), Some(behind.clone()), &[]);
     assert_eq!(routes, crate::Routes::default());
     assert!(
         each.iter()
@@ -206,5 +212,28 @@ fn a_node_left_behind_withdraws_everything_and_says_why() {
     assert_eq!(
         behind.to_string(),
         "the node runs revision 7, its peers run 8 (see `lbctl fleet status`)"
+    );
+}
+
+#[test]
+fn a_vip_settling_after_its_backends_came_back_is_withheld_and_says_for_how_long() {
+    let cfg = two_vips("", "");
+    let c = applied(&cfg);
+    let (routes, each) = decide(&cfg, &c.vips, Ok(()), None, &[("web".into(), 420)]);
+    assert_eq!(
+        verdict(&each, "web").wants,
+        Err(Withheld::Settling { remaining_ms: 420 })
+    );
+    assert!(!routes.contains("198.18.100.1".parse().unwrap()));
+    assert!(
+        verdict(&each, "dns").wants.is_ok(),
+        "other VIPs are not held"
+    );
+    // Rise x interval plus a timeout of the slowest backend's checks.
+    let web = c.vips.iter().find(|v| v.cfg.name == "web").unwrap();
+    let h = &web.backends[0].health;
+    assert_eq!(
+        crate::settle_ms(web),
+        h.rise as u64 * h.interval_ms + h.timeout_ms
     );
 }
