@@ -187,7 +187,10 @@ pub(crate) fn bounded(what: &str, text: &str, comment: &str) -> Result<(), Failu
 /// Refuse an import past the bounds before anything of it is recorded: more than
 /// `MAX_IMPORT_REVISIONS` entries (`bad_request`), or any entry (or the import's comment)
 /// larger than a revision may be.
-fn check_import(revisions: &[api::ExportedRevision], comment: &str) -> Result<(), Failure> {
+pub(crate) fn check_import(
+    revisions: &[api::ExportedRevision],
+    comment: &str,
+) -> Result<(), Failure> {
     if revisions.len() > MAX_IMPORT_REVISIONS {
         return Err(fail(
             ErrorCode::BadRequest,

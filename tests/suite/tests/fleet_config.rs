@@ -433,6 +433,50 @@ fn a_change_through_one_node_runs_on_every_node() {
         "rollback to revision {k} (as revision {rolled}): the {} configuration maps of all three nodes are bit for bit what they were",
         CONFIG_MAPS.len()
     );
+
+    // 5. Export and import, fleet-wide: the whole history (with its 1,000-VIP revisions)
+    // is more than etcd takes at once and is refused, clearly; its newest five are
+    // recorded, the four older as history that no node runs, the newest run by all.
+    let export = f.nodes[0].dir.join("export.json");
+    let (ok, out) = f.lbctl(LBCTL, 0, &["config", "export", export.to_str().unwrap()]);
+    assert!(ok, "{out}");
+    let all: Vec<Value> = serde_json::from_str(&std::fs::read_to_string(&export).unwrap()).unwrap();
+    let (ok, out) = f.lbctl(LBCTL, 1, &["config", "import", export.to_str().unwrap()]);
+    assert!(
+        !ok && out.contains("more than") && out.contains("import fewer"),
+        "{out}"
+    );
+    let newest = &all[all.len() - 5..];
+    std::fs::write(&export, serde_json::to_string(newest).unwrap()).unwrap();
+    let head = running(&f, 0);
+    let v = f.lbctl_json(LBCTL, 1, &["config", "import", export.to_str().unwrap()]);
+    let imported = v["revision"].as_u64().unwrap();
+    assert_eq!(imported, head + 5, "{v}");
+    wait_running(&f, imported, 10);
+    assert_eq!(text(imported), newest[4]["config"]);
+    for (i, n) in f.nodes.iter().enumerate() {
+        let log = n.lbd.as_ref().unwrap().log();
+        for history in head + 1..imported {
+            assert!(
+                !log.contains(&format!("fleet revision applied revision={history} ")),
+                "node {} ran imported history {history}",
+                i + 1
+            );
+        }
+    }
+    let history = f.lbctl_json(LBCTL, 2, &["config", "history"]);
+    assert!(
+        history[1]["source"]
+            .as_str()
+            .unwrap()
+            .contains("import (was revision"),
+        "{history}"
+    );
+    println!(
+        "import of {} revisions refused (too big for one etcd transaction); the newest 5 imported as revisions {}..={imported}, run by every node",
+        all.len(),
+        head + 1
+    );
 }
 
 #[test]

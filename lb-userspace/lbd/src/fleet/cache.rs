@@ -92,6 +92,7 @@ mod tests {
                 comment: String::new(),
             },
             config: "[[vip]]\nname = \"web\"\n".into(),
+            history_only: false,
         }
     }
 

@@ -5,9 +5,10 @@
 //! - `head`: the current revision's id, in decimal. Every change is one transaction that
 //!   compares it with the revision the change was based on, and only then writes the new
 //!   revision and moves it: two operators on the same base cannot both win.
-//! - `rev/{id:020}`: a revision whole (meta and text); `meta/{id:020}`: its meta alone,
-//!   for history without the texts. The oldest beyond `revisions_kept` go in the same
-//!   transaction.
+//! - `rev/{id:020}`: a revision whole (meta and text; `history_only` for the older
+//!   revisions of an import, which are history and never run); `meta/{id:020}`: its meta
+//!   alone, for history without the texts. The oldest beyond `revisions_kept` go in the
+//!   same transaction.
 //! - `node/{node}`: what a node runs and sees ([`lb_api::FleetNode`]), under its lease: a
 //!   node that stops renewing it disappears from the fleet's status.
 
@@ -59,7 +60,23 @@ pub struct FleetRevision {
     #[serde(flatten)]
     pub meta: Meta,
     pub config: String,
+    /// Recorded by an import as history: the nodes never run it (the import's newest
+    /// revision, after it, is what they run).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub history_only: bool,
 }
+
+/// A revision to record ([`Etcd::commit_many`]).
+pub struct Entry {
+    pub config: String,
+    pub source: String,
+    pub comment: String,
+    pub history_only: bool,
+}
+
+/// The most revisions one transaction records: two keys each, the head and two range
+/// deletes within etcd's `--max-txn-ops` (128 by default).
+pub const MAX_TXN_REVISIONS: usize = 62;
 
 #[derive(Clone)]
 pub struct Keys {
@@ -338,47 +355,52 @@ impl Etcd {
             .collect()
     }
 
-    /// Record `config` as the revision after `base`, if `base` is still the head: the new
-    /// revision, its meta and the head in one transaction, with the revisions past
-    /// `revisions_kept` removed. A head that moved is a [`FleetError::Conflict`].
-    pub async fn commit(
+    /// Record `entries` as the revisions after `base`, if `base` is still the head: the
+    /// revisions, their metas and the head (moved to the last) in one transaction, with the
+    /// revisions past `revisions_kept` removed. A head that moved is a
+    /// [`FleetError::Conflict`]. One entry for a change; an import's history
+    /// (`history_only`) and its newest revision for an import.
+    pub async fn commit_many(
         &self,
         base: u64,
-        config: &str,
-        source: &str,
-        comment: &str,
+        entries: Vec<Entry>,
         running: u64,
-    ) -> Result<Meta, FleetError> {
-        let id = base + 1;
-        let meta = Meta {
-            id,
-            at_ms: crate::store::now_ms(),
-            source: source.to_string(),
-            comment: comment.to_string(),
-        };
-        let rev = FleetRevision {
-            meta: meta.clone(),
-            config: config.to_string(),
-        };
+    ) -> Result<Vec<Meta>, FleetError> {
+        let at_ms = crate::store::now_ms();
         let head = self.keys.head();
         let unchanged = if base == 0 {
             Compare::version(head.clone(), CompareOp::Equal, 0)
         } else {
             Compare::value(head.clone(), CompareOp::Equal, base.to_string())
         };
-        let mut ops = vec![
-            TxnOp::put(
-                self.keys.rev(id),
+        let mut ops = Vec::new();
+        let mut metas = Vec::new();
+        for (k, e) in entries.into_iter().enumerate() {
+            let meta = Meta {
+                id: base + 1 + k as u64,
+                at_ms,
+                source: e.source,
+                comment: e.comment,
+            };
+            let rev = FleetRevision {
+                meta: meta.clone(),
+                config: e.config,
+                history_only: e.history_only,
+            };
+            ops.push(TxnOp::put(
+                self.keys.rev(meta.id),
                 serde_json::to_vec(&rev).expect("a revision serializes"),
                 None,
-            ),
-            TxnOp::put(
-                self.keys.meta(id),
+            ));
+            ops.push(TxnOp::put(
+                self.keys.meta(meta.id),
                 serde_json::to_vec(&meta).expect("a meta serializes"),
                 None,
-            ),
-            TxnOp::put(head.clone(), id.to_string(), None),
-        ];
+            ));
+            metas.push(meta);
+        }
+        let id = metas.last().map_or(base, |m| m.id);
+        ops.push(TxnOp::put(head.clone(), id.to_string(), None));
         if let Some(first_kept) = (id + 1).checked_sub(self.keep as u64).filter(|f| *f > 1) {
             for (from, to) in [
                 (self.keys.revs(), self.keys.rev(first_kept)),
@@ -401,7 +423,7 @@ impl Etcd {
             .await
             .map_err(|e| self.unavailable(e, running))?;
         if r.succeeded() {
-            return Ok(meta);
+            return Ok(metas);
         }
         let current = match r.op_responses().into_iter().next() {
             Some(TxnOpResponse::Get(g)) => match g.kvs().first() {

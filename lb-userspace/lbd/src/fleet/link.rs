@@ -288,6 +288,8 @@ impl Link {
         let from = from.max((head + 1).saturating_sub(self.keep as u64));
         for id in from..=head {
             match etcd.get(id, self.running()).await {
+                // An import's history: recorded, never run.
+                Ok(rev) if rev.history_only => self.sent = id,
                 Ok(rev) => {
                     if self.incoming.send(rev).await.is_err() {
                         return Ok(());

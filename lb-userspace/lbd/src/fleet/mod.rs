@@ -18,7 +18,9 @@ pub fn first_member(f: &lb_control::FleetConfig) -> usize {
         .fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(b as u64));
     (h % f.endpoints.len() as u64) as usize
 }
-pub use etcd::{Etcd, FleetError, FleetRevision, MAX_FLEET_REVISION_BYTES};
+pub use etcd::{
+    Entry, Etcd, FleetError, FleetRevision, MAX_FLEET_REVISION_BYTES, MAX_TXN_REVISIONS,
+};
 pub use link::{LinkHandle, spawn};
 pub use node::{Node, check_here, host_name};
 pub use start::{Started, advertise, start};

@@ -13,7 +13,10 @@ use lb_control::{Config, FleetConfig, Withheld, check_fleet_text, compose};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{error, info, warn};
 
-use super::{Cache, Etcd, FleetError, FleetRevision, LinkHandle, MAX_FLEET_REVISION_BYTES};
+use super::{
+    Cache, Entry, Etcd, FleetError, FleetRevision, LinkHandle, MAX_FLEET_REVISION_BYTES,
+    MAX_TXN_REVISIONS,
+};
 use crate::{
     handler::{Handler, bounded, edited, fail, revision_meta, rfc3339, write_atomically},
     store::{DIFF_TIMEOUT, Meta, diff_texts, now_ms},
@@ -411,6 +414,72 @@ struct Mutation {
 }
 
 impl Mutation {
+    /// A revision made through this node: its source names the node.
+    fn entry(&self, config: String, source: String, comment: &str, history_only: bool) -> Entry {
+        Entry {
+            config,
+            source: format!("{}: {source}", self.node),
+            comment: comment.to_string(),
+            history_only,
+        }
+    }
+
+    /// `config.import` in fleet mode: the older revisions recorded as the fleet's history
+    /// (never run), the newest as the revision every node runs; one transaction, so within
+    /// etcd's bounds on one (revisions, bytes).
+    fn import(
+        &self,
+        revisions: &[api::ExportedRevision],
+        comment: &str,
+    ) -> Result<Vec<Entry>, api::ApiError> {
+        crate::handler::check_import(revisions, comment)?;
+        let Some((newest, older)) = revisions.split_last() else {
+            return Err(fail(
+                ErrorCode::BadRequest,
+                "no revisions to import: args.revisions is empty",
+            ));
+        };
+        if revisions.len() > MAX_TXN_REVISIONS {
+            return Err(fail(
+                ErrorCode::BadRequest,
+                format!(
+                    "in fleet mode an import is one etcd transaction, of at most {MAX_TXN_REVISIONS} revisions (etcd's --max-txn-ops is 128 by default); this one has {}: import the newest {MAX_TXN_REVISIONS}",
+                    revisions.len()
+                ),
+            ));
+        }
+        let bytes: usize = revisions
+            .iter()
+            .map(|r| r.config.len() + r.meta.comment.len())
+            .sum();
+        if bytes > MAX_FLEET_REVISION_BYTES {
+            return Err(fail(
+                ErrorCode::BadRequest,
+                format!(
+                    "the import holds {bytes} bytes of revisions, more than the {MAX_FLEET_REVISION_BYTES} etcd takes in one request: import fewer"
+                ),
+            ));
+        }
+        let mut out: Vec<Entry> = older
+            .iter()
+            .map(|r| {
+                self.entry(
+                    r.config.clone(),
+                    format!("import (was revision {})", r.meta.id),
+                    &r.meta.comment,
+                    true,
+                )
+            })
+            .collect();
+        out.push(self.entry(
+            newest.config.clone(),
+            format!("import (was revision {})", newest.meta.id),
+            comment,
+            false,
+        ));
+        Ok(out)
+    }
+
     fn unavailable(&self) -> api::ApiError {
         fail(
             ErrorCode::Unavailable,
@@ -468,30 +537,36 @@ impl Mutation {
                         .config
                 }
             };
-            let (text, source) = match request {
+            let entries = match request {
                 Request::ConfigRollback { target, .. } => {
                     let rev = find(&etcd, target, self.running).await?;
-                    (rev.config, format!("rollback to {}", rev.meta.id))
+                    vec![self.entry(
+                        rev.config,
+                        format!("rollback to {}", rev.meta.id),
+                        request.comment(),
+                        false,
+                    )]
                 }
-                Request::ConfigImport { .. } => {
-                    return Err(fail(
-                        ErrorCode::Invalid,
-                        format!(
-                            "{op} records a node's history; in fleet mode the history is the fleet's: apply the revision you want with `lbctl config apply`"
-                        ),
-                    ));
+                Request::ConfigImport { revisions, comment } => self.import(revisions, comment)?,
+                r => {
+                    let (text, source) = edited(r, &current).unwrap_or_else(|| {
+                        Err(fail(ErrorCode::Internal, format!("{op} is not a change")))
+                    })?;
+                    vec![self.entry(text, source, request.comment(), false)]
                 }
-                r => edited(r, &current).unwrap_or_else(|| {
-                    Err(fail(ErrorCode::Internal, format!("{op} is not a change")))
-                })?,
             };
-            check_here(&text, &self.node_text, head + 1)?;
-            let source = format!("{}: {source}", self.node);
-            match etcd
-                .commit(head, &text, &source, request.comment(), self.running)
-                .await
-            {
-                Ok(meta) => return Ok(FleetRevision { meta, config: text }),
+            let last = entries.last().expect("a change records a revision");
+            let (text, id) = (last.config.clone(), head + entries.len() as u64);
+            check_here(&text, &self.node_text, id)?;
+            match etcd.commit_many(head, entries, self.running).await {
+                Ok(mut metas) => {
+                    let meta = metas.pop().expect("the newest revision");
+                    return Ok(FleetRevision {
+                        meta,
+                        config: text,
+                        history_only: false,
+                    });
+                }
                 Err(FleetError::Conflict { .. }) if self.base.is_none() => continue,
                 Err(e) => return Err(fleet_failure(e)),
             }
