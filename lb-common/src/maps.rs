@@ -25,6 +25,7 @@ pub const MAP_FLOWS: &str = "LB_FLOWS";
 pub const MAP_STATS: &str = "LB_STATS";
 pub const MAP_VIP_STATS: &str = "LB_VIP_STATS";
 pub const MAP_BACKEND_STATS: &str = "LB_BE_STATS";
+pub const MAP_BACKEND_FLOWS: &str = "LB_BE_FLOWS";
 pub const MAP_CONFIG: &str = "LB_CONFIG";
 pub const MAP_RR: &str = "LB_RR";
 pub const MAP_CONNS: &str = "LB_CONNS";
@@ -219,12 +220,6 @@ pub struct VipStats {
 pub struct BackendStats {
     pub packets: u64,
     pub bytes: u64,
-    /// Bare TCP SYNs sent to the backend (retransmissions too): connections asked for.
-    pub syns: u64,
-    /// TCP flows whose client sent its first packet after the SYN through us (its
-    /// handshake's ACK): connections the backend answered. A backend whose SYNs stop being
-    /// followed by handshakes while its siblings' are is failing (passive detection).
-    pub handshakes: u64,
 }
 
 impl core::ops::Add for BackendStats {
@@ -234,6 +229,28 @@ impl core::ops::Add for BackendStats {
         BackendStats {
             packets: self.packets + o.packets,
             bytes: self.bytes + o.bytes,
+        }
+    }
+}
+
+/// What a backend's new connections became, for passive failure detection. A map of its
+/// own (`LB_BE_FLOWS`, not pinned: the counts matter only over the last moments), so that
+/// `LB_BE_STATS`' pinned layout, and with it a hitless upgrade, stays as it was.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct BackendFlows {
+    /// Bare TCP SYNs sent to the backend (retransmissions too): connections asked for.
+    pub syns: u64,
+    /// TCP flows whose client sent its first packet after the SYN through us (its
+    /// handshake's ACK): connections the backend answered.
+    pub handshakes: u64,
+}
+
+impl core::ops::Add for BackendFlows {
+    type Output = BackendFlows;
+    /// Two CPUs' counters together.
+    fn add(self, o: BackendFlows) -> BackendFlows {
+        BackendFlows {
             syns: self.syns + o.syns,
             handshakes: self.handshakes + o.handshakes,
         }
@@ -306,6 +323,7 @@ mod user {
         FlowEntry,
         VipStats,
         BackendStats,
+        BackendFlows,
         GlobalConfig,
         DecapAddr,
         crate::bench::BenchFrame,
@@ -322,7 +340,8 @@ const _: () = {
     assert!(size_of::<FlowKey>() == 40);
     assert!(size_of::<FlowEntry>() == 16);
     assert!(size_of::<VipStats>() == 24);
-    assert!(size_of::<BackendStats>() == 32);
+    assert!(size_of::<BackendStats>() == 16);
+    assert!(size_of::<BackendFlows>() == 16);
     assert!(size_of::<GlobalConfig>() == 32);
     assert!(size_of::<VipRecord>() == 40);
     assert!(size_of::<DecapAddr>() == 20);

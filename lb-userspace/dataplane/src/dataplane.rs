@@ -20,9 +20,10 @@ use aya::{
     util::nr_cpus,
 };
 use lb_common::{
-    Backend, BackendStats, GlobalConfig, MAP_BACKEND_STATS, MAP_BACKENDS, MAP_CONFIG, MAP_CONNS,
-    MAP_FLOWS, MAP_RINGS, MAP_STATS, MAP_TX_PORTS, MAP_VIP_BY_ID, MAP_VIP_STATS, MAP_VIPS, Reason,
-    VIP_F_FRAGMENTS_ONLY, VipKey, VipMeta, VipRecord, VipStats,
+    Backend, BackendFlows, BackendStats, GlobalConfig, MAP_BACKEND_FLOWS, MAP_BACKEND_STATS,
+    MAP_BACKENDS, MAP_CONFIG, MAP_CONNS, MAP_FLOWS, MAP_RINGS, MAP_STATS, MAP_TX_PORTS,
+    MAP_VIP_BY_ID, MAP_VIP_STATS, MAP_VIPS, Reason, VIP_F_FRAGMENTS_ONLY, VipKey, VipMeta,
+    VipRecord, VipStats,
 };
 use thiserror::Error;
 
@@ -614,6 +615,15 @@ impl Dataplane {
             bytes: a.bytes + s.bytes,
             new_flows: a.new_flows + s.new_flows,
         }))
+    }
+
+    /// SYNs and handshakes of backend `id`, summed over CPUs (passive detection).
+    pub fn backend_flows(&self, id: u32) -> Result<BackendFlows, DataplaneError> {
+        let v = self
+            .per_cpu::<BackendFlows>(MAP_BACKEND_FLOWS)?
+            .get(&id, 0)
+            .map_err(map_err(MAP_BACKEND_FLOWS))?;
+        Ok(v.iter().fold(BackendFlows::default(), |a, s| a + *s))
     }
 
     pub fn backend_stats(&self, id: u32) -> Result<BackendStats, DataplaneError> {

@@ -44,7 +44,7 @@ impl Passive {
             let keep = cfg.window_ms + cfg.handshake_ms + 2 * SAMPLE_EVERY.as_millis() as u64;
             for b in &v.backends {
                 seen.push(b.id);
-                if let Ok(s) = svc.ctl.maps().backend_stats(b.id) {
+                if let Ok(s) = svc.ctl.maps().backend_flows(b.id) {
                     let counts = Counts {
                         syns: s.syns,
                         handshakes: s.handshakes,

@@ -1247,7 +1247,7 @@ fn syns_and_handshakes_are_counted_per_backend() {
         let (mut h, _) = setup(scheduler, Forward::IpIp);
         let total = |h: &Harness| {
             (1..=3).fold((0, 0), |(s, k), id| {
-                let b = h.dp.backend_stats(id).unwrap();
+                let b = h.dp.backend_flows(id).unwrap();
                 (s + b.syns, k + b.handshakes)
             })
         };
@@ -1255,7 +1255,7 @@ fn syns_and_handshakes_are_counted_per_backend() {
         let to = outer_dst(&h.run(&syn.bytes()).1);
         let id = (1..=3).find(|id| backend_addr(&mut h, *id) == to).unwrap();
         let at = |h: &Harness| {
-            let b = h.dp.backend_stats(id).unwrap();
+            let b = h.dp.backend_flows(id).unwrap();
             (b.syns, b.handshakes)
         };
         assert_eq!(at(&h), (1, 0), "{scheduler:?}: the SYN");

@@ -6,9 +6,9 @@ use aya_ebpf::{
     maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray},
 };
 use lb_common::{
-    Backend, BackendStats, DEFAULT_FLOWS, DEFAULT_RING_CAPACITY, FlowEntry, FlowKey, GlobalConfig,
-    MAX_BACKENDS, MAX_TX_PORTS, MAX_VIPS, VIP_FILTER_BITS, VipKey, VipMeta, VipRecord, VipStats,
-    reason::REASON_COUNT,
+    Backend, BackendFlows, BackendStats, DEFAULT_FLOWS, DEFAULT_RING_CAPACITY, FlowEntry, FlowKey,
+    GlobalConfig, MAX_BACKENDS, MAX_TX_PORTS, MAX_VIPS, VIP_FILTER_BITS, VipKey, VipMeta,
+    VipRecord, VipStats, reason::REASON_COUNT,
 };
 
 /// Per-CPU LRU lists (BPF_F_NO_COMMON_LRU) over one shared table: evictions never take a
@@ -51,6 +51,10 @@ pub static LB_VIP_STATS: PerCpuArray<VipStats> = PerCpuArray::with_max_entries(M
 
 #[map(name = "LB_BE_STATS")]
 pub static LB_BE_STATS: PerCpuArray<BackendStats> = PerCpuArray::with_max_entries(MAX_BACKENDS, 0);
+
+/// SYNs and handshakes per backend, for passive detection (not pinned).
+#[map(name = "LB_BE_FLOWS")]
+pub static LB_BE_FLOWS: PerCpuArray<BackendFlows> = PerCpuArray::with_max_entries(MAX_BACKENDS, 0);
 
 /// A bit per VIP address hash (see `lb_common::vip_filter_bit`).
 #[map(name = "LB_VIP_FILTER")]

@@ -4,7 +4,7 @@ use aya_ebpf::{helpers::bpf_ktime_get_ns, programs::XdpContext};
 use aya_log_ebpf::warn;
 use lb_common::Reason;
 
-use crate::maps::{LB_BE_STATS, LB_LOG_AT, LB_STATS, LB_VIP_STATS};
+use crate::maps::{LB_BE_FLOWS, LB_BE_STATS, LB_LOG_AT, LB_STATS, LB_VIP_STATS};
 
 /// A drop worth an operator's attention, logged through aya-log to the daemon's log: at
 /// most once a second per reason and CPU, so a flood of bad packets cannot flood the log
@@ -62,11 +62,18 @@ pub fn backend(backend_id: u32, bytes: u64, syn: bool, handshake: bool) {
         unsafe {
             (*s).packets += 1;
             (*s).bytes += bytes;
+        }
+    }
+    // One packet in a connection's life does this: no lookup for the others.
+    if (syn || handshake)
+        && let Some(f) = LB_BE_FLOWS.get_ptr_mut(backend_id)
+    {
+        // SAFETY: per-CPU slot.
+        unsafe {
             if syn {
-                (*s).syns += 1;
-            }
-            if handshake {
-                (*s).handshakes += 1;
+                (*f).syns += 1;
+            } else {
+                (*f).handshakes += 1;
             }
         }
     }
