@@ -498,7 +498,7 @@ impl Default for PassiveConfig {
 }
 
 fn default_passive_window_ms() -> u64 {
-    100
+    60
 }
 fn default_passive_handshake_ms() -> u64 {
     30
