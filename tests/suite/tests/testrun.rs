@@ -1280,3 +1280,40 @@ fn syns_and_handshakes_are_counted_per_backend() {
         assert_eq!(total(&h), (3, 1), "{scheduler:?}: two SYNs, no handshake");
     }
 }
+
+/// UDP, where a flow has a second datagram: its first asks, its second answers (the
+/// backend kept the client talking), later ones count nothing; a flow of one datagram
+/// (a DNS query) only asks.
+#[test]
+fn udp_flows_ask_with_their_first_datagram_and_answer_with_their_second() {
+    for scheduler in [Scheduler::Maglev, Scheduler::RoundRobin] {
+        let mut h = Harness::new();
+        backends(&mut h);
+        h.vip(
+            vip_key(VIP4, 53, PROTO_UDP),
+            scheduler,
+            Forward::IpIp,
+            0,
+            &v4_set(),
+        );
+        let total = |h: &Harness| {
+            (1..=3).fold((0, 0), |(s, k), id| {
+                let b = h.dp.backend_flows(id).unwrap();
+                (s + b.syns, k + b.handshakes)
+            })
+        };
+        let f = Frame::udp(CLIENT4, 5353, VIP4, 53);
+        let to = outer_dst(&h.run(&f.bytes()).1);
+        assert_eq!(total(&h), (1, 0), "{scheduler:?}: the first datagram asks");
+        assert_eq!(outer_dst(&h.run(&f.bytes()).1), to);
+        assert_eq!(total(&h), (1, 1), "{scheduler:?}: the second answers");
+        h.run(&f.bytes());
+        assert_eq!(total(&h), (1, 1), "{scheduler:?}: the third counts nothing");
+        h.run(&Frame::udp(CLIENT4, 5354, VIP4, 53).bytes());
+        assert_eq!(
+            total(&h),
+            (2, 1),
+            "{scheduler:?}: a one-datagram flow only asks"
+        );
+    }
+}

@@ -11,8 +11,8 @@ use aya_ebpf::helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns};
 use lb_common::{
     BACKEND_F_DOWN, Backend, DEFAULT_NEW_BURST, DEFAULT_NEW_PER_SEC, DEFAULT_SYN_LOOKUP_BURST,
     DEFAULT_SYN_LOOKUP_PER_SEC, FLOW_F_COUNTED, FLOW_F_OPEN, FlowEntry, FlowKey, NEW_RATE_BURST,
-    NEW_RATE_PER_SEC, NO_BACKEND, PROTO_TCP, Reason, SYN_LOOKUP_BURST, SYN_LOOKUP_PER_SEC,
-    Scheduler, VipMeta, flow_hash, source_hash,
+    NEW_RATE_PER_SEC, NO_BACKEND, PROTO_TCP, PROTO_UDP, Reason, SYN_LOOKUP_BURST,
+    SYN_LOOKUP_PER_SEC, Scheduler, VipMeta, flow_hash, source_hash,
 };
 
 use crate::{
@@ -24,18 +24,26 @@ use crate::{
     stats::count,
 };
 
-/// Whether a packet of a TCP flow that may be remembered asks for a connection (a bare SYN)
-/// or, placed without a table entry after its SYN, completes one (the handshake's ACK, on
-/// a Maglev or source-hash VIP, which remembers flows at that packet): passive detection's
-/// counts. `held`: the flow had a table entry. The handshakes of flows remembered at their
-/// SYN are counted by `follow`.
+/// Whether a packet of a flow that may be remembered asks for a connection (a bare TCP SYN;
+/// a UDP datagram of a flow the table does not know) or, placed without a table entry after
+/// its SYN, completes one (the handshake's ACK, on a Maglev or source-hash VIP, which
+/// remembers flows at that packet): passive detection's counts. `held`: the flow had a
+/// table entry. The answers of flows remembered at their first packet (a TCP SYN on a
+/// stateful scheduler, a UDP flow's first datagram: its second is the answer) are counted
+/// by `follow`.
 #[inline(always)]
 pub fn asks_or_answers(flow: &Flow, held: bool) -> (bool, bool) {
-    if flow.key.proto != PROTO_TCP || !flow.remember {
+    if !flow.remember {
         return (false, false);
     }
-    let syn = flow.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
-    (syn, !syn && !held && flow.tcp_flags & TCP_RST == 0)
+    match flow.key.proto {
+        PROTO_TCP => {
+            let syn = flow.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
+            (syn, !syn && !held && flow.tcp_flags & TCP_RST == 0)
+        }
+        PROTO_UDP => (!held, false),
+        _ => (false, false),
+    }
 }
 
 /// The flow to place (bundled: a BPF call takes at most five arguments).
@@ -361,12 +369,14 @@ pub fn choose(vip: &VipMeta, flow: &Flow, held: Option<*mut FlowEntry>) -> Optio
         if counted {
             conns_add(id, 1);
         }
-        // Remembered at its SYN: the client's next packet completes the handshake.
-        let open = if tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN {
-            FLOW_F_OPEN
-        } else {
-            0
+        // Remembered at its SYN, or at a UDP flow's first datagram: the client's next
+        // packet is the answer passive detection counts.
+        let first = match key.proto {
+            PROTO_TCP => tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN,
+            PROTO_UDP => held.is_none(),
+            _ => false,
         };
+        let open = if first { FLOW_F_OPEN } else { 0 };
         let entry = FlowEntry {
             backend_id: id,
             flags: open | if counted { FLOW_F_COUNTED } else { 0 },
