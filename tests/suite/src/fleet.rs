@@ -654,6 +654,24 @@ impl Fleet {
         hops
     }
 
+    /// Wait until the router's BFD session with every node is up: until then a silent
+    /// failure is caught by BGP's hold timer (3 s), not by BFD.
+    pub fn wait_bfd_up(&self, secs: u64) -> Duration {
+        let t = Instant::now();
+        let d = self.router_dir.display().to_string();
+        let up = || {
+            let out = self.router.exec(&format!(
+                "vtysh --vty_socket {d} -c \"show bfd peers brief\" 2>&1 || true"
+            ));
+            self.nodes.iter().all(|n| {
+                out.lines()
+                    .any(|l| l.contains(&n.addr) && l.split_whitespace().last() == Some("up"))
+            })
+        };
+        wait_for(up, secs, "BFD sessions up with every node");
+        t.elapsed()
+    }
+
     /// Wait until the router's next hops for the VIP are exactly `want` (node indices);
     /// returns how long that took.
     pub fn wait_next_hops(&self, want: &[usize], secs: u64) -> Duration {

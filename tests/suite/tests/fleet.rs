@@ -71,6 +71,9 @@ fn start(bfd: bool) -> (std::sync::MutexGuard<'static, ()>, Fleet) {
         f.start_lbd(i, LBD, &c);
     }
     f.wait_next_hops(&[0, 1, 2], 30);
+    if bfd {
+        f.wait_bfd_up(30);
+    }
     wait_all_up(&f);
     (turn, f)
 }
