@@ -477,6 +477,52 @@ fn a_change_through_one_node_runs_on_every_node() {
         all.len(),
         head + 1
     );
+
+    // 6. Where nodes disagree: node 3's checks of backend 1 fail (its probes are dropped on
+    // their way out; the traffic it forwards is not, XDP sends it past the firewall), so
+    // `fleet status` names that backend with each node's view.
+    let b1 = f.backends[0].addr.clone();
+    f.nodes[2].ns.exec(&format!(
+        "nft add table inet probes && \
+         nft add chain inet probes out '{{ type filter hook output priority 0; }}' && \
+         nft add rule inet probes out ip daddr {b1} tcp dport 80 drop"
+    ));
+    let t = Instant::now();
+    wait_until("fleet status showing the disagreement", 20, || {
+        let fs = f.lbctl_json(LBCTL, 0, &["fleet", "status"]);
+        fs["disagreements"].as_array().is_some_and(|d| {
+            d.iter().any(|x| {
+                x["address"] == b1.as_str()
+                    && x["states"]["node3"] == "down"
+                    && x["states"]["node1"] == "up"
+            })
+        })
+    });
+    let (_, human) = f.lbctl(LBCTL, 1, &["fleet", "status"]);
+    assert!(
+        human.contains("the nodes disagree about these backends:"),
+        "{human}"
+    );
+    println!(
+        "node 3 alone losing backend 1: fleet status names the disagreement after {:.0} ms",
+        ms(t.elapsed())
+    );
+
+    // 7. A node that stops leaves the fleet's status once its lease runs out (3 s).
+    let pid = f.nodes[2].lbd.as_ref().unwrap().pid();
+    // SAFETY: plain kill(2) on the daemon's pid.
+    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    let t = Instant::now();
+    wait_until("node 3 gone from fleet status", 15, || {
+        let fs = f.lbctl_json(LBCTL, 0, &["fleet", "status"]);
+        fs["nodes"]
+            .as_array()
+            .is_some_and(|n| n.len() == 2 && n.iter().all(|x| x["node"] != "node3"))
+    });
+    println!(
+        "node 3 killed: gone from fleet status after {:.0} ms (lease 3 s)",
+        ms(t.elapsed())
+    );
 }
 
 #[test]

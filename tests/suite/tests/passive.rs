@@ -141,6 +141,24 @@ fn run(kind: Failure, passive: bool) -> Figures {
         .count();
     assert_eq!(before, 0, "connections failed before the failure");
     d.assert_running();
+    // The verdict's reason is what `lbctl health` shows for the backend.
+    let health: serde_json::Value = lb_api::Client::new(d.socket())
+        .call_typed(&lb_api::Request::Health { vip: None }, None)
+        .unwrap();
+    let b1 = health
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["address"] == "198.18.0.21")
+        .unwrap();
+    if passive {
+        assert!(
+            b1["reason"].as_str().unwrap().starts_with("traffic: "),
+            "{b1}"
+        );
+    } else {
+        assert_eq!(b1["state"], "down", "{b1}");
+    }
     Figures {
         hurt: hurt.len(),
         last_ms: hurt

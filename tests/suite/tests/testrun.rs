@@ -1237,6 +1237,14 @@ fn above_the_syn_lookup_rate_a_syn_is_placed_without_the_table() {
     assert_eq!(outer_dst(&h.run(&ack(&f).bytes()).1), other);
 }
 
+/// (SYNs, handshakes) over backends 1 to 3: `LB_BE_FLOWS`, summed over CPUs.
+fn flows_total(h: &Harness) -> (u64, u64) {
+    (1..=3).fold((0, 0), |(s, k), id| {
+        let b = h.dp.backend_flows(id).unwrap();
+        (s + b.syns, k + b.handshakes)
+    })
+}
+
 /// Passive detection's counters: a bare SYN counts a SYN for its backend, the client's next
 /// packet a handshake, once per flow, whichever the scheduler (Maglev remembers the flow at
 /// that packet, round robin at the SYN); later packets, retransmitted SYNs and a RST
@@ -1245,12 +1253,6 @@ fn above_the_syn_lookup_rate_a_syn_is_placed_without_the_table() {
 fn syns_and_handshakes_are_counted_per_backend() {
     for scheduler in [Scheduler::Maglev, Scheduler::RoundRobin] {
         let (mut h, _) = setup(scheduler, Forward::IpIp);
-        let total = |h: &Harness| {
-            (1..=3).fold((0, 0), |(s, k), id| {
-                let b = h.dp.backend_flows(id).unwrap();
-                (s + b.syns, k + b.handshakes)
-            })
-        };
         let syn = Frame::tcp(CLIENT4, 41000, VIP4, 80, TCP_SYN);
         let to = outer_dst(&h.run(&syn.bytes()).1);
         let id = (1..=3).find(|id| backend_addr(&mut h, *id) == to).unwrap();
@@ -1263,7 +1265,11 @@ fn syns_and_handshakes_are_counted_per_backend() {
         assert_eq!(at(&h), (1, 1), "{scheduler:?}: the handshake's ACK");
         h.run(&ack(&syn).bytes());
         assert_eq!(at(&h), (1, 1), "{scheduler:?}: data is no second handshake");
-        assert_eq!(total(&h), (1, 1), "{scheduler:?}: only its backend counts");
+        assert_eq!(
+            flows_total(&h),
+            (1, 1),
+            "{scheduler:?}: only its backend counts"
+        );
         // A SYN that is never answered: retransmitted, then given up (RST).
         let lost = Frame::tcp(CLIENT4, 41001, VIP4, 80, TCP_SYN);
         h.run(&lost.bytes());
@@ -1277,7 +1283,11 @@ fn syns_and_handshakes_are_counted_per_backend() {
             };
         }
         h.run(&rst.bytes());
-        assert_eq!(total(&h), (3, 1), "{scheduler:?}: two SYNs, no handshake");
+        assert_eq!(
+            flows_total(&h),
+            (3, 1),
+            "{scheduler:?}: two SYNs, no handshake"
+        );
     }
 }
 
@@ -1296,22 +1306,24 @@ fn udp_flows_ask_with_their_first_datagram_and_answer_with_their_second() {
             0,
             &v4_set(),
         );
-        let total = |h: &Harness| {
-            (1..=3).fold((0, 0), |(s, k), id| {
-                let b = h.dp.backend_flows(id).unwrap();
-                (s + b.syns, k + b.handshakes)
-            })
-        };
         let f = Frame::udp(CLIENT4, 5353, VIP4, 53);
         let to = outer_dst(&h.run(&f.bytes()).1);
-        assert_eq!(total(&h), (1, 0), "{scheduler:?}: the first datagram asks");
+        assert_eq!(
+            flows_total(&h),
+            (1, 0),
+            "{scheduler:?}: the first datagram asks"
+        );
         assert_eq!(outer_dst(&h.run(&f.bytes()).1), to);
-        assert_eq!(total(&h), (1, 1), "{scheduler:?}: the second answers");
+        assert_eq!(flows_total(&h), (1, 1), "{scheduler:?}: the second answers");
         h.run(&f.bytes());
-        assert_eq!(total(&h), (1, 1), "{scheduler:?}: the third counts nothing");
+        assert_eq!(
+            flows_total(&h),
+            (1, 1),
+            "{scheduler:?}: the third counts nothing"
+        );
         h.run(&Frame::udp(CLIENT4, 5354, VIP4, 53).bytes());
         assert_eq!(
-            total(&h),
+            flows_total(&h),
             (2, 1),
             "{scheduler:?}: a one-datagram flow only asks"
         );

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use etcd_client::{
     Certificate, Client, Compare, CompareOp, ConnectOptions, DeleteOptions, GetOptions, Identity,
-    PutOptions, TlsOptions, Txn, TxnOp, TxnOpResponse,
+    KeyValue, PutOptions, TlsOptions, Txn, TxnOp, TxnOpResponse,
 };
 use lb_control::FleetConfig;
 use serde::{Deserialize, Serialize};
@@ -300,59 +300,59 @@ impl Etcd {
         }
     }
 
-    /// The current revision's id (0: the fleet has none yet).
-    pub async fn head(&self, running: u64) -> Result<u64, FleetError> {
-        let key = self.keys.head();
+    /// The value at `key`, if there is one.
+    async fn value(&self, key: String, running: u64) -> Result<Option<KeyValue>, FleetError> {
         let r = self
             .client
             .kv_client()
-            .get(key.clone(), None)
+            .get(key, None)
             .await
             .map_err(|e| self.unavailable(e, running))?;
-        match r.kvs().first() {
+        Ok(r.kvs().first().cloned())
+    }
+
+    /// The current revision's id (0: the fleet has none yet).
+    pub async fn head(&self, running: u64) -> Result<u64, FleetError> {
+        match self.value(self.keys.head(), running).await? {
             Some(kv) => parse_id(kv.key(), kv.value()),
             None => Ok(0),
         }
     }
 
     pub async fn get(&self, id: u64, running: u64) -> Result<FleetRevision, FleetError> {
-        let key = self.keys.rev(id);
+        let kv = self
+            .value(self.keys.rev(id), running)
+            .await?
+            .ok_or(FleetError::NoRevision(id))?;
+        serde_json::from_slice(kv.value()).map_err(|e| corrupt(kv.key(), e))
+    }
+
+    /// Every value under `prefix`, in key order, as `T`.
+    async fn list<T: serde::de::DeserializeOwned>(
+        &self,
+        prefix: String,
+        running: u64,
+    ) -> Result<Vec<T>, FleetError> {
         let r = self
             .client
             .kv_client()
-            .get(key.clone(), None)
+            .get(prefix, Some(GetOptions::new().with_prefix()))
             .await
             .map_err(|e| self.unavailable(e, running))?;
-        let kv = r.kvs().first().ok_or(FleetError::NoRevision(id))?;
-        serde_json::from_slice(kv.value()).map_err(|e| corrupt(kv.key(), e))
+        r.kvs()
+            .iter()
+            .map(|kv| serde_json::from_slice(kv.value()).map_err(|e| corrupt(kv.key(), e)))
+            .collect()
     }
 
     /// Every revision's meta, oldest first.
     pub async fn history(&self, running: u64) -> Result<Vec<Meta>, FleetError> {
-        let r = self
-            .client
-            .kv_client()
-            .get(self.keys.metas(), Some(GetOptions::new().with_prefix()))
-            .await
-            .map_err(|e| self.unavailable(e, running))?;
-        r.kvs()
-            .iter()
-            .map(|kv| serde_json::from_slice(kv.value()).map_err(|e| corrupt(kv.key(), e)))
-            .collect()
+        self.list(self.keys.metas(), running).await
     }
 
     /// Every revision whole, oldest first.
     pub async fn all(&self, running: u64) -> Result<Vec<FleetRevision>, FleetError> {
-        let r = self
-            .client
-            .kv_client()
-            .get(self.keys.revs(), Some(GetOptions::new().with_prefix()))
-            .await
-            .map_err(|e| self.unavailable(e, running))?;
-        r.kvs()
-            .iter()
-            .map(|kv| serde_json::from_slice(kv.value()).map_err(|e| corrupt(kv.key(), e)))
-            .collect()
+        self.list(self.keys.revs(), running).await
     }
 
     /// Record `entries` as the revisions after `base`, if `base` is still the head: the
@@ -437,16 +437,7 @@ impl Etcd {
 
     /// Every node's published status, by name.
     pub async fn nodes(&self, running: u64) -> Result<Vec<lb_api::FleetNode>, FleetError> {
-        let r = self
-            .client
-            .kv_client()
-            .get(self.keys.nodes(), Some(GetOptions::new().with_prefix()))
-            .await
-            .map_err(|e| self.unavailable(e, running))?;
-        r.kvs()
-            .iter()
-            .map(|kv| serde_json::from_slice(kv.value()).map_err(|e| corrupt(kv.key(), e)))
-            .collect()
+        self.list(self.keys.nodes(), running).await
     }
 
     /// Publish this node's status under `lease`.
