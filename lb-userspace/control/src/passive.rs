@@ -14,15 +14,16 @@
 //! Guards against false verdicts: too few SYNs (the backend's, or its siblings' together)
 //! is no verdict, so an idle VIP or a VIP with one backend is never judged; a flood of
 //! SYNs that no client completes hits every backend alike, so the siblings' share falls
-//! too, and below half no backend is judged.
+//! too, and below 90% no backend is judged.
 
 use std::collections::{BTreeMap, VecDeque};
 
 use crate::config::PassiveConfig;
 
 /// The siblings' answered share below which nothing is judged (a flood, a network
-/// problem in front of every backend).
-const SIBLINGS_HEALTHY: f64 = 0.5;
+/// problem in front of every backend). High: at a flood's onset a few unanswered SYNs land
+/// unevenly in a short window, and siblings that are anything but clean make no verdict.
+const SIBLINGS_HEALTHY: f64 = 0.9;
 
 /// A backend's counters at a moment: cumulative, summed over CPUs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
