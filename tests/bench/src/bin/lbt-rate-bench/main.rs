@@ -39,7 +39,7 @@ const USAGE: &str = "usage: lbt-rate-bench [--tiny] [--seconds S] [--rounds N] [
     [--backends N,N] [--cpu N] [--batch N] [--json PATH] [--markdown PATH]\n\
     defaults: --seconds 2 --rounds 3 --flows 1,1024,1048576 --backends 1,10,100 --cpu 0 \
     --batch 64 --json target/bench/rate.json\n\
-    --tiny: --seconds 0.2 --rounds 1 --flows 1,1024 --backends 1,10 (what the test suite runs)\n\
+    --tiny: --seconds 0.2 --rounds 1 --flows 1,1024,131072 --backends 1,10 (what the test suite runs)\n\
     Every flow count is measured at the middle backend count, and every backend count at the\n\
     middle flow count. Flow counts are powers of two up to 2^20; backend counts 1 to 250";
 
@@ -71,7 +71,7 @@ fn parse_args() -> Result<Opts> {
             "--tiny" => {
                 o.settings.seconds = 0.2;
                 o.rounds = 1;
-                o.flows = vec![1, 1 << 10];
+                o.flows = vec![1, 1 << 10, 1 << 17];
                 o.backends = vec![1, 10];
             }
             "--seconds" => o.settings.seconds = args.value(&a)?,
@@ -146,13 +146,21 @@ fn run() -> Result<bool> {
     let table = table_size(&points)?;
     let mut rig = Rig::new(table, &o.backends).context("building the benchmark network")?;
 
-    let mut baseline = Row {
-        id: "reflector".into(),
-        label: "baseline: reflector (MACs swapped, XDP_TX)".into(),
-        flows: 1,
-        backends: None,
-        samples: vec![],
-    };
+    // One reflector row per flow count: each balancer row is divided by the reflector fed
+    // the very same frames.
+    let mut baselines: std::collections::BTreeMap<u32, Row> = points
+        .iter()
+        .map(|&(flows, _)| {
+            let row = Row {
+                id: format!("reflector_f{flows}"),
+                label: "baseline: reflector (MACs swapped, XDP_TX)".into(),
+                flows,
+                backends: None,
+                samples: vec![],
+            };
+            (flows, row)
+        })
+        .collect();
     let mut rows: Vec<(Path, Row)> = Vec::new();
     for &(flows, backends) in &points {
         let vip = rig
@@ -173,9 +181,11 @@ fn run() -> Result<bool> {
     }
     for round in 0..o.rounds {
         eprintln!("round {}/{}", round + 1, o.rounds);
-        baseline
-            .samples
-            .push(sample(&mut rig, Path::Reflector, &o.settings).context("baseline run")?);
+        for (&flows, row) in &mut baselines {
+            let s = sample(&mut rig, Path::Reflector { flows }, &o.settings)
+                .with_context(|| format!("run of {}", row.id))?;
+            row.samples.push(s);
+        }
         for (path, row) in &mut rows {
             let s = sample(&mut rig, *path, &o.settings)
                 .with_context(|| format!("run of {}", row.id))?;
@@ -184,7 +194,7 @@ fn run() -> Result<bool> {
     }
     drop(rig);
 
-    let base = baseline.median();
+    let base = |flows: u32| baselines[&flows].median();
     let mut md = format!(
         "Forwarding rate: live frames of {} bytes, generator on CPU {} (the veths' NAPI runs \
          there too), batch {}; {} s per run, {} interleaved rounds; connection table {} \
@@ -196,11 +206,13 @@ fn run() -> Result<bool> {
         o.rounds,
         table
     );
-    md.push_str(&baseline.markdown(base));
-    for (_, r) in &rows {
-        md.push_str(&r.markdown(base));
+    for r in baselines.values() {
+        md.push_str(&r.markdown(base(r.flows)));
     }
-    let ok = baseline.ok() && rows.iter().all(|(_, r)| r.ok());
+    for (_, r) in &rows {
+        md.push_str(&r.markdown(base(r.flows)));
+    }
+    let ok = baselines.values().all(Row::ok) && rows.iter().all(|(_, r)| r.ok());
     let doc = json!({
         "kernel": std::fs::read_to_string("/proc/sys/kernel/osrelease")
             .map(|s| s.trim().to_string())
@@ -212,8 +224,8 @@ fn run() -> Result<bool> {
             "batch": o.settings.batch,
             "flow_table": table,
         },
-        "baseline": baseline.json(base),
-        "rows": rows.iter().map(|(_, r)| r.json(base)).collect::<Vec<_>>(),
+        "baselines": baselines.values().map(|r| r.json(base(r.flows))).collect::<Vec<_>>(),
+        "rows": rows.iter().map(|(_, r)| r.json(base(r.flows))).collect::<Vec<_>>(),
         "all_proofs_ok": ok,
         "seconds": started.elapsed().as_secs_f64(),
     });

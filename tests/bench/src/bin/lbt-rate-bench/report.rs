@@ -53,16 +53,18 @@ impl Row {
         }
     }
 
+    /// `baseline`: the reflector's median Mpps at this row's flow count.
     pub fn markdown(&self, baseline: f64) -> String {
         let (med, min, max) = self.mpps();
         let lost = self.total(|s| s.generated - s.sunk);
         format!(
-            "| {} | {} | {} | {med:.2} | {min:.2}-{max:.2} | {:.2} | {:.0} | {:.2} | {lost} | {} | {} |\n",
+            "| {} | {} | {} | {med:.2} | {min:.2}-{max:.2} | {:.2} | {:.0} | {:.0} | {:.2} | {lost} | {} | {} |\n",
             self.label,
             group(self.flows as u64),
             self.backends.map_or("".into(), |b| b.to_string()),
             med / baseline,
             1e3 / med,
+            1e3 / med - 1e3 / baseline,
             self.offered(),
             self.not_forwarded().map_or("".into(), |n| n.to_string()),
             self.proof(),
@@ -95,6 +97,7 @@ impl Row {
             "mpps_max": max,
             "x_baseline": med / baseline,
             "ns_per_frame": 1e3 / med,
+            "ns_over_baseline": 1e3 / med - 1e3 / baseline,
             "offered_mpps_median": self.offered(),
             "samples_mpps": self.samples.iter().map(|s| s.mpps).collect::<Vec<_>>(),
             "generated": self.total(|s| s.generated),
@@ -112,8 +115,8 @@ impl Row {
     }
 }
 
-pub const HEADER: &str = "| Path | flows | backends | Mpps | min-max | x baseline | ns/frame (one core) | offered Mpps | lost (generated - sunk) | not forwarded by lb_xdp | proof (every run) |\n\
-|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n";
+pub const HEADER: &str = "| Path | flows | backends | Mpps | min-max | x baseline | ns/frame (one core) | ns over the reflector | offered Mpps | lost (generated - sunk) | not forwarded by lb_xdp | proof (every run) |\n\
+|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n";
 
 /// 1048576 as 1,048,576.
 fn group(n: u64) -> String {
