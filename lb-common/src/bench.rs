@@ -73,3 +73,7 @@ impl BenchFrame {
         })
     }
 }
+
+/// `BENCH_TRACK` slots: the connection-table baseline's (`bench_track`) hits and misses.
+pub const TRACK_HIT: u32 = 0;
+pub const TRACK_MISS: u32 = 1;

@@ -16,15 +16,24 @@ fn rate_bench_forwards_through_the_balancer_at_a_tiny_size() {
     let TinyRun { doc, stdout, pid } = run_tiny(env!("CARGO_BIN_EXE_lbt-rate-bench"));
     assert_eq!(doc["all_proofs_ok"], true, "{doc:#}");
 
-    // The baselines, one per flow count: the reflector sent plain frames back; the
-    // balancer saw none.
+    // The baselines, each at every flow count: the reflector sent plain frames back, the
+    // connection-table baseline IP-in-IP (its own proof: every frame a table hit); the
+    // balancer saw none of their frames.
     let bases = doc["baselines"].as_array().unwrap();
     let ids: Vec<&str> = bases.iter().map(|r| r["id"].as_str().unwrap()).collect();
     assert_eq!(
         ids,
-        ["reflector_f1", "reflector_f1024", "reflector_f131072"]
+        [
+            "reflector_f1",
+            "reflector_f1024",
+            "reflector_f131072",
+            "tracker_f1",
+            "tracker_f1024",
+            "tracker_f131072"
+        ]
     );
     for base in bases {
+        assert_eq!(base["proof"], "ok", "{base:#}");
         assert!(n(&base["sunk"]) > 0, "{base:#}");
         assert!(n(&base["sunk"]) <= n(&base["generated"]), "{base:#}");
         assert_eq!(base["lb_counters_grew"], serde_json::json!({}), "{base:#}");
@@ -55,7 +64,7 @@ fn rate_bench_forwards_through_the_balancer_at_a_tiny_size() {
         );
         assert!(r["mpps_median"].as_f64().unwrap() > 0.0, "{r:#}");
     }
-    assert_eq!(stdout.matches("| ok: ").count(), 7, "{stdout}");
+    assert_eq!(stdout.matches("| ok: ").count(), 10, "{stdout}");
 
     // Its namespaces (and the veths in them) are gone.
     let list = Command::new("ip").args(["netns", "list"]).output().unwrap();

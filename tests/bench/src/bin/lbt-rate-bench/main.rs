@@ -146,21 +146,28 @@ fn run() -> Result<bool> {
     let table = table_size(&points)?;
     let mut rig = Rig::new(table, &o.backends).context("building the benchmark network")?;
 
-    // One reflector row per flow count: each balancer row is divided by the reflector fed
-    // the very same frames.
-    let mut baselines: std::collections::BTreeMap<u32, Row> = points
-        .iter()
-        .map(|&(flows, _)| {
-            let row = Row {
-                id: format!("reflector_f{flows}"),
-                label: "baseline: reflector (MACs swapped, XDP_TX)".into(),
-                flows,
-                backends: None,
-                samples: vec![],
-            };
-            (flows, row)
-        })
-        .collect();
+    // One row of each baseline per flow count: each balancer row is divided by the
+    // baselines fed the very same frames.
+    let baseline_rows = |id: &str, label: &str| -> std::collections::BTreeMap<u32, Row> {
+        points
+            .iter()
+            .map(|&(flows, _)| {
+                let row = Row {
+                    id: format!("{id}_f{flows}"),
+                    label: label.into(),
+                    flows,
+                    backends: None,
+                    samples: vec![],
+                };
+                (flows, row)
+            })
+            .collect()
+    };
+    let mut reflectors = baseline_rows("reflector", "baseline: reflector (MACs swapped, XDP_TX)");
+    let mut trackers = baseline_rows(
+        "tracker",
+        "baseline: connection table only (parse, lookup, backend, IP-in-IP, XDP_TX)",
+    );
     let mut rows: Vec<(Path, Row)> = Vec::new();
     for &(flows, backends) in &points {
         let vip = rig
@@ -181,8 +188,13 @@ fn run() -> Result<bool> {
     }
     for round in 0..o.rounds {
         eprintln!("round {}/{}", round + 1, o.rounds);
-        for (&flows, row) in &mut baselines {
+        for (&flows, row) in &mut reflectors {
             let s = sample(&mut rig, Path::Reflector { flows }, &o.settings)
+                .with_context(|| format!("run of {}", row.id))?;
+            row.samples.push(s);
+        }
+        for (&flows, row) in &mut trackers {
+            let s = sample(&mut rig, Path::Tracker { flows }, &o.settings)
                 .with_context(|| format!("run of {}", row.id))?;
             row.samples.push(s);
         }
@@ -194,7 +206,7 @@ fn run() -> Result<bool> {
     }
     drop(rig);
 
-    let base = |flows: u32| baselines[&flows].median();
+    let base = |r: &Row| (reflectors[&r.flows].median(), trackers[&r.flows].median());
     let mut md = format!(
         "Forwarding rate: live frames of {} bytes, generator on CPU {} (the veths' NAPI runs \
          there too), batch {}; {} s per run, {} interleaved rounds; connection table {} \
@@ -206,13 +218,14 @@ fn run() -> Result<bool> {
         o.rounds,
         table
     );
-    for r in baselines.values() {
-        md.push_str(&r.markdown(base(r.flows)));
+    for r in reflectors.values().chain(trackers.values()) {
+        md.push_str(&r.markdown(base(r)));
     }
     for (_, r) in &rows {
-        md.push_str(&r.markdown(base(r.flows)));
+        md.push_str(&r.markdown(base(r)));
     }
-    let ok = baselines.values().all(Row::ok) && rows.iter().all(|(_, r)| r.ok());
+    let ok = reflectors.values().chain(trackers.values()).all(Row::ok)
+        && rows.iter().all(|(_, r)| r.ok());
     let doc = json!({
         "kernel": std::fs::read_to_string("/proc/sys/kernel/osrelease")
             .map(|s| s.trim().to_string())
@@ -224,8 +237,12 @@ fn run() -> Result<bool> {
             "batch": o.settings.batch,
             "flow_table": table,
         },
-        "baselines": baselines.values().map(|r| r.json(base(r.flows))).collect::<Vec<_>>(),
-        "rows": rows.iter().map(|(_, r)| r.json(base(r.flows))).collect::<Vec<_>>(),
+        "baselines": reflectors
+            .values()
+            .chain(trackers.values())
+            .map(|r| r.json(base(r)))
+            .collect::<Vec<_>>(),
+        "rows": rows.iter().map(|(_, r)| r.json(base(r))).collect::<Vec<_>>(),
         "all_proofs_ok": ok,
         "seconds": started.elapsed().as_secs_f64(),
     });

@@ -30,6 +30,9 @@ pub enum Path {
     /// balancer's rows it is compared with (the generator's flow variation is part of
     /// every frame's cost).
     Reflector { flows: u32 },
+    /// The second baseline: `bench_track` in the balancer's place (a lookup in a table of
+    /// the balancer's shape, IP-in-IP), `flows` flows in turn, all in its table.
+    Tracker { flows: u32 },
     /// `lb_xdp` on VIP `vip` of the rig, `flows` flows in turn (a power of two).
     Lb { vip: usize, flows: u32 },
 }
@@ -50,7 +53,7 @@ pub struct Sample {
     /// For the balancer: generated frames that it did not count as sent (lost on the way
     /// in, or counted under another reason).
     pub not_forwarded: Option<u64>,
-    /// Growth of every balancer reason counter (all zero for the reflector).
+    /// Growth of every balancer reason counter (all zero for the baselines).
     pub lb: Vec<(Reason, u64)>,
     pub failures: Vec<String>,
 }
@@ -67,6 +70,7 @@ struct Snapshot {
     generated: Vec<u32>,
     sunk: Sunk,
     lb: Vec<(Reason, u64)>,
+    tracked: (u64, u64),
 }
 
 fn snapshot(rig: &Rig) -> Result<Snapshot> {
@@ -74,6 +78,7 @@ fn snapshot(rig: &Rig) -> Result<Snapshot> {
         generated: rig.progs.generated()?,
         sunk: rig.progs.sunk()?,
         lb: rig.lb.dp.reasons()?,
+        tracked: rig.progs.tracked()?,
     })
 }
 
@@ -97,6 +102,7 @@ fn generate(
 pub fn sample(rig: &mut Rig, path: Path, s: &Settings) -> Result<Sample> {
     let (frame, mask, ifindex) = match path {
         Path::Reflector { flows } => (frame(&rig.vips[0].addr), flows - 1, rig.to_rf),
+        Path::Tracker { flows } => (frame(&rig.vips[0].addr), flows - 1, rig.to_tk),
         Path::Lb { vip, flows } => (frame(&rig.vips[vip].addr), flows - 1, rig.to_lb),
     };
     rig.progs.set_frame(&frame, mask)?;
@@ -113,6 +119,9 @@ pub fn sample(rig: &mut Rig, path: Path, s: &Settings) -> Result<Sample> {
         let warmed = generate(rig, s, &frame, ifindex, flows as u64, WARM_LIMIT);
         rig.lb.dp.set_new_rate(&[0; 4])?;
         warmed?;
+    }
+    if let Path::Tracker { flows } = path {
+        generate(rig, s, &frame, ifindex, flows as u64, WARM_LIMIT)?;
     }
     let before = snapshot(rig)?;
     let until = Duration::from_secs_f64(s.seconds);
@@ -133,6 +142,10 @@ pub fn sample(rig: &mut Rig, path: Path, s: &Settings) -> Result<Sample> {
         .map(|((r, b), (_, a))| (*r, a - b))
         .collect();
     let grew = |r: Reason| lb.iter().find(|(x, _)| *x == r).map_or(0, |(_, n)| *n);
+    let tracked = (
+        after.tracked.0 - before.tracked.0,
+        after.tracked.1 - before.tracked.1,
+    );
     let mut failures = Vec::new();
     if generated != sent {
         failures.push(format!(
@@ -142,6 +155,20 @@ pub fn sample(rig: &mut Rig, path: Path, s: &Settings) -> Result<Sample> {
     let (counted, stray, not_forwarded, expect): (u64, u64, Option<u64>, Vec<(Reason, u64)>) =
         match path {
             Path::Reflector { .. } => (sunk.other, sunk.tunnelled, None, vec![]),
+            Path::Tracker { .. } => {
+                // Every frame found its flow in the table (the warm-up put them there).
+                if tracked != (generated, 0) {
+                    failures.push(format!(
+                        "the connection-table baseline hit {} and missed {} of {generated} \
+                         frames",
+                        tracked.0, tracked.1
+                    ));
+                }
+                if sunk.tunnelled > generated {
+                    failures.push("the sink counted more frames than were generated".into());
+                }
+                (sunk.tunnelled, sunk.other, None, vec![])
+            }
             Path::Lb { .. } => {
                 let tx = grew(Reason::TxIpip);
                 if tx > generated {

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, anyhow};
 use aya::{
-    Ebpf,
+    Ebpf, EbpfLoader,
     maps::{MapData, PerCpuArray, PerCpuValues},
     programs::{TestRun, TestRunAttrs, TestRunOptions, Xdp, XdpMode},
     util::nr_cpus,
@@ -16,6 +16,7 @@ use lb_bench::frame::BenchFrame;
 pub const GEN: &str = "bench_gen";
 pub const SINK: &str = "bench_sink";
 pub const REFLECT: &str = "bench_reflect";
+pub const TRACK: &str = "bench_track";
 
 /// `BENCH_SINK` slots (lb-ebpf/src/bin/lb-bench/main.rs).
 const SINK_TUNNELLED: u32 = 0;
@@ -45,6 +46,7 @@ pub struct Progs {
     ebpf: Ebpf,
     frames: PerCpuArray<MapData, BenchFrame>,
     sink: PerCpuArray<MapData, u64>,
+    track: PerCpuArray<MapData, u64>,
 }
 
 /// Pin the calling thread to `cpu`: the generator, and the softirqs its transmits raise
@@ -66,9 +68,13 @@ pub fn pin_to(cpu: usize) -> Result<()> {
 }
 
 impl Progs {
-    pub fn load() -> Result<Self> {
-        let mut ebpf = Ebpf::load(LB_BENCH).context("loading the lb-bench object")?;
-        for name in [GEN, SINK, REFLECT] {
+    /// `flows`: entries of the connection-table baseline's table, as the balancer's.
+    pub fn load(flows: u32) -> Result<Self> {
+        let mut ebpf = EbpfLoader::new()
+            .map_max_entries("BENCH_FLOWS", flows)
+            .load(LB_BENCH)
+            .context("loading the lb-bench object")?;
+        for name in [GEN, SINK, REFLECT, TRACK] {
             let p: &mut Xdp = ebpf
                 .program_mut(name)
                 .with_context(|| format!("program {name} missing from the lb-bench object"))?
@@ -77,7 +83,13 @@ impl Progs {
         }
         let frames = PerCpuArray::try_from(ebpf.take_map("BENCH_FRAME").context("BENCH_FRAME")?)?;
         let sink = PerCpuArray::try_from(ebpf.take_map("BENCH_SINK").context("BENCH_SINK")?)?;
-        Ok(Progs { ebpf, frames, sink })
+        let track = PerCpuArray::try_from(ebpf.take_map("BENCH_TRACK").context("BENCH_TRACK")?)?;
+        Ok(Progs {
+            ebpf,
+            frames,
+            sink,
+            track,
+        })
     }
 
     fn prog(&self, name: &str) -> Result<&Xdp> {
@@ -122,6 +134,15 @@ impl Progs {
             tunnelled: sum(SINK_TUNNELLED)?,
             other: sum(SINK_OTHER)?,
         })
+    }
+
+    /// The connection-table baseline's (hits, misses), summed over CPUs.
+    pub fn tracked(&self) -> Result<(u64, u64)> {
+        let sum = |slot: u32| -> Result<u64> { Ok(self.track.get(&slot, 0)?.iter().sum()) };
+        Ok((
+            sum(lb_common::bench::TRACK_HIT)?,
+            sum(lb_common::bench::TRACK_MISS)?,
+        ))
     }
 
     /// Live frames out of `ifindex` (in the calling thread's namespace) until `frames` are

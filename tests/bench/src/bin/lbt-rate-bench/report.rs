@@ -46,6 +46,9 @@ impl Row {
             return "**FAILED**".into();
         }
         match self.backends {
+            None if self.id.starts_with("tracker") => {
+                "ok: sink = IP-in-IP only; every frame a table hit, balancer counters 0".into()
+            }
             None => "ok: all plain, balancer counters 0".into(),
             Some(_) => {
                 "ok: sink = IP-in-IP only; tx_ipip = flow_hit = fib_fallback, others 0".into()
@@ -53,25 +56,30 @@ impl Row {
         }
     }
 
-    /// `baseline`: the reflector's median Mpps at this row's flow count.
-    pub fn markdown(&self, baseline: f64) -> String {
+    /// `(reflector, tracker)`: the baselines' median Mpps at this row's flow count.
+    pub fn markdown(&self, (reflector, tracker): (f64, f64)) -> String {
         let (med, min, max) = self.mpps();
         let lost = self.total(|s| s.generated - s.sunk);
         format!(
-            "| {} | {} | {} | {med:.2} | {min:.2}-{max:.2} | {:.2} | {:.0} | {:.0} | {:.2} | {lost} | {} | {} |\n",
+            "| {} | {} | {} | {med:.2} | {min:.2}-{max:.2} | {:.2} | {} | {:.0} | {:.0} | {:.2} | {lost} | {} | {} |\n",
             self.label,
             group(self.flows as u64),
             self.backends.map_or("".into(), |b| b.to_string()),
-            med / baseline,
+            med / reflector,
+            if self.id.starts_with("reflector") {
+                String::new()
+            } else {
+                format!("{:.2}", med / tracker)
+            },
             1e3 / med,
-            1e3 / med - 1e3 / baseline,
+            1e3 / med - 1e3 / reflector,
             self.offered(),
             self.not_forwarded().map_or("".into(), |n| n.to_string()),
             self.proof(),
         )
     }
 
-    pub fn json(&self, baseline: f64) -> Value {
+    pub fn json(&self, (reflector, tracker): (f64, f64)) -> Value {
         let (med, min, max) = self.mpps();
         let counters: serde_json::Map<String, Value> = lb_common::Reason::ALL
             .iter()
@@ -95,9 +103,10 @@ impl Row {
             "mpps_median": med,
             "mpps_min": min,
             "mpps_max": max,
-            "x_baseline": med / baseline,
+            "x_baseline": med / reflector,
+            "x_tracker": med / tracker,
             "ns_per_frame": 1e3 / med,
-            "ns_over_baseline": 1e3 / med - 1e3 / baseline,
+            "ns_over_baseline": 1e3 / med - 1e3 / reflector,
             "offered_mpps_median": self.offered(),
             "samples_mpps": self.samples.iter().map(|s| s.mpps).collect::<Vec<_>>(),
             "generated": self.total(|s| s.generated),
@@ -115,8 +124,8 @@ impl Row {
     }
 }
 
-pub const HEADER: &str = "| Path | flows | backends | Mpps | min-max | x baseline | ns/frame (one core) | ns over the reflector | offered Mpps | lost (generated - sunk) | not forwarded by lb_xdp | proof (every run) |\n\
-|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n";
+pub const HEADER: &str = "| Path | flows | backends | Mpps | min-max | x reflector | x tracker | ns/frame (one core) | ns over the reflector | offered Mpps | lost (generated - sunk) | not forwarded by lb_xdp | proof (every run) |\n\
+|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n";
 
 /// 1048576 as 1,048,576.
 fn group(n: u64) -> String {

@@ -6,14 +6,16 @@
 //!                bench_sink on to-lb <-------'
 //!   bench_gen --live frames--> to-rf ======== rf   bench_reflect, native: MACs swapped, XDP_TX back
 //!                bench_sink on to-rf <-------'
+//!   bench_gen --live frames--> to-tk ======== tk   bench_track, native: table lookup, IP-in-IP
+//!                bench_sink on to-tk <-------'
 //! ```
 //!
 //! The generator's XDP_TX becomes a transmit on the `ingress_ifindex` it is given, which
 //! hands the frame to the peer's NAPI in `dut`. The balancer, or in the baseline the
 //! reflector, sends it back with XDP_TX, and the sink on the generator's side counts and
 //! drops it. Both sides have an XDP program, which is what gives each veth the NAPI that
-//! frames sent with XDP_TX need. The balancer and the reflector sit on separate pairs so
-//! that rounds can alternate between them without re-attaching anything.
+//! frames sent with XDP_TX need. The balancer and the two baselines sit on separate pairs
+//! so that rounds can alternate between them without re-attaching anything.
 
 use anyhow::{Context as _, Result};
 use aya::programs::XdpMode;
@@ -24,7 +26,7 @@ use lb_tests::{
     netns::{Netns, sweep_stale},
 };
 
-use crate::progs::{GEN, Progs, REFLECT, SINK};
+use crate::progs::{GEN, Progs, REFLECT, SINK, TRACK};
 
 /// A VIP with `backends` backends, all IP-in-IP.
 pub struct Vip {
@@ -37,9 +39,10 @@ pub struct Rig {
     pub progs: Progs,
     pub lb: Harness,
     pub vips: Vec<Vip>,
-    /// Interface indexes, in `gen`, of the veths towards the balancer and the reflector.
+    /// Interface indexes, in `gen`, of the veths towards the balancer and the baselines.
     pub to_lb: u32,
     pub to_rf: u32,
+    pub to_tk: u32,
     pub gen_ns: Netns,
     _dut: Netns,
 }
@@ -62,7 +65,7 @@ impl Rig {
                 "sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1",
             );
         }
-        for (here, there) in [("to-lb", "lb"), ("to-rf", "rf")] {
+        for (here, there) in [("to-lb", "lb"), ("to-rf", "rf"), ("to-tk", "tk")] {
             lb_tests::netns::sh(&format!(
                 "ip link add {here} netns {} address {} type veth peer name {there} netns {} address {}",
                 gen_ns.name,
@@ -71,8 +74,8 @@ impl Rig {
                 mac(LB_MAC)
             ));
         }
-        gen_ns.exec("ip link set to-lb up && ip link set to-rf up");
-        dut.exec("ip link set lb up && ip link set rf up");
+        gen_ns.exec("ip link set to-lb up && ip link set to-rf up && ip link set to-tk up");
+        dut.exec("ip link set lb up && ip link set rf up && ip link set tk up");
         let ifindex = |name: &str| -> Result<u32> {
             gen_ns
                 .exec(&format!("cat /sys/class/net/{name}/ifindex"))
@@ -80,15 +83,16 @@ impl Rig {
                 .parse()
                 .with_context(|| format!("ifindex of {name}"))
         };
-        let (to_lb, to_rf) = (ifindex("to-lb")?, ifindex("to-rf")?);
+        let (to_lb, to_rf, to_tk) = (ifindex("to-lb")?, ifindex("to-rf")?, ifindex("to-tk")?);
 
         // A veth pair that carries nothing, down, to hold the generator: see below.
         gen_ns.exec("ip link add hold type veth peer name hold-peer");
 
-        let mut progs = Progs::load()?;
+        let mut progs = Progs::load(flows)?;
         gen_ns.enter(|| -> Result<()> {
             progs.attach(SINK, "to-lb")?;
             progs.attach(SINK, "to-rf")?;
+            progs.attach(SINK, "to-tk")?;
             // Each BPF_PROG_TEST_RUN of an XDP program adds it to the kernel's XDP
             // dispatcher and removes it afterwards, and each of those rewrites waits for an
             // RCU grace period: the core sat idle about 60% of a run's wall time, and that
@@ -97,7 +101,10 @@ impl Rig {
             // test run changes nothing there.
             progs.attach(GEN, "hold")
         })?;
-        dut.enter(|| progs.attach(REFLECT, "rf"))?;
+        dut.enter(|| -> Result<()> {
+            progs.attach(REFLECT, "rf")?;
+            progs.attach(TRACK, "tk")
+        })?;
         let ring_capacity = (backends.len() as u32 + 1) * RING;
         let dp = dut.enter(|| -> Result<Dataplane> {
             let mut dp = Dataplane::load(
@@ -150,6 +157,7 @@ impl Rig {
             vips,
             to_lb,
             to_rf,
+            to_tk,
             gen_ns,
             _dut: dut,
         })
