@@ -100,10 +100,15 @@ impl Daemon {
 
     /// Wait until `addr` answers every request (the daemon must keep running meanwhile).
     pub fn wait_served(&mut self, t: &Topology, addr: &str) {
+        self.wait_served_as(t, "--tcp", addr)
+    }
+
+    /// As `wait_served`, with `kind` `--tcp` or `--udp` requests.
+    pub fn wait_served_as(&mut self, t: &Topology, kind: &str, addr: &str) {
         let end = Instant::now() + Duration::from_secs(15);
         loop {
             self.assert_running();
-            if t.requests("--tcp", addr, 10).1 == 0 {
+            if t.requests(kind, addr, 10).1 == 0 {
                 return;
             }
             assert!(

@@ -5,7 +5,8 @@
 //! and when the last one started after the failure. Passive detection must mark the
 //! backend down from its traffic and fail fewer connections than the checks alone; and it
 //! must judge nothing while a flood of SYNs that no client completes hits every backend, nor
-//! on a VIP with little traffic.
+//! on a VIP with little traffic. The black hole is also run for UDP, where a flow's second
+//! datagram is the client's answer.
 
 use std::{
     io::BufRead,
@@ -23,8 +24,10 @@ const ECHO: &str = env!("CARGO_BIN_EXE_lbt-echo");
 const LBD: &str = env!("CARGO_BIN_EXE_lbt-lbd");
 /// New connections a second during a failure.
 const RATE: u64 = 300;
-/// A connection this slow waited for its SYN's retransmission: its first SYN was lost.
+/// A TCP connection this slow waited for its SYN's retransmission: its first SYN was lost.
 const STALLED_MS: u64 = 500;
+/// A UDP flow this slow resent its request (`lbt-echo rate-udp` waits 250 ms).
+const STALLED_UDP_MS: u64 = 250;
 const VERDICT: &str = "backend marked down by its traffic";
 
 static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -33,15 +36,59 @@ fn web() -> String {
     format!("{VIP4}:80")
 }
 
+/// The service under test: TCP on port 80 (checked by TCP connects) or UDP on port 53
+/// (checked by datagrams to the backends' port 5353).
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Service {
+    Tcp,
+    Udp,
+}
+
+impl Service {
+    fn addr(self) -> String {
+        match self {
+            Service::Tcp => web(),
+            Service::Udp => format!("{VIP4}:53"),
+        }
+    }
+
+    fn client(self) -> &'static str {
+        match self {
+            Service::Tcp => "rate",
+            Service::Udp => "rate-udp",
+        }
+    }
+
+    fn stalled_ms(self) -> u64 {
+        match self {
+            Service::Tcp => STALLED_MS,
+            Service::Udp => STALLED_UDP_MS,
+        }
+    }
+}
+
 fn config(passive: bool) -> String {
+    service_config(Service::Tcp, passive)
+}
+
+fn service_config(service: Service, passive: bool) -> String {
+    let (port, health) = match service {
+        Service::Tcp => ("80\n", "kind = \"tcp\""),
+        Service::Udp => ("53\nprotocol = \"udp\"\n", "kind = \"udp\"\nport = 5353"),
+    };
     let mut c = format!(
         "[daemon]\ninterfaces = [\"eth0\"]\npin_dir = \"@PIN_DIR@\"\n\n\
          [dataplane]\nflows = 65536\nring_capacity = 65537\n\n\
-         [[vip]]\nname = \"web\"\naddress = \"{VIP4}\"\nport = 80\nring_size = 4093\n\n\
-         [vip.health]\nkind = \"tcp\"\ninterval_ms = 200\ntimeout_ms = 150\nrise = 2\nfall = 2\n"
+         [[vip]]\nname = \"web\"\naddress = \"{VIP4}\"\nport = {port}ring_size = 4093\n\n\
+         [vip.health]\n{health}\ninterval_ms = 200\ntimeout_ms = 150\nrise = 2\nfall = 2\n"
     );
     if passive {
         c.push_str("\n[vip.passive]\nenabled = true\n");
+        // A UDP flow's answer waits for the server program's reply, not the backend's
+        // kernel: a server stalled for 30 ms on this shared VM would be judged.
+        if service == Service::Udp {
+            c.push_str("handshake_ms = 100\n");
+        }
     }
     for b in ["198.18.0.21", "198.18.0.22", "198.18.0.23"] {
         c.push_str(&format!("\n[[vip.backend]]\naddress = \"{b}\"\n"));
@@ -49,9 +96,19 @@ fn config(passive: bool) -> String {
     c
 }
 
-/// `lbt-echo rate` from the client namespace (as `uid`, if given); returns once it has
-/// started, with the moment it did.
+/// `lbt-echo rate` (TCP) from the client namespace (as `uid`, if given); returns once it
+/// has started, with the moment it did.
 fn paced(t: &Topology, per_second: u64, millis: u64, uid: Option<u32>) -> (Child, Instant) {
+    paced_service(t, Service::Tcp, per_second, millis, uid)
+}
+
+fn paced_service(
+    t: &Topology,
+    service: Service,
+    per_second: u64,
+    millis: u64,
+    uid: Option<u32>,
+) -> (Child, Instant) {
     let mut cmd = std::process::Command::new("ip");
     cmd.args(["netns", "exec", &t.client.ns.name]);
     if let Some(uid) = uid {
@@ -65,8 +122,8 @@ fn paced(t: &Topology, per_second: u64, millis: u64, uid: Option<u32>) -> (Child
     let mut child = cmd
         .args([
             ECHO,
-            "rate",
-            &web(),
+            service.client(),
+            &service.addr(),
             &per_second.to_string(),
             &millis.to_string(),
         ])
@@ -113,11 +170,15 @@ struct Figures {
     verdict: Option<String>,
 }
 
-fn run(kind: Failure, passive: bool) -> Figures {
+fn run(service: Service, kind: Failure, passive: bool) -> Figures {
     let mut t = Topology::new(3, Forward::IpIp, ECHO);
-    let mut d = Daemon::start(&t, LBD, &config(passive));
-    d.wait_served(&t, &web());
-    let (child, began) = paced(&t, RATE, 2500, None);
+    let mut d = Daemon::start(&t, LBD, &service_config(service, passive));
+    let kind_flag = match service {
+        Service::Tcp => "--tcp",
+        Service::Udp => "--udp",
+    };
+    d.wait_served_as(&t, kind_flag, &service.addr());
+    let (child, began) = paced_service(&t, service, RATE, 2500, None);
     std::thread::sleep(Duration::from_millis(800));
     let failed_at = began.elapsed().as_millis() as u64;
     match kind {
@@ -131,12 +192,14 @@ fn run(kind: Failure, passive: bool) -> Figures {
     let all = outcomes(child);
     let hurt: Vec<&(u64, u64, Option<String>)> = all
         .iter()
-        .filter(|(at, took, name)| *at >= failed_at && (name.is_none() || *took >= STALLED_MS))
+        .filter(|(at, took, name)| {
+            *at >= failed_at && (name.is_none() || *took >= service.stalled_ms())
+        })
         .collect();
     let before: usize = all
         .iter()
         .filter(|(at, took, name)| {
-            *at < failed_at.saturating_sub(50) && (name.is_none() || *took >= STALLED_MS)
+            *at < failed_at.saturating_sub(50) && (name.is_none() || *took >= service.stalled_ms())
         })
         .count();
     assert_eq!(before, 0, "connections failed before the failure");
@@ -175,16 +238,16 @@ fn run(kind: Failure, passive: bool) -> Figures {
     }
 }
 
-fn compare(kind: Failure) {
+fn compare(service: Service, kind: Failure) {
     let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let active = run(kind, false);
-    let passive = run(kind, true);
+    let active = run(service, kind, false);
+    let passive = run(service, kind, true);
     for (what, f) in [
         ("active checks alone", &active),
         ("with passive detection", &passive),
     ] {
         println!(
-            "{kind:?}, {RATE} new connections a second, {what}: {} of {} connections after the failure failed or stalled, the last started {} ms after it",
+            "{service:?} {kind:?}, {RATE} new flows a second, {what}: {} of {} flows after the failure failed or stalled, the last started {} ms after it",
             f.hurt, f.started, f.last_ms
         );
     }
@@ -213,12 +276,19 @@ fn compare(kind: Failure) {
 
 #[test]
 fn a_dead_server_is_seen_from_its_resets() {
-    compare(Failure::Reset);
+    compare(Service::Tcp, Failure::Reset);
 }
 
 #[test]
 fn a_black_holed_backend_is_seen_from_its_silence() {
-    compare(Failure::BlackHole);
+    compare(Service::Tcp, Failure::BlackHole);
+}
+
+/// UDP: the flow's second datagram, sent once the request is answered, is the client's
+/// answer; a black-holed backend's flows never send it.
+#[test]
+fn a_black_holed_udp_backend_is_seen_from_its_silence() {
+    compare(Service::Udp, Failure::BlackHole);
 }
 
 /// No verdict on healthy backends: while a flood of SYNs that no client completes (a

@@ -8,6 +8,10 @@
 //! `lbt-echo hold ADDR CONNS MILLIS`: opens CONNS TCP connections and exchanges a line on
 //! each every 100 ms for MILLIS ms; prints `NAME COUNT` per backend (where the connections
 //! landed), then `broken NAME N` per backend for connections that failed or changed backend.
+//! `lbt-echo rate ADDR PER_SECOND MILLIS` (TCP) and `lbt-echo rate-udp ...`: new flows at a
+//! steady pace; prints `STARTED_MS TOOK_MS NAME|failed` per flow. A UDP flow is a request
+//! (resent every 250 ms, up to four times) and, once answered, a second datagram, as
+//! protocols with a handshake over UDP do.
 
 use std::{
     collections::BTreeMap,
@@ -159,7 +163,8 @@ fn tcp_once(addr: SocketAddr) -> Option<String> {
     Some(line.trim().to_string()).filter(|l| !l.is_empty())
 }
 
-fn udp_once(addr: SocketAddr) -> Option<String> {
+/// A UDP socket of a new flow to `addr`, waiting at most `wait_ms` for each answer.
+fn udp_flow(addr: SocketAddr, wait_ms: u64) -> Option<UdpSocket> {
     let bind: SocketAddr = if addr.is_ipv4() {
         "0.0.0.0:0"
     } else {
@@ -169,7 +174,13 @@ fn udp_once(addr: SocketAddr) -> Option<String> {
     .unwrap();
     let s = UdpSocket::bind(bind).ok()?;
     s.connect(addr).ok()?;
-    s.set_read_timeout(Some(Duration::from_millis(700))).ok()?;
+    s.set_read_timeout(Some(Duration::from_millis(wait_ms)))
+        .ok()?;
+    Some(s)
+}
+
+fn udp_once(addr: SocketAddr) -> Option<String> {
+    let s = udp_flow(addr, 700)?;
     let mut buf = [0u8; 256];
     for _ in 0..3 {
         s.send(b"hi").ok()?;
@@ -284,7 +295,24 @@ fn hold(addr: &str, conns: usize, millis: u64) {
 /// connection, `START_MS TOOK_MS NAME` or `START_MS TOOK_MS failed`, in the order started;
 /// START_MS counts from the first line `start` (printed at once), TOOK_MS is how long the
 /// connection took to answer.
-fn rate(addr: &str, per_second: u64, millis: u64) {
+/// One UDP flow of `rate-udp`: the request until it is answered, then a second datagram
+/// (the one passive detection counts as the client's answer).
+fn udp_exchange(addr: SocketAddr) -> Option<String> {
+    let s = udp_flow(addr, 250)?;
+    let mut buf = [0u8; 256];
+    for _ in 0..4 {
+        s.send(b"hello").ok()?;
+        if let Ok(n) = s.recv(&mut buf) {
+            let name = String::from_utf8_lossy(&buf[..n]).trim().to_string();
+            s.send(b"done").ok()?;
+            let _ = s.recv(&mut buf);
+            return Some(name);
+        }
+    }
+    None
+}
+
+fn rate(addr: &str, per_second: u64, millis: u64, once: fn(SocketAddr) -> Option<String>) {
     let addr: SocketAddr = addr.parse().expect("address");
     let start = std::time::Instant::now();
     println!("start");
@@ -296,7 +324,7 @@ fn rate(addr: &str, per_second: u64, millis: u64) {
         let begun = next.duration_since(start).as_millis() as u64;
         threads.push(std::thread::spawn(move || {
             let t = std::time::Instant::now();
-            let r = tcp_once(addr);
+            let r = once(addr);
             (begun, t.elapsed().as_millis() as u64, r)
         }));
         next += every;
@@ -339,14 +367,19 @@ fn main() {
             args[3].parse().expect("millis"),
         ),
         Some("listen-unix") if args.len() == 2 => listen_unix(&args[1]),
-        Some("rate") if args.len() == 4 => rate(
+        Some(kind @ ("rate" | "rate-udp")) if args.len() == 4 => rate(
             &args[1],
             args[2].parse().expect("per second"),
             args[3].parse().expect("millis"),
+            if kind == "rate" {
+                tcp_once
+            } else {
+                udp_exchange
+            },
         ),
         _ => {
             eprintln!(
-                "usage: lbt-echo serve NAME [--tcp ADDR]... [--udp ADDR]... | lbt-echo client (--tcp|--udp) ADDR COUNT | lbt-echo hold ADDR CONNS MILLIS | lbt-echo rate ADDR PER_SECOND MILLIS | lbt-echo listen-unix PATH"
+                "usage: lbt-echo serve NAME [--tcp ADDR]... [--udp ADDR]... | lbt-echo client (--tcp|--udp) ADDR COUNT | lbt-echo hold ADDR CONNS MILLIS | lbt-echo (rate|rate-udp) ADDR PER_SECOND MILLIS | lbt-echo listen-unix PATH"
             );
             std::process::exit(2);
         }
