@@ -76,7 +76,8 @@ fn memory(out: &std::path::Path) -> Result<()> {
 }
 
 /// Forwarding rate of the balancer with a live-frames generator, beside an XDP_TX
-/// reflector; the driver prints its table and writes rate.json and rate.md.
+/// reflector and a connection-table-only forwarder; the driver prints its table and
+/// writes rate.json and rate.md.
 fn forwarding_rate(out: &std::path::Path) -> Result<()> {
     const RATE: &str = "lbt-rate-bench";
     let exe = cmd::build_release("bench", PACKAGE, RATE)?;

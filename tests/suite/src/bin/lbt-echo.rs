@@ -10,7 +10,7 @@
 //! landed), then `broken NAME N` per backend for connections that failed or changed backend.
 //! `lbt-echo rate ADDR PER_SECOND MILLIS` (TCP) and `lbt-echo rate-udp ...`: new flows at a
 //! steady pace; prints `STARTED_MS TOOK_MS NAME|failed` per flow. A UDP flow is a request
-//! (resent every 250 ms, up to four times) and, once answered, a second datagram, as
+//! (resent every second, up to three times) and, once answered, a second datagram, as
 //! protocols with a handshake over UDP do.
 
 use std::{
@@ -290,28 +290,30 @@ fn hold(addr: &str, conns: usize, millis: u64) {
     }
 }
 
-/// New TCP connections to `addr` at `per_second` for `millis`, each on a thread of its own
-/// (a connection to a black-holed backend waits for its SYN's retransmission): one line per
-/// connection, `START_MS TOOK_MS NAME` or `START_MS TOOK_MS failed`, in the order started;
-/// START_MS counts from the first line `start` (printed at once), TOOK_MS is how long the
-/// connection took to answer.
-/// One UDP flow of `rate-udp`: the request until it is answered, then a second datagram
-/// (the one passive detection counts as the client's answer).
+/// One UDP flow of `rate-udp`: the request, resent every second until it is answered (as
+/// QUIC resends its first flight), then a second datagram, which passive detection counts
+/// as the client's answer. The second is not waited for: the flow took until its answer.
+/// A resend is the flow's second datagram too, and counts as an answer: clients that resend
+/// within `handshake_ms + window_ms` hide a dead backend from passive detection.
 fn udp_exchange(addr: SocketAddr) -> Option<String> {
-    let s = udp_flow(addr, 250)?;
+    let s = udp_flow(addr, 1000)?;
     let mut buf = [0u8; 256];
-    for _ in 0..4 {
+    for _ in 0..3 {
         s.send(b"hello").ok()?;
         if let Ok(n) = s.recv(&mut buf) {
             let name = String::from_utf8_lossy(&buf[..n]).trim().to_string();
             s.send(b"done").ok()?;
-            let _ = s.recv(&mut buf);
             return Some(name);
         }
     }
     None
 }
 
+/// New flows to `addr` at `per_second` for `millis`, each made by `once` on a thread of
+/// its own (a connection to a black-holed backend waits for its SYN's retransmission): one
+/// line per flow, `START_MS TOOK_MS NAME` or `START_MS TOOK_MS failed`, in the order
+/// started; START_MS counts from the first line `start` (printed at once), TOOK_MS is how
+/// long the flow took to be answered.
 fn rate(addr: &str, per_second: u64, millis: u64, once: fn(SocketAddr) -> Option<String>) {
     let addr: SocketAddr = addr.parse().expect("address");
     let start = std::time::Instant::now();

@@ -22,7 +22,7 @@ use serde_json::json;
 
 use crate::{
     measure::{Path, Settings, sample},
-    report::{HEADER, Row},
+    report::{Against, HEADER, Row},
     rig::Rig,
 };
 
@@ -146,67 +146,69 @@ fn run() -> Result<bool> {
     let table = table_size(&points)?;
     let mut rig = Rig::new(table, &o.backends).context("building the benchmark network")?;
 
-    // One row of each baseline per flow count: each balancer row is divided by the
-    // baselines fed the very same frames.
-    let baseline_rows = |id: &str, label: &str| -> std::collections::BTreeMap<u32, Row> {
-        points
-            .iter()
-            .map(|&(flows, _)| {
-                let row = Row {
-                    id: format!("{id}_f{flows}"),
-                    label: label.into(),
-                    flows,
-                    backends: None,
-                    samples: vec![],
-                };
-                (flows, row)
-            })
-            .collect()
-    };
-    let mut reflectors = baseline_rows("reflector", "baseline: reflector (MACs swapped, XDP_TX)");
-    let mut trackers = baseline_rows(
-        "tracker",
-        "baseline: connection table only (parse, lookup, backend, IP-in-IP, XDP_TX)",
-    );
-    let mut rows: Vec<(Path, Row)> = Vec::new();
+    // Each baseline at every flow count of the balancer's rows, fed the very same frames.
+    let mut flow_counts: Vec<u32> = points.iter().map(|&(f, _)| f).collect();
+    flow_counts.sort_unstable();
+    flow_counts.dedup();
+    let mut rows: Vec<Row> = Vec::new();
+    for (id, label, path) in [
+        (
+            "reflector",
+            "baseline: reflector (MACs swapped, XDP_TX)",
+            (|flows| Path::Reflector { flows }) as fn(u32) -> Path,
+        ),
+        (
+            "tracker",
+            "baseline: connection table only (parse, lookup, backend, IP-in-IP, XDP_TX)",
+            |flows| Path::Tracker { flows },
+        ),
+    ] {
+        for &flows in &flow_counts {
+            rows.push(Row {
+                path: path(flows),
+                id: format!("{id}_f{flows}"),
+                label: label.into(),
+                backends: None,
+                samples: vec![],
+            });
+        }
+    }
     for &(flows, backends) in &points {
         let vip = rig
             .vips
             .iter()
             .position(|v| v.backends == backends)
             .context("a point without its VIP")?;
-        rows.push((
-            Path::Lb { vip, flows },
-            Row {
-                id: format!("lb_f{flows}_b{backends}"),
-                label: "lb_xdp, IP-in-IP, established".into(),
-                flows,
-                backends: Some(backends),
-                samples: vec![],
-            },
-        ));
+        rows.push(Row {
+            path: Path::Lb { vip, flows },
+            id: format!("lb_f{flows}_b{backends}"),
+            label: "lb_xdp, IP-in-IP, established".into(),
+            backends: Some(backends),
+            samples: vec![],
+        });
     }
+    // Each round starts at another path, so that no path always runs right after the same
+    // one (a warm-up of a million flows leaves the caches to the next run).
+    let n = rows.len();
     for round in 0..o.rounds {
         eprintln!("round {}/{}", round + 1, o.rounds);
-        for (&flows, row) in &mut reflectors {
-            let s = sample(&mut rig, Path::Reflector { flows }, &o.settings)
-                .with_context(|| format!("run of {}", row.id))?;
-            row.samples.push(s);
-        }
-        for (&flows, row) in &mut trackers {
-            let s = sample(&mut rig, Path::Tracker { flows }, &o.settings)
-                .with_context(|| format!("run of {}", row.id))?;
-            row.samples.push(s);
-        }
-        for (path, row) in &mut rows {
-            let s = sample(&mut rig, *path, &o.settings)
+        for i in 0..n {
+            let row = &mut rows[(i + round * n / o.rounds) % n];
+            let s = sample(&mut rig, row.path, &o.settings)
                 .with_context(|| format!("run of {}", row.id))?;
             row.samples.push(s);
         }
     }
     drop(rig);
 
-    let base = |r: &Row| (reflectors[&r.flows].median(), trackers[&r.flows].median());
+    let baseline = |want: Path| rows.iter().find(|r| r.path == want);
+    let against = |r: &Row| -> Result<Against> {
+        let flows = r.flows();
+        Ok(Against {
+            reflector: baseline(Path::Reflector { flows }).context("a reflector row")?,
+            tracker: baseline(Path::Tracker { flows }).context("a tracker row")?,
+        })
+    };
     let mut md = format!(
         "Forwarding rate: live frames of {} bytes, generator on CPU {} (the veths' NAPI runs \
          there too), batch {}; {} s per run, {} interleaved rounds; connection table {} \
@@ -218,14 +220,18 @@ fn run() -> Result<bool> {
         o.rounds,
         table
     );
-    for r in reflectors.values().chain(trackers.values()) {
-        md.push_str(&r.markdown(base(r)));
+    let mut baselines = Vec::new();
+    let mut lb_rows = Vec::new();
+    for r in &rows {
+        let vs = against(r)?;
+        md.push_str(&r.markdown(&vs));
+        if matches!(r.path, Path::Lb { .. }) {
+            lb_rows.push(r.json(&vs));
+        } else {
+            baselines.push(r.json(&vs));
+        }
     }
-    for (_, r) in &rows {
-        md.push_str(&r.markdown(base(r)));
-    }
-    let ok = reflectors.values().chain(trackers.values()).all(Row::ok)
-        && rows.iter().all(|(_, r)| r.ok());
+    let ok = rows.iter().all(Row::ok);
     let doc = json!({
         "kernel": std::fs::read_to_string("/proc/sys/kernel/osrelease")
             .map(|s| s.trim().to_string())
@@ -237,12 +243,8 @@ fn run() -> Result<bool> {
             "batch": o.settings.batch,
             "flow_table": table,
         },
-        "baselines": reflectors
-            .values()
-            .chain(trackers.values())
-            .map(|r| r.json(base(r)))
-            .collect::<Vec<_>>(),
-        "rows": rows.iter().map(|(_, r)| r.json(base(r))).collect::<Vec<_>>(),
+        "baselines": baselines,
+        "rows": lb_rows,
         "all_proofs_ok": ok,
         "seconds": started.elapsed().as_secs_f64(),
     });

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 use lb_common::Reason;
 use lb_tests::packets::{Frame, TCP_ACK};
 
@@ -14,6 +14,14 @@ use crate::{
     progs::{Sunk, pin_to},
     rig::Rig,
 };
+
+impl Path {
+    pub fn flows(self) -> u32 {
+        match self {
+            Path::Reflector { flows } | Path::Tracker { flows } | Path::Lb { flows, .. } => flows,
+        }
+    }
+}
 
 /// The clients: 198.19.0.1 with the low 16 bits of the address varied by the generator
 /// stays inside 198.18.0.0/15.
@@ -24,7 +32,7 @@ const SETTLE: Duration = Duration::from_millis(50);
 /// Warming 1M flows takes about a second; this only bounds a stuck run.
 const WARM_LIMIT: Duration = Duration::from_secs(60);
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Path {
     /// The baseline: `bench_reflect` in the balancer's place, fed the same `flows` as the
     /// balancer's rows it is compared with (the generator's flow variation is part of
@@ -99,6 +107,54 @@ fn generate(
     Ok((sent, took.as_secs_f64()))
 }
 
+/// Every one of the point's `flows` into the balancer's table before the clock starts: the
+/// run measures established traffic, and the proof requires no new flow during it. The
+/// warm-up is itself a flood of new flows, so the per-CPU new-entry rate is lifted for it
+/// (a million flows at the default 65,536/s would mostly go by the ring unwritten), then
+/// set back to the defaults the harness runs with. Its own proof: every flow was put in
+/// the table or found there, none went by the ring unwritten.
+fn warm_lb(
+    rig: &mut Rig,
+    s: &Settings,
+    frame: &[u8],
+    ifindex: u32,
+    flows: u32,
+    failures: &mut Vec<String>,
+) -> Result<()> {
+    let mut lifted = [0; 4];
+    lifted[lb_common::NEW_RATE_PER_SEC] = 1_000_000_000;
+    lifted[lb_common::NEW_RATE_BURST] = flows as u64;
+    let before = rig.lb.dp.reasons()?;
+    rig.lb
+        .dp
+        .set_new_rate(&lifted)
+        .context("lifting the balancer's new-entry rate (LB_NEW_RATE) for the warm-up")?;
+    let warmed = generate(rig, s, frame, ifindex, flows as u64, WARM_LIMIT);
+    let restored = rig.lb.dp.set_new_rate(&[0; 4]);
+    warmed.context("the warm-up's live-frames run")?;
+    restored.context(
+        "setting the balancer's new-entry rate (LB_NEW_RATE) back to the defaults after \
+         the warm-up",
+    )?;
+    let after = rig.lb.dp.reasons()?;
+    let grew = |r: Reason| {
+        let at = |v: &[(Reason, u64)]| v.iter().find(|(x, _)| *x == r).map_or(0, |(_, n)| *n);
+        at(&after) - at(&before)
+    };
+    let (new, hit, over) = (
+        grew(Reason::FlowNew),
+        grew(Reason::FlowHit),
+        grew(Reason::FlowOverRate),
+    );
+    if over != 0 || new + hit != flows as u64 {
+        failures.push(format!(
+            "warm-up of {flows} flows: {new} put in the table, {hit} found there, {over} \
+             over the new-entry rate (expected none over it)"
+        ));
+    }
+    Ok(())
+}
+
 pub fn sample(rig: &mut Rig, path: Path, s: &Settings) -> Result<Sample> {
     let (frame, mask, ifindex) = match path {
         Path::Reflector { flows } => (frame(&rig.vips[0].addr), flows - 1, rig.to_rf),
@@ -106,22 +162,13 @@ pub fn sample(rig: &mut Rig, path: Path, s: &Settings) -> Result<Sample> {
         Path::Lb { vip, flows } => (frame(&rig.vips[vip].addr), flows - 1, rig.to_lb),
     };
     rig.progs.set_frame(&frame, mask)?;
-    if let Path::Lb { flows, .. } = path {
-        // Every flow in the balancer's table before the clock starts: the run measures
-        // established traffic, and the proof requires no new flow during it. The warm-up
-        // is itself a flood of new flows, so the per-CPU new-entry rate is lifted for it
-        // (a million flows at the default 65,536/s would mostly go by the ring unwritten),
-        // then set back to the defaults the harness runs with.
-        let mut lifted = [0; 4];
-        lifted[lb_common::NEW_RATE_PER_SEC] = 1_000_000_000;
-        lifted[lb_common::NEW_RATE_BURST] = flows as u64;
-        rig.lb.dp.set_new_rate(&lifted)?;
-        let warmed = generate(rig, s, &frame, ifindex, flows as u64, WARM_LIMIT);
-        rig.lb.dp.set_new_rate(&[0; 4])?;
-        warmed?;
-    }
-    if let Path::Tracker { flows } = path {
-        generate(rig, s, &frame, ifindex, flows as u64, WARM_LIMIT)?;
+    let mut failures = Vec::new();
+    match path {
+        Path::Lb { flows, .. } => warm_lb(rig, s, &frame, ifindex, flows, &mut failures)?,
+        Path::Tracker { flows } => {
+            generate(rig, s, &frame, ifindex, flows as u64, WARM_LIMIT)?;
+        }
+        Path::Reflector { .. } => {}
     }
     let before = snapshot(rig)?;
     let until = Duration::from_secs_f64(s.seconds);
@@ -142,11 +189,16 @@ pub fn sample(rig: &mut Rig, path: Path, s: &Settings) -> Result<Sample> {
         .map(|((r, b), (_, a))| (*r, a - b))
         .collect();
     let grew = |r: Reason| lb.iter().find(|(x, _)| *x == r).map_or(0, |(_, n)| *n);
+    if sunk.tunnelled + sunk.other > generated {
+        failures.push(format!(
+            "the sink counted {} frames, more than the {generated} generated",
+            sunk.tunnelled + sunk.other
+        ));
+    }
     let tracked = (
         after.tracked.0 - before.tracked.0,
         after.tracked.1 - before.tracked.1,
     );
-    let mut failures = Vec::new();
     if generated != sent {
         failures.push(format!(
             "the generator built {generated} frames; {sent} were asked of the kernel"
@@ -163,9 +215,6 @@ pub fn sample(rig: &mut Rig, path: Path, s: &Settings) -> Result<Sample> {
                          frames",
                         tracked.0, tracked.1
                     ));
-                }
-                if sunk.tunnelled > generated {
-                    failures.push("the sink counted more frames than were generated".into());
                 }
                 (sunk.tunnelled, sunk.other, None, vec![])
             }
