@@ -1180,6 +1180,78 @@ fn round_robin_over_the_rate_places_the_handshake_by_hash() {
     assert_eq!(outer_dst(&h.run(&ack(&first).bytes()).1), rr);
 }
 
+/// UDP on a round-robin VIP: within the rate a flow's first datagram is remembered with the
+/// scheduler's choice; above it (a UDP flood, which would otherwise evict every VIP's flows)
+/// every datagram is placed by the flow hash on the weighted ring and nothing is written;
+/// for a second after the last refusal, new flows are remembered where the hash puts them,
+/// so that a flow which began over the rate does not move; then round robin again.
+#[test]
+fn udp_on_round_robin_over_the_rate_is_placed_by_hash_and_not_remembered() {
+    pin_to_cpu0(); // cursor and bucket are per CPU
+    let mut h = Harness::new();
+    backends(&mut h);
+    let v = h.vip(
+        vip_key(VIP4, 53, PROTO_UDP),
+        Scheduler::RoundRobin,
+        Forward::IpIp,
+        0,
+        &[
+            (1, "198.18.1.1", 1),
+            (2, "198.18.1.2", 1),
+            (3, "198.18.1.3", 1),
+        ],
+    );
+    let datagram = |i: u32| {
+        let src = format!("198.19.{}.{}", (i >> 8) & 0xff, i & 0xff);
+        Frame::udp(&src, 1024 + i as u16, VIP4, 53)
+    };
+    set_new_rate(&h, 1, 1);
+    // Within the rate: the round-robin choice, remembered at the first datagram.
+    let first = datagram(0);
+    let rr = outer_dst(&h.run(&first.bytes()).1);
+    assert_eq!(rr, backend_addr(&mut h, v.ring[0]));
+    assert_eq!(h.dp.reason(Reason::FlowNew).unwrap(), 1);
+    // Over the rate: every datagram of a flow lands alike, by hash, on backends of every
+    // kind, and none is remembered.
+    let mut seen = std::collections::HashSet::new();
+    for i in 1..=30 {
+        let d = datagram(i);
+        let want = by_hash(&mut h, &v, &d);
+        assert_eq!(outer_dst(&h.run(&d.bytes()).1), want, "datagram {i}");
+        assert_eq!(outer_dst(&h.run(&d.bytes()).1), want, "datagram {i} again");
+        seen.insert(want);
+    }
+    assert_eq!(seen.len(), 3);
+    assert_eq!(h.dp.reason(Reason::FlowNew).unwrap(), 1);
+    assert_eq!(h.dp.reason(Reason::FlowOverRate).unwrap(), 60);
+    // The rate back up, within a second of the last refusal: a flow that began over the
+    // rate is remembered where it already was, and stays there through a ring change.
+    // Flows whose hash placement differs from what round robin would choose next, so that
+    // the test tells the two apart.
+    let next_rr = backend_addr(&mut h, v.ring[1]);
+    let unlike_rr = |h: &mut Harness, from: u32| {
+        (from..from + 100)
+            .map(datagram)
+            .find(|d| by_hash(h, &v, d) != next_rr)
+            .unwrap()
+    };
+    set_new_rate(&h, 1_000_000_000, 1_000_000);
+    let d = unlike_rr(&mut h, 1);
+    let want = by_hash(&mut h, &v, &d);
+    assert_eq!(outer_dst(&h.run(&d.bytes()).1), want);
+    assert_eq!(h.dp.reason(Reason::FlowNew).unwrap(), 2);
+    // A second after the last refusal: round robin again, from where its cursor stood.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let later = unlike_rr(&mut h, 1000);
+    assert_eq!(outer_dst(&h.run(&later.bytes()).1), next_rr);
+    assert_eq!(h.dp.reason(Reason::FlowNew).unwrap(), 3);
+    h.dp.write_ring(v.meta.ring_offset, &vec![3u32; v.ring.len()])
+        .unwrap();
+    assert_eq!(outer_dst(&h.run(&d.bytes()).1), want);
+    assert_eq!(outer_dst(&h.run(&first.bytes()).1), rr);
+    assert_eq!(h.dp.reason(Reason::FlowOverRate).unwrap(), 60);
+}
+
 /// Above the SYN-lookup rate (a SYN flood), a bare SYN does not read the table: it is placed
 /// by the ring. What that costs, shown: a new connection that reuses an old one's 4-tuple
 /// after the ring changed gets its SYN to the ring's backend while its ACK still follows

@@ -3,7 +3,7 @@
 //! scheduler picks from its ring and the choice is remembered, except where the ring gives
 //! the same answer again without the table: a bare SYN on a Maglev or source-hash VIP is not
 //! remembered (the handshake's next packet is), and new entries above a per-CPU rate are
-//! not (docs/dataplane.md, "SYN and ACK floods").
+//! not, whatever the scheduler and protocol (docs/dataplane.md, "SYN and ACK floods").
 
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
@@ -194,6 +194,7 @@ fn take(slot: u32, rate: (usize, u64), burst: (usize, u64), lazy: bool) -> bool 
             (elapsed * rate.min(NS_PER_SEC) / NS_PER_SEC).min(burst)
         };
         if earned == 0 {
+            b.refused_at = now;
             return false;
         }
         b.tokens = earned;
@@ -212,6 +213,18 @@ fn may_insert() -> bool {
         (NEW_RATE_BURST, DEFAULT_NEW_BURST),
         false,
     )
+}
+
+/// This CPU refused a new entry within the last second: datagrams of UDP flows that were
+/// placed by hash without being remembered may still come.
+#[inline(always)]
+fn refused_lately() -> bool {
+    let Some(b) = LB_NEW_BUDGET.get(BUDGET_NEW) else {
+        return false;
+    };
+    // SAFETY: the helper has no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    b.refused_at != 0 && now.wrapping_sub(b.refused_at) < NS_PER_SEC
 }
 
 /// Fragments and ICMP errors never go through a stateful scheduler (round-robin cursor,
@@ -356,9 +369,20 @@ pub fn choose(vip: &VipMeta, flow: &Flow, held: Option<*mut FlowEntry>) -> Optio
                 // was over the rate) and every later packet compute alike.
                 stateless(vip, key, hash)
             }
+        } else if !may_insert() {
+            // UDP (and others) on a stateful scheduler above the rate (a UDP flood, which
+            // would otherwise evict every VIP's flows): the flow hash on the VIP's weighted
+            // ring, which every datagram of the flow computes alike, and nothing written.
+            insert = false;
+            count(Reason::FlowOverRate);
+            stateless(vip, key, hash)
+        } else if refused_lately() {
+            // Within the rate again, but flows placed by hash a moment ago may send again:
+            // remembered where the hash puts them, so that none of them moves. A flow silent
+            // for longer than a second after the flood may still move once.
+            stateless(vip, key, hash)
         } else {
-            // UDP (and others) on a stateful scheduler: the first packet's choice must be
-            // remembered, whatever the rate.
+            // The first datagram's choice, remembered: the scheduler cannot compute it again.
             schedule(vip, key, hash)
         }
     };

@@ -95,6 +95,9 @@ pub struct NewBudget {
     /// Refusals since the clock was last read, for buckets that read it only every
     /// `CLOCK_EVERY` refusals.
     pub refused: u64,
+    /// When the bucket last refused for want of tokens, as the clock was read then (0:
+    /// never). Buckets that read the clock lazily update it only when they read it.
+    pub refused_at: u64,
 }
 
 /// Slot `BUDGET_NEW`: new entries; slot `BUDGET_SYN_LOOKUP`: bare SYNs' table lookups.
