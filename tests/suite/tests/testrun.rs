@@ -6,7 +6,7 @@ use std::net::IpAddr;
 
 use lb_common::{
     BACKEND_F_DOWN, Forward, PROTO_TCP, PROTO_UDP, Reason, Scheduler, VIP_F_FRAGMENTS_ONLY,
-    VIP_F_NO_BACKEND_PASS,
+    VIP_F_NO_BACKEND_PASS, VipKey,
 };
 use lb_control::predict;
 use lb_tests::{harness::*, packets::*};
@@ -1129,16 +1129,12 @@ fn new_entries_above_the_rate_are_forwarded_but_not_remembered() {
     assert_eq!(h.dp.reason(Reason::FlowOverRate).unwrap(), 14);
 }
 
-/// Round robin cannot compute its choice again: a SYN within the rate is remembered with
-/// the scheduler's choice; above it, the SYN and every later packet of its flow (until one
-/// is remembered) are placed alike, by the flow hash on the VIP's weighted ring.
-#[test]
-fn round_robin_over_the_rate_places_the_handshake_by_hash() {
-    pin_to_cpu0(); // cursor and bucket are per CPU
+/// A round-robin VIP `key` over three equal IPv4 backends, IP-in-IP.
+fn round_robin_of_three(key: VipKey) -> (Harness, TestVip) {
     let mut h = Harness::new();
     backends(&mut h);
     let v = h.vip(
-        vip_key(VIP4, 80, PROTO_TCP),
+        key,
         Scheduler::RoundRobin,
         Forward::IpIp,
         0,
@@ -1148,6 +1144,16 @@ fn round_robin_over_the_rate_places_the_handshake_by_hash() {
             (3, "198.18.1.3", 1),
         ],
     );
+    (h, v)
+}
+
+/// Round robin cannot compute its choice again: a SYN within the rate is remembered with
+/// the scheduler's choice; above it, the SYN and every later packet of its flow (until one
+/// is remembered) are placed alike, by the flow hash on the VIP's weighted ring.
+#[test]
+fn round_robin_over_the_rate_places_the_handshake_by_hash() {
+    pin_to_cpu0(); // cursor and bucket are per CPU
+    let (mut h, v) = round_robin_of_three(vip_key(VIP4, 80, PROTO_TCP));
     set_new_rate(&h, 1, 1);
     // Within the rate: the round-robin choice, remembered at the SYN.
     let first = spoofed(0, TCP_SYN);
@@ -1188,19 +1194,7 @@ fn round_robin_over_the_rate_places_the_handshake_by_hash() {
 #[test]
 fn udp_on_round_robin_over_the_rate_is_placed_by_hash_and_not_remembered() {
     pin_to_cpu0(); // cursor and bucket are per CPU
-    let mut h = Harness::new();
-    backends(&mut h);
-    let v = h.vip(
-        vip_key(VIP4, 53, PROTO_UDP),
-        Scheduler::RoundRobin,
-        Forward::IpIp,
-        0,
-        &[
-            (1, "198.18.1.1", 1),
-            (2, "198.18.1.2", 1),
-            (3, "198.18.1.3", 1),
-        ],
-    );
+    let (mut h, v) = round_robin_of_three(vip_key(VIP4, 53, PROTO_UDP));
     let datagram = |i: u32| {
         let src = format!("198.19.{}.{}", (i >> 8) & 0xff, i & 0xff);
         Frame::udp(&src, 1024 + i as u16, VIP4, 53)
