@@ -128,6 +128,10 @@ struct Case {
     /// remembered above the new-entry rate); the first one's growth is reported.
     split: Option<(Reason, Reason)>,
     warm: Warm,
+    /// Before each measured run, empty the SYN-lookup bucket as a flood longer than its
+    /// burst does (untimed SYNs of never-seen flows): the run then measures a flood's
+    /// steady state, not its first burst of lookups that miss in the full table.
+    drain_syn_lookups: bool,
     /// Also run the target directly (only for programs that leave the frame as it is).
     direct: bool,
     /// Katran's cost on this machine, as a multiple of the XDP_PASS floor (issue 6).
@@ -180,6 +184,7 @@ fn cases() -> Vec<Case> {
         expect,
         split: None,
         warm: Warm::One,
+        drain_syn_lookups: false,
         direct: false,
         katran: None,
         target_max: None,
@@ -248,6 +253,7 @@ fn cases() -> Vec<Case> {
         Case {
             vary: Vary::Flows,
             warm: Warm::Fill,
+            drain_syn_lookups: true,
             ..case(
                 SYN_NEW_FLOWS,
                 "new TCP v4 (SYN), a never-seen flow each time (SYN flood; full table, not written)",
@@ -791,6 +797,11 @@ impl Rig {
         self.set_target(Target::Pass)?;
         let (wrap_pass, _) = self.proven_run(WRAPPER, c, Target::Pass, repeat, failures)?;
         self.set_target(c.target)?;
+        if c.drain_syn_lookups {
+            // The bucket's burst, and as much again for what it earns meanwhile.
+            let drain = 2 * lb_common::DEFAULT_SYN_LOOKUP_BURST as u32;
+            self.run_case(self.prog(WRAPPER)?, c, drain)?;
+        }
         let (wrap, inserted) = self.proven_run(WRAPPER, c, c.target, repeat, failures)?;
         let direct = if c.direct {
             let name = match c.target {
