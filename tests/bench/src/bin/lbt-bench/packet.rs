@@ -49,6 +49,7 @@ use crate::{Opts, stats};
 const WRAPPER: &str = "lb_bench";
 const PASS: &str = "bench_pass";
 const PARSE: &str = "bench_parse";
+const TRACK: &str = "bench_track";
 /// Connection table of the dataplane that runs the cases with a few flows (the LRU lists
 /// are per CPU: each CPU's share must hold the 65,536 flows of that case).
 const MAIN_FLOWS: u32 = 262_144;
@@ -97,6 +98,9 @@ impl Dp {
 enum Target {
     Pass,
     Parse,
+    /// `bench_track`: the least a balancer with a connection table does (parse, one lookup
+    /// in a table of `LB_FLOWS`' shape, the backend's record, IP-in-IP, XDP_TX).
+    Track,
     Lb(Dp),
 }
 
@@ -229,6 +233,13 @@ fn cases() -> Vec<Case> {
             )
         },
         case(
+            "tcp4_tracker",
+            "baseline: connection table only, 1 flow (parse, lookup, backend, IP-in-IP)",
+            Target::Track,
+            tcp(CLIENT4, VIP4, TCP_ACK),
+            vec![],
+        ),
+        case(
             "tcp4_established_fib",
             "established TCP v4, IP-in-IP, FIB lookup on",
             Target::Lb(Dp::Fib),
@@ -332,6 +343,8 @@ struct Rig {
     bench: Ebpf,
     frames: PerCpuArray<MapData, BenchFrame>,
     targets: ProgramArray<MapData>,
+    /// `bench_track`'s hits and misses (`lb_common::bench::TRACK_*`), per CPU.
+    track: PerCpuArray<MapData, u64>,
     main: Harness,
     churn: Harness,
     fib: Harness,
@@ -518,7 +531,7 @@ fn set_new_rate(dp: &Dataplane, per_sec: u64, burst: u64) -> Result<()> {
 impl Rig {
     fn new() -> Result<Self> {
         let mut bench = Ebpf::load(LB_BENCH).context("loading the lb-bench object")?;
-        for name in [WRAPPER, PASS, PARSE] {
+        for name in [WRAPPER, PASS, PARSE, TRACK] {
             let p: &mut Xdp = bench
                 .program_mut(name)
                 .ok_or_else(|| anyhow!("program {name} missing from the lb-bench object"))?
@@ -535,11 +548,17 @@ impl Rig {
                 .take_map("BENCH_TARGET")
                 .context("map BENCH_TARGET missing")?,
         )?;
+        let track = PerCpuArray::try_from(
+            bench
+                .take_map("BENCH_TRACK")
+                .context("map BENCH_TRACK missing")?,
+        )?;
         let cpus = nr_cpus().map_err(|(_, e)| anyhow!("possible CPUs: {e}"))?;
         let mut rig = Rig {
             bench,
             frames,
             targets,
+            track,
             main: load_dp(MAIN_FLOWS, false)?,
             churn: load_dp(CHURN_FLOWS, false)?,
             // The same table size as the main balancer's, so only the next hop differs.
@@ -629,6 +648,7 @@ impl Rig {
         let fd = match t {
             Target::Pass => xdp(bench, PASS)?.fd()?,
             Target::Parse => xdp(bench, PARSE)?.fd()?,
+            Target::Track => xdp(bench, TRACK)?.fd()?,
             Target::Lb(Dp::Main) => main.dp.program()?.fd()?,
             Target::Lb(Dp::Churn) => churn.dp.program()?.fd()?,
             Target::Lb(Dp::Fib) => fib.dp.program()?.fd()?,
@@ -648,6 +668,15 @@ impl Rig {
             .with_context(|| format!("case {}", c.id))?;
         self.frames.set(0, PerCpuValues::try_from(new)?, 0)?;
         Ok(())
+    }
+
+    /// `bench_track`'s (hits, misses) so far, over all CPUs.
+    fn tracked(&self) -> Result<(u64, u64)> {
+        let sum = |slot: u32| -> Result<u64> { Ok(self.track.get(&slot, 0)?.iter().sum()) };
+        Ok((
+            sum(lb_common::bench::TRACK_HIT)?,
+            sum(lb_common::bench::TRACK_MISS)?,
+        ))
     }
 
     /// Wrapper iterations so far, over all CPUs.
@@ -677,16 +706,19 @@ impl Rig {
         let wrapped = prog == WRAPPER;
         let before = self.counters()?;
         let it0 = self.iterations()?;
+        let tracked0 = self.tracked()?;
         let (rv, ns) = self.run_case(self.prog(prog)?, c, repeat)?;
         let after = self.counters()?;
         let it = self.iterations()?.wrapping_sub(it0);
+        let tracked = self.tracked()?;
+        let tracked = (tracked.0 - tracked0.0, tracked.1 - tracked0.1);
         let what = format!(
             "{}: {}{:?}",
             c.id,
             if wrapped { "wrapper -> " } else { "direct " },
             target
         );
-        let want_rv = if matches!(target, Target::Lb(_)) {
+        let want_rv = if matches!(target, Target::Lb(_) | Target::Track) {
             c.retval
         } else {
             XDP_PASS
@@ -700,6 +732,18 @@ impl Rig {
         }
         if wrapped && it != repeat as u64 {
             failures.push(format!("{what}: wrapper ran {it} times, expected {repeat}"));
+        }
+        // The connection-table baseline found its flow every time, and nothing else ran it.
+        let want_tracked = if target == Target::Track {
+            (repeat as u64, 0)
+        } else {
+            (0, 0)
+        };
+        if tracked != want_tracked {
+            failures.push(format!(
+                "{what}: the connection-table baseline hit {} and missed {}, expected {} and {}",
+                tracked.0, tracked.1, want_tracked.0, want_tracked.1
+            ));
         }
         let mut split = 0;
         for (i, d) in DPS.into_iter().enumerate() {
@@ -807,6 +851,7 @@ impl Rig {
             let name = match c.target {
                 Target::Parse => PARSE,
                 Target::Pass => PASS,
+                Target::Track => TRACK,
                 Target::Lb(_) => "",
             };
             Some(if name.is_empty() {
