@@ -114,7 +114,7 @@ impl Tracker {
                 out.push(Verdict {
                     backend_id: id,
                     reason: format!(
-                        "traffic: {hs} of {syns} connections completed in {} ms, its siblings {:.0}% of {sib_syns}",
+                        "traffic: {hs} of {syns} new flows answered in {} ms, its siblings {:.0}% of {sib_syns}",
                         cfg.window_ms,
                         siblings * 100.0
                     ),
