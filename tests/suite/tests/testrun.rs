@@ -1218,6 +1218,10 @@ fn udp_on_round_robin_over_the_rate_is_placed_by_hash_and_not_remembered() {
     assert_eq!(seen.len(), 3);
     assert_eq!(h.dp.reason(Reason::FlowNew).unwrap(), 1);
     assert_eq!(h.dp.reason(Reason::FlowOverRate).unwrap(), 60);
+    // Passive detection's counts: only the remembered flow asked; the datagrams over the
+    // rate, never remembered, ask nothing (their second datagram could never answer).
+    let asks: u64 = (1..=3).map(|id| h.dp.backend_flows(id).unwrap().syns).sum();
+    assert_eq!(asks, 1);
     // The rate back up, within a second of the last refusal: a flow that began over the
     // rate is remembered where it already was, and stays there through a ring change.
     // Flows whose hash placement differs from what round robin would choose next, so that

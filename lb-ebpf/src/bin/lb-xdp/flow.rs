@@ -25,14 +25,16 @@ use crate::{
 };
 
 /// Whether a packet of a flow that may be remembered asks for a connection (a bare TCP SYN;
-/// a UDP datagram of a flow the table does not know) or, placed without a table entry after
-/// its SYN, completes one (the handshake's ACK, on a Maglev or source-hash VIP, which
-/// remembers flows at that packet): passive detection's counts. `held`: the flow had a
-/// table entry. The answers of flows remembered at their first packet (a TCP SYN on a
-/// stateful scheduler, a UDP flow's first datagram: its second is the answer) are counted
-/// by `follow`.
+/// the first datagram of a UDP flow, when it is remembered) or, placed without a table
+/// entry after its SYN, completes one (the handshake's ACK, on a Maglev or source-hash VIP,
+/// which remembers flows at that packet): passive detection's counts. `held`: the flow had
+/// a table entry; `remembered`: this packet created one. The answers of flows remembered
+/// at their first packet (a TCP SYN on a stateful scheduler, a UDP flow's first datagram:
+/// its second is the answer) are counted by `follow`. A UDP datagram over the new-entry
+/// rate is not an ask: its flow is not remembered, so its second datagram could never
+/// count as the answer, and a busy flow would pile up unanswered asks on its backend.
 #[inline(always)]
-pub fn asks_or_answers(flow: &Flow, held: bool) -> (bool, bool) {
+pub fn asks_or_answers(flow: &Flow, held: bool, remembered: bool) -> (bool, bool) {
     if !flow.remember {
         return (false, false);
     }
@@ -41,7 +43,7 @@ pub fn asks_or_answers(flow: &Flow, held: bool) -> (bool, bool) {
             let syn = flow.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
             (syn, !syn && !held && flow.tcp_flags & TCP_RST == 0)
         }
-        PROTO_UDP => (!held, false),
+        PROTO_UDP => (!held && remembered, false),
         _ => (false, false),
     }
 }
@@ -216,15 +218,20 @@ fn may_insert() -> bool {
 }
 
 /// This CPU refused a new entry within the last second: datagrams of UDP flows that were
-/// placed by hash without being remembered may still come.
+/// placed by hash without being remembered may still come. Per CPU, as the bucket is: a
+/// flow's datagrams stay on one CPU as long as the NIC's RSS spreads by the 5-tuple and
+/// its indirection table does not change.
 #[inline(always)]
 fn refused_lately() -> bool {
     let Some(b) = LB_NEW_BUDGET.get(BUDGET_NEW) else {
         return false;
     };
+    if b.refused_at == 0 {
+        return false;
+    }
     // SAFETY: the helper has no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
-    b.refused_at != 0 && now.wrapping_sub(b.refused_at) < NS_PER_SEC
+    now.wrapping_sub(b.refused_at) < NS_PER_SEC
 }
 
 /// Fragments and ICMP errors never go through a stateful scheduler (round-robin cursor,

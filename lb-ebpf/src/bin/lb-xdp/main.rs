@@ -143,7 +143,7 @@ fn try_lb_xdp(ctx: &XdpContext) -> Result<u32, Reason> {
                 return Err(Reason::DropMalformed);
             }
             let choice = flow::choose(vip, &flow, held).ok_or_else(|| no_backend(vip))?;
-            let (syn, handshake) = flow::asks_or_answers(&flow, held.is_some());
+            let (syn, handshake) = flow::asks_or_answers(&flow, held.is_some(), choice.new_flow);
             answered = handshake;
             (vip, choice, syn)
         }
