@@ -656,13 +656,18 @@ impl Fleet {
 
     /// Wait until the router's BFD session with every node is up: until then a silent
     /// failure is caught by BGP's hold timer (3 s), not by BFD.
+    /// The router's `show bfd peers brief`, for a test to print when routes move unexpectedly.
+    pub fn bfd_peers(&self) -> String {
+        let d = self.router_dir.display().to_string();
+        self.router.exec(&format!(
+            "vtysh --vty_socket {d} -c \"show bfd peers brief\" 2>&1 || true"
+        ))
+    }
+
     pub fn wait_bfd_up(&self, secs: u64) -> Duration {
         let t = Instant::now();
-        let d = self.router_dir.display().to_string();
         let up = || {
-            let out = self.router.exec(&format!(
-                "vtysh --vty_socket {d} -c \"show bfd peers brief\" 2>&1 || true"
-            ));
+            let out = self.bfd_peers();
             self.nodes.iter().all(|n| {
                 out.lines()
                     .any(|l| l.contains(&n.addr) && l.split_whitespace().last() == Some("up"))
@@ -684,8 +689,10 @@ impl Fleet {
             }
             assert!(
                 start.elapsed() < Duration::from_secs(secs),
-                "the router's next hops for {VIP} are {:?}, not {want:?}, after {secs} s",
-                self.next_hops()
+                "the router's next hops for {VIP} are {:?}, not {want:?}, after {secs} s; \
+                 its BFD peers:\n{}",
+                self.next_hops(),
+                self.bfd_peers()
             );
             std::thread::sleep(Duration::from_millis(10));
         }
