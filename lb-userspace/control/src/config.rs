@@ -1138,28 +1138,43 @@ fn unusable(ip: IpAddr) -> Option<&'static str> {
     }
 }
 
-/// Interface names as the kernel takes them: 1..=15 bytes, no '/', no whitespace.
+/// `value`, the setting `what` found at `at`, within `range`; `hint` (may be empty) is said
+/// after the range.
+fn in_range(
+    at: Vec<Seg>,
+    what: &str,
+    value: u64,
+    range: std::ops::RangeInclusive<u64>,
+    hint: &str,
+) -> Result<(), Mistake> {
+    if range.contains(&value) {
+        return Ok(());
+    }
+    Err(Mistake::new(
+        at,
+        format!(
+            "{what} {value} is out of range {}..={}{hint}",
+            range.start(),
+            range.end()
+        ),
+    ))
+}
+
+/// `[vip.passive]` of VIP `i`.
 fn validate_passive(i: usize, p: &PassiveConfig) -> Result<(), Mistake> {
     let bad =
         |key: &'static str, what: String| Err(Mistake::new(at!["vip", i, "passive", key], what));
-    if !(20..=60_000).contains(&p.window_ms) {
-        return bad(
-            "window_ms",
-            format!(
-                "[vip.passive] window_ms {} is out of range 20..=60000",
-                p.window_ms
-            ),
-        );
-    }
-    if !(1..=10_000).contains(&p.handshake_ms) {
-        return bad(
-            "handshake_ms",
-            format!(
-                "[vip.passive] handshake_ms {} is out of range 1..=10000 (more than the clients' round trip)",
-                p.handshake_ms
-            ),
-        );
-    }
+    let range = |key: &'static str, value, range, hint| {
+        let what = format!("[vip.passive] {key}");
+        in_range(at!["vip", i, "passive", key], &what, value, range, hint)
+    };
+    range("window_ms", p.window_ms, 20..=60_000, "")?;
+    range(
+        "handshake_ms",
+        p.handshake_ms,
+        1..=10_000,
+        " (more than the clients' round trip)",
+    )?;
     if p.min_syns == 0 {
         return bad(
             "min_syns",
@@ -1243,24 +1258,20 @@ fn validate_fleet(f: &FleetConfig) -> Result<(), Mistake> {
             ),
         ));
     }
-    if !(100..=600_000).contains(&f.grace_ms) {
-        return Err(Mistake::new(
-            at("grace_ms"),
-            format!(
-                "[daemon.fleet] grace_ms {} is out of range 100..=600000",
-                f.grace_ms
-            ),
-        ));
-    }
-    if !(2..=3600).contains(&f.lease_s) {
-        return Err(Mistake::new(
-            at("lease_s"),
-            format!(
-                "[daemon.fleet] lease_s {} is out of range 2..=3600",
-                f.lease_s
-            ),
-        ));
-    }
+    in_range(
+        at("grace_ms"),
+        "[daemon.fleet] grace_ms",
+        f.grace_ms,
+        100..=600_000,
+        "",
+    )?;
+    in_range(
+        at("lease_s"),
+        "[daemon.fleet] lease_s",
+        f.lease_s,
+        2..=3600,
+        "",
+    )?;
     if f.cert.is_some() != f.key.is_some() {
         return Err(Mistake::new(
             at(if f.cert.is_some() { "cert" } else { "key" }),

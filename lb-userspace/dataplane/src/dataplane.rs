@@ -617,21 +617,25 @@ impl Dataplane {
         }))
     }
 
+    /// Per-CPU map `name`'s value at `index`, summed over CPUs.
+    fn summed<V>(&self, name: &'static str, index: u32) -> Result<V, DataplaneError>
+    where
+        V: aya::Pod + Default + core::ops::Add<Output = V>,
+    {
+        let v = self
+            .per_cpu::<V>(name)?
+            .get(&index, 0)
+            .map_err(map_err(name))?;
+        Ok(v.iter().fold(V::default(), |a, s| a + *s))
+    }
+
     /// SYNs and handshakes of backend `id`, summed over CPUs (passive detection).
     pub fn backend_flows(&self, id: u32) -> Result<BackendFlows, DataplaneError> {
-        let v = self
-            .per_cpu::<BackendFlows>(MAP_BACKEND_FLOWS)?
-            .get(&id, 0)
-            .map_err(map_err(MAP_BACKEND_FLOWS))?;
-        Ok(v.iter().fold(BackendFlows::default(), |a, s| a + *s))
+        self.summed(MAP_BACKEND_FLOWS, id)
     }
 
     pub fn backend_stats(&self, id: u32) -> Result<BackendStats, DataplaneError> {
-        let v = self
-            .per_cpu::<BackendStats>(MAP_BACKEND_STATS)?
-            .get(&id, 0)
-            .map_err(map_err(MAP_BACKEND_STATS))?;
-        Ok(v.iter().fold(BackendStats::default(), |a, s| a + *s))
+        self.summed(MAP_BACKEND_STATS, id)
     }
 
     pub fn cpus() -> usize {

@@ -32,10 +32,6 @@ const VERDICT: &str = "backend marked down by its traffic";
 
 static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-fn web() -> String {
-    format!("{VIP4}:80")
-}
-
 /// The service under test: TCP on port 80 (checked by TCP connects) or UDP on port 53
 /// (checked by datagrams to the backends' port 5353).
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -47,8 +43,16 @@ enum Service {
 impl Service {
     fn addr(self) -> String {
         match self {
-            Service::Tcp => web(),
+            Service::Tcp => format!("{VIP4}:80"),
             Service::Udp => format!("{VIP4}:53"),
+        }
+    }
+
+    /// `lbt-echo client`'s flag for one request of this kind.
+    fn flag(self) -> &'static str {
+        match self {
+            Service::Tcp => "--tcp",
+            Service::Udp => "--udp",
         }
     }
 
@@ -67,11 +71,7 @@ impl Service {
     }
 }
 
-fn config(passive: bool) -> String {
-    service_config(Service::Tcp, passive)
-}
-
-fn service_config(service: Service, passive: bool) -> String {
+fn config(service: Service, passive: bool) -> String {
     let (port, health) = match service {
         Service::Tcp => ("80\n", "kind = \"tcp\""),
         Service::Udp => ("53\nprotocol = \"udp\"\n", "kind = \"udp\"\nport = 5353"),
@@ -96,13 +96,9 @@ fn service_config(service: Service, passive: bool) -> String {
     c
 }
 
-/// `lbt-echo rate` (TCP) from the client namespace (as `uid`, if given); returns once it
-/// has started, with the moment it did.
-fn paced(t: &Topology, per_second: u64, millis: u64, uid: Option<u32>) -> (Child, Instant) {
-    paced_service(t, Service::Tcp, per_second, millis, uid)
-}
-
-fn paced_service(
+/// `lbt-echo rate` or `rate-udp` (by `service`) from the client namespace (as `uid`, if
+/// given); returns once it has started, with the moment it did.
+fn paced(
     t: &Topology,
     service: Service,
     per_second: u64,
@@ -172,13 +168,9 @@ struct Figures {
 
 fn run(service: Service, kind: Failure, passive: bool) -> Figures {
     let mut t = Topology::new(3, Forward::IpIp, ECHO);
-    let mut d = Daemon::start(&t, LBD, &service_config(service, passive));
-    let kind_flag = match service {
-        Service::Tcp => "--tcp",
-        Service::Udp => "--udp",
-    };
-    d.wait_served_as(&t, kind_flag, &service.addr());
-    let (child, began) = paced_service(&t, service, RATE, 2500, None);
+    let mut d = Daemon::start(&t, LBD, &config(service, passive));
+    d.wait_served_as(&t, service.flag(), &service.addr());
+    let (child, began) = paced(&t, service, RATE, 2500, None);
     std::thread::sleep(Duration::from_millis(800));
     let failed_at = began.elapsed().as_millis() as u64;
     match kind {
@@ -298,16 +290,16 @@ fn a_black_holed_udp_backend_is_seen_from_its_silence() {
 fn no_verdict_under_a_flood_of_unfinished_handshakes_nor_on_a_quiet_vip() {
     let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let t = Topology::new(3, Forward::IpIp, ECHO);
-    let mut d = Daemon::start(&t, LBD, &config(true));
-    d.wait_served(&t, &web());
+    let mut d = Daemon::start(&t, LBD, &config(Service::Tcp, true));
+    d.wait_served(&t, &Service::Tcp.addr());
     // The flooder runs as nobody; only its packets after the SYN are dropped.
     t.client.ns.exec(
         "nft add table inet flood && \
          nft add chain inet flood out '{ type filter hook output priority 0; }' && \
          nft add rule inet flood out meta skuid 65534 tcp flags \\& syn == 0 drop",
     );
-    let (flood, _) = paced(&t, 400, 2500, Some(65534));
-    let (real, _) = paced(&t, 60, 2500, None);
+    let (flood, _) = paced(&t, Service::Tcp, 400, 2500, Some(65534));
+    let (real, _) = paced(&t, Service::Tcp, 60, 2500, None);
     let real = outcomes(real);
     let flooded = outcomes(flood);
     let completed = flooded.iter().filter(|(_, _, n)| n.is_some()).count();
@@ -327,7 +319,7 @@ fn no_verdict_under_a_flood_of_unfinished_handshakes_nor_on_a_quiet_vip() {
         "real connections failed during the flood"
     );
     // A quiet VIP: a few connections a second.
-    let (quiet, _) = paced(&t, 10, 1500, None);
+    let (quiet, _) = paced(&t, Service::Tcp, 10, 1500, None);
     let quiet = outcomes(quiet);
     assert!(quiet.iter().all(|(_, _, n)| n.is_some()));
     d.assert_running();

@@ -99,7 +99,12 @@ fn fleet_settings_are_checked_at_their_key() {
         (
             "name = \"edge\"",
             "name = \"edge\"\ngrace_ms = 10",
-            "grace_ms",
+            "grace_ms 10 is out of range 100..=600000",
+        ),
+        (
+            "name = \"edge\"",
+            "name = \"edge\"\nlease_s = 1",
+            "lease_s 1 is out of range 2..=3600",
         ),
         (
             "name = \"edge\"",

@@ -145,5 +145,8 @@ fn passive_settings_are_checked_at_their_key() {
             .unwrap_err()
             .to_string();
         assert!(e.contains(&format!("[vip.passive] {key}")), "{set}: {e}");
+        if key == "window_ms" {
+            assert!(e.contains("window_ms 5 is out of range 20..=60000"), "{e}");
+        }
     }
 }

@@ -187,8 +187,8 @@ fn run() -> Result<bool> {
             samples: vec![],
         });
     }
-    // Each round starts at another path, so that no path always runs right after the same
-    // one (a warm-up of a million flows leaves the caches to the next run).
+    // Each round starts at another path, so that no path always runs first or last in its
+    // round: drift within a round (the machine is shared) then falls on every path alike.
     let n = rows.len();
     for round in 0..o.rounds {
         eprintln!("round {}/{}", round + 1, o.rounds);
