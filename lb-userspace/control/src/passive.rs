@@ -14,7 +14,10 @@
 //! Guards against false verdicts: too few SYNs (the backend's, or its siblings' together)
 //! is no verdict, so an idle VIP or a VIP with one backend is never judged; a flood of
 //! SYNs that no client completes hits every backend alike, so the siblings' share falls
-//! too, and below 90% no backend is judged.
+//! too, and below 90% no backend is judged; and the shortfall must be one a healthy
+//! backend would show about once in a million windows ([`EVIDENCE_NATS`]), so that a few
+//! unanswered SYNs that happen to land on one backend in one short window are not taken
+//! for a failure.
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -24,6 +27,29 @@ use crate::config::PassiveConfig;
 /// problem in front of every backend). High: at a flood's onset a few unanswered SYNs land
 /// unevenly in a short window, and siblings that are anything but clean make no verdict.
 const SIBLINGS_HEALTHY: f64 = 0.9;
+
+/// How unlikely a backend's shortfall must be, in nats, before it is judged: the Chernoff
+/// bound exp(-n * D(q || p)) on a healthy backend answering only a share `q` of its `n`
+/// SYNs when its siblings answer `p`, against e^-14 (about one in a million). A CI run
+/// once judged a healthy backend at a flood's onset on 1 of 5 answered beside its
+/// siblings' 13 of 14: about e^-7 by this measure. A dead backend's 5 unanswered SYNs beside
+/// two clean siblings' 12 are about e^-16.
+const EVIDENCE_NATS: f64 = 14.0;
+
+/// The evidence, in nats, that a backend answering `answered` of `syns` SYNs is failing
+/// while its siblings answer `sib_answered` of `sib_syns` (0 when it does no worse). The
+/// siblings' share is smoothed (half a SYN answered and half not added), so that a handful
+/// of clean siblings is not taken for certainty.
+fn evidence(syns: u64, answered: u64, sib_syns: u64, sib_answered: u64) -> f64 {
+    let p = (sib_answered.min(sib_syns) as f64 + 0.5) / (sib_syns as f64 + 1.0);
+    let q = answered.min(syns) as f64 / syns.max(1) as f64;
+    if q >= p {
+        return 0.0;
+    }
+    // a * ln(a / b), with 0 * ln 0 = 0.
+    let part = |a: f64, b: f64| if a == 0.0 { 0.0 } else { a * (a / b).ln() };
+    syns as f64 * (part(q, p) + part(1.0 - q, 1.0 - p))
+}
 
 /// A backend's counters at a moment: cumulative, summed over CPUs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -110,7 +136,7 @@ impl Tracker {
                 continue;
             }
             let own = share(syns, hs);
-            if own < cfg.ratio * siblings {
+            if own < cfg.ratio * siblings && evidence(syns, hs, sib_syns, sib_hs) >= EVIDENCE_NATS {
                 out.push(Verdict {
                     backend_id: id,
                     reason: format!(

@@ -150,3 +150,32 @@ fn passive_settings_are_checked_at_their_key() {
         }
     }
 }
+
+/// A few unanswered SYNs that land on one backend in one window are not a failure: a CI
+/// run judged a healthy backend at a flood's onset on 1 of 5 answered, beside its
+/// siblings' 13 of 14, which passes every other guard. Five unanswered of five beside
+/// clean siblings is judged.
+#[test]
+fn a_handful_of_unanswered_syns_on_one_backend_is_not_a_verdict() {
+    let judge = |own: (u64, u64), third: (u64, u64)| {
+        let mut t = Tracker::default();
+        for (id, (syns, answered)) in [(1, (7, 7)), (2, own), (3, third)] {
+            t.record(id, 900, Counts::default(), 1000);
+            let sent = Counts {
+                syns,
+                handshakes: 0,
+            };
+            t.record(id, 960, sent, 1000);
+            let now = Counts {
+                syns,
+                handshakes: answered,
+            };
+            t.record(id, 990, now, 1000);
+        }
+        t.judge(&[1, 2, 3], 990, &cfg())
+    };
+    let v = judge((5, 1), (7, 6));
+    assert!(v.is_empty(), "{v:?}");
+    let v = judge((5, 0), (7, 7));
+    assert_eq!(v.iter().map(|v| v.backend_id).collect::<Vec<_>>(), [2]);
+}
